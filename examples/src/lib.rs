@@ -1,0 +1,1 @@
+//! Examples for embedding media-core; see `embed.rs`.

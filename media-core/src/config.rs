@@ -1,0 +1,77 @@
+//! Engine configuration: everything the engine needs from the outside world
+//! except time and datagrams.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use str0m::config::DtlsCert;
+
+/// Configuration of an [`Engine`](crate::Engine). Every field has a sane default.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Seed of every random choice the engine makes (ICE credentials, initial
+    /// RTP sequence numbers and timestamps). Give each engine its own seed.
+    pub seed: u64,
+    /// Addresses at which clients reach this engine's UDP socket. Each becomes
+    /// an ICE host candidate in every answer. The engine sends from exactly
+    /// these addresses.
+    pub host_candidates: Vec<SocketAddr>,
+    /// Receive slots a listener gets at most (the number of voices it hears at
+    /// once), and so the number of active speakers selected per channel.
+    pub slots_per_listener: usize,
+    /// How loud a packet must be to count as speech, in RFC 6464 units
+    /// (`0` = 0 dBov, `127` = silence): 60 means louder than -60 dBov.
+    pub speech_level: u8,
+    /// A selected speaker that has not sent speech for this long may be
+    /// replaced by any new speaker, however quiet.
+    pub speech_expiry: Duration,
+    /// A new speaker replaces a still-active one only when it is this many dB
+    /// louder, so that two similar voices do not flap between slots.
+    pub switch_hysteresis_db: u8,
+    /// How often dominant-speaker and active-speaker events are decided.
+    pub dominant_interval: Duration,
+    /// A peer that has not connected (ICE + DTLS) this long after joining is
+    /// dropped with [`LeaveReason::ConnectTimeout`](crate::LeaveReason).
+    pub connect_timeout: Duration,
+    /// How many distinct client addresses one peer may be reached from (ICE
+    /// candidates it tries); bounds the demux table against address spraying.
+    pub max_addrs_per_peer: usize,
+    /// The DTLS certificate presented to every peer. Generated once per engine
+    /// when not given (generation costs about a millisecond).
+    pub dtls_cert: Option<DtlsCert>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            seed: 0x5f_5f_75_ff_00_11,
+            host_candidates: Vec::new(),
+            slots_per_listener: 3,
+            speech_level: 60,
+            speech_expiry: Duration::from_millis(150),
+            switch_hysteresis_db: 6,
+            dominant_interval:
+                crate::dominant::DominantSpeakerDetector::<crate::SourceId>::DECISION_INTERVAL,
+            connect_timeout: Duration::from_secs(15),
+            max_addrs_per_peer: 8,
+            dtls_cert: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("seed", &self.seed)
+            .field("host_candidates", &self.host_candidates)
+            .field("slots_per_listener", &self.slots_per_listener)
+            .field("speech_level", &self.speech_level)
+            .field("speech_expiry", &self.speech_expiry)
+            .field("switch_hysteresis_db", &self.switch_hysteresis_db)
+            .field("dominant_interval", &self.dominant_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_addrs_per_peer", &self.max_addrs_per_peer)
+            .field("dtls_cert", &self.dtls_cert.is_some())
+            .finish()
+    }
+}

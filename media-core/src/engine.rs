@@ -1,0 +1,750 @@
+//! The engine: every peer and channel of one UDP port, driven by
+//! [`Engine::handle_input`] and drained with [`Engine::poll_output`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpPacket;
+
+use crate::channel::Channel;
+use crate::config::EngineConfig;
+use crate::demux::{Demux, PeerKey, Route};
+use crate::frame::{level_from_ext, SourceFrame};
+use crate::level::OpusLevelMeter;
+use crate::peer::{Peer, PeerSetup, Signal};
+use crate::rng::Rng;
+use crate::slab::Slab;
+use crate::stats::EngineStats;
+use crate::timer::{TimerHeap, TimerKey};
+use crate::{Error, Event, LeaveReason, PeerId, Role, SourceId};
+
+/// How far ahead an idle engine (no peers, no channels) asks to be woken.
+const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+
+/// Longest channel name accepted, in bytes.
+const MAX_CHANNEL_NAME: usize = 256;
+
+/// Something that happened outside the engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// A UDP datagram arrived at the engine's socket.
+    Receive {
+        /// When it arrived.
+        now: Instant,
+        /// The client address it came from.
+        source: SocketAddr,
+        /// The engine address it was sent to (one of the host candidates).
+        destination: SocketAddr,
+        /// Its bytes.
+        datagram: &'a [u8],
+    },
+    /// The embedder asks for something.
+    Command {
+        /// The current time.
+        now: Instant,
+        /// What to do.
+        command: Command,
+    },
+    /// The time the engine last asked for (or any later time) has come.
+    Timeout(Instant),
+}
+
+/// A request from the embedder.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    /// A member joins a channel with an SDP offer. The answer comes as
+    /// [`Event::Answer`]. The channel is created on its first join and removed
+    /// when its last member leaves.
+    Join {
+        /// Chosen by the embedder, unique among joined peers.
+        peer: PeerId,
+        /// Channel name (1 to 256 bytes).
+        channel: String,
+        /// Who the member is (for the embedder's events and logs).
+        identity: String,
+        /// Speaker or listener.
+        role: Role,
+        /// The client's SDP offer: one audio m-line it sends on (its voice),
+        /// and one receive-only audio m-line per slot it wants to hear.
+        offer: String,
+    },
+    /// The member leaves; its slots and speaker state are released.
+    Leave {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Server-side mute: a muted member's voice is never routed.
+    SetMuted {
+        /// The peer.
+        peer: PeerId,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Promote a listener to speaker or demote a speaker. No renegotiation:
+    /// the member must have offered an audio m-line to send on.
+    SetRole {
+        /// The peer.
+        peer: PeerId,
+        /// The new role.
+        role: Role,
+    },
+}
+
+/// A UDP datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The engine address to send from (one of the host candidates).
+    pub source: SocketAddr,
+    /// The client address to send to.
+    pub destination: SocketAddr,
+    /// The datagram.
+    pub contents: Vec<u8>,
+}
+
+/// What the engine asks of its embedder.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send a datagram.
+    Transmit(Transmit),
+    /// Something happened.
+    Event(Event),
+    /// Nothing more to do until this time (or until the next input): call
+    /// [`Engine::handle_input`] with [`Input::Timeout`] then.
+    Timeout(Instant),
+}
+
+/// The sans-IO forwarding engine. See the crate documentation for the run loop.
+///
+/// Methods come in four kinds:
+/// - getters: [`stats`](Self::stats), [`peer_count`](Self::peer_count), …;
+/// - [`handle_input`](Self::handle_input): feed a datagram, a command or a timeout;
+/// - [`poll_output`](Self::poll_output): drain what to send, events, and the next
+///   timeout — after every `handle_input`, until it returns [`Output::Timeout`].
+///
+/// The engine never reads a clock, a socket, an environment variable or an
+/// unseeded random number generator: time comes in with every input.
+pub struct Engine {
+    config: EngineConfig,
+    rng: Rng,
+    dtls_cert: DtlsCert,
+    peers: Slab<Peer>,
+    peer_keys: HashMap<PeerId, PeerKey>,
+    channels: Slab<Channel>,
+    channel_keys: HashMap<Arc<str>, u32>,
+    demux: Demux,
+    timers: TimerHeap,
+    outputs: VecDeque<Output>,
+    signals: VecDeque<(u32, u32, Signal)>,
+    events: Vec<Event>,
+    stats: EngineStats,
+    next_source: u32,
+    last_now: Instant,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("peers", &self.peers.len())
+            .field("channels", &self.channels.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A new engine. `now` is the engine's notion of the current time.
+    ///
+    /// Generates a DTLS certificate when the config has none.
+    pub fn new(config: EngineConfig, now: Instant) -> Self {
+        let dtls_cert = config.dtls_cert.clone().unwrap_or_else(generate_dtls_cert);
+        let mut rng = Rng::new(config.seed);
+        // Sources of different engines should not collide; start each engine
+        // at its own seeded point, away from 0 (CSRC 0 confuses some stacks).
+        let next_source = (rng.next_u32() & 0x7fff_ffff).max(1);
+        Engine {
+            config,
+            rng,
+            dtls_cert,
+            peers: Slab::default(),
+            peer_keys: HashMap::new(),
+            channels: Slab::default(),
+            channel_keys: HashMap::new(),
+            demux: Demux::default(),
+            timers: TimerHeap::default(),
+            outputs: VecDeque::new(),
+            signals: VecDeque::new(),
+            events: Vec::new(),
+            stats: EngineStats::default(),
+            next_source,
+            last_now: now,
+        }
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Counters since the engine started.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Joined peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Channels with at least one member.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The members of a channel, or `None` if it does not exist.
+    pub fn channel_members(&self, channel: &str) -> Option<Vec<PeerId>> {
+        let ch = self.channels.get(*self.channel_keys.get(channel)?)?;
+        Some(
+            ch.members
+                .iter()
+                .filter_map(|k| self.peers.get(*k).map(|p| p.id))
+                .collect(),
+        )
+    }
+
+    /// The voice (source) a joined peer sends.
+    pub fn peer_source(&self, peer: PeerId) -> Option<SourceId> {
+        Some(self.peers.get(*self.peer_keys.get(&peer)?)?.source)
+    }
+
+    /// The identity a joined peer gave when it joined.
+    pub fn peer_identity(&self, peer: PeerId) -> Option<&str> {
+        Some(&self.peers.get(*self.peer_keys.get(&peer)?)?.identity)
+    }
+
+    /// The voices selected for forwarding in a channel now.
+    pub fn selected_speakers(&self, channel: &str) -> Option<Vec<SourceId>> {
+        let ch = self.channels.get(*self.channel_keys.get(channel)?)?;
+        Some(ch.selector.selected().to_vec())
+    }
+
+    /// Feeds one input. Afterwards drain [`poll_output`](Self::poll_output)
+    /// until it returns [`Output::Timeout`].
+    ///
+    /// Errors are only for commands the engine refuses (unknown peer, bad
+    /// offer…). Bad datagrams are never errors: they are dropped and counted
+    /// in [`stats`](Self::stats).
+    pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), Error> {
+        let res = match input {
+            Input::Receive {
+                now,
+                source,
+                destination,
+                datagram,
+            } => {
+                let now = self.advance(now);
+                self.receive(now, source, destination, datagram);
+                Ok(())
+            }
+            Input::Command { now, command } => {
+                let now = self.advance(now);
+                self.command(now, command)
+            }
+            Input::Timeout(now) => {
+                let now = self.advance(now);
+                self.timeout(now);
+                Ok(())
+            }
+        };
+        self.process_signals();
+        res
+    }
+
+    /// The next thing to do: send a datagram, handle an event, or wait until
+    /// a time.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.outputs.pop_front() {
+            return o;
+        }
+        Output::Timeout(self.timers.peek().unwrap_or(self.last_now + IDLE_WAKEUP))
+    }
+
+    /// Time never goes backwards inside the engine, whatever the embedder passes.
+    fn advance(&mut self, now: Instant) -> Instant {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        self.last_now
+    }
+
+    fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        let key = match self.demux.route(source, destination, data) {
+            Route::Known(k) => k,
+            Route::NewAddress(k) => {
+                let Some(peer) = self.peers.get_mut(k) else {
+                    return;
+                };
+                if peer.tuples.len() >= self.config.max_addrs_per_peer {
+                    self.stats.dropped_address_limit += 1;
+                    return;
+                }
+                peer.tuples.push((source, destination));
+                self.demux.add_tuple(source, destination, k);
+                k
+            }
+            Route::Unknown => {
+                self.stats.dropped_unknown_source += 1;
+                return;
+            }
+            Route::BadStun => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+            Route::BadIntegrity => {
+                self.stats.dropped_rejected += 1;
+                return;
+            }
+        };
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if peer.failed {
+            return;
+        }
+        let Ok(recv) = Receive::new(Protocol::Udp, source, destination, data) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if let Err(e) = peer.rtc.handle_input(str0m::Input::Receive(now, recv)) {
+            tracing::trace!(peer = %peer.id, error = %e, "datagram rejected");
+            self.stats.dropped_rejected += 1;
+        }
+        settle_peer(
+            peer,
+            key,
+            now,
+            &mut self.outputs,
+            &mut self.signals,
+            &mut self.stats,
+            &mut self.timers,
+        );
+    }
+
+    fn command(&mut self, now: Instant, command: Command) -> Result<(), Error> {
+        match command {
+            Command::Join {
+                peer,
+                channel,
+                identity,
+                role,
+                offer,
+            } => self.join(now, peer, channel, identity, role, &offer),
+            Command::Leave { peer } => {
+                let key = self.key(peer)?;
+                self.remove_peer(key, LeaveReason::Left, now);
+                Ok(())
+            }
+            Command::SetMuted { peer, muted } => {
+                let key = self.key(peer)?;
+                let p = self.peers.get_mut(key).ok_or(Error::UnknownPeer(peer))?;
+                p.muted = muted;
+                if muted {
+                    self.silence(key, now);
+                }
+                Ok(())
+            }
+            Command::SetRole { peer, role } => {
+                let key = self.key(peer)?;
+                let p = self.peers.get_mut(key).ok_or(Error::UnknownPeer(peer))?;
+                if role == Role::Speaker && p.uplink_pt.is_none() {
+                    return Err(Error::CannotSpeak(peer));
+                }
+                p.role = role;
+                if role == Role::Listener {
+                    self.silence(key, now);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn key(&self, peer: PeerId) -> Result<PeerKey, Error> {
+        self.peer_keys
+            .get(&peer)
+            .copied()
+            .ok_or(Error::UnknownPeer(peer))
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        channel: String,
+        identity: String,
+        role: Role,
+        offer: &str,
+    ) -> Result<(), Error> {
+        if self.peer_keys.contains_key(&id) {
+            return Err(Error::PeerIdInUse(id));
+        }
+        if channel.is_empty() {
+            return Err(Error::InvalidChannel("empty"));
+        }
+        if channel.len() > MAX_CHANNEL_NAME {
+            return Err(Error::InvalidChannel("longer than 256 bytes"));
+        }
+        let source = SourceId(self.next_source);
+        let setup = PeerSetup {
+            id,
+            gen: 0,
+            channel: u32::MAX,
+            identity: identity.into(),
+            role,
+            source,
+            offer,
+            dtls_cert: &self.dtls_cert,
+        };
+        let (mut peer, sdp) = Peer::accept(setup, &self.config, &mut self.rng, now)?;
+        self.next_source = self.next_source.wrapping_add(1).max(1);
+        self.stats.peers_joined += 1;
+
+        let ch_key = match self.channel_keys.get(channel.as_str()) {
+            Some(k) => *k,
+            None => {
+                let name: Arc<str> = channel.into();
+                let config = &self.config;
+                let k = self
+                    .channels
+                    .insert_with(|_, gen| Channel::new(name.clone(), gen, config, now));
+                self.channel_keys.insert(name, k);
+                let ch = self.channels.get_mut(k).expect("just inserted");
+                self.timers
+                    .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
+                k
+            }
+        };
+        peer.channel = ch_key;
+        let slots = peer.slots.len();
+        let key = self.peers.insert_with(|_, gen| {
+            peer.gen = gen;
+            peer
+        });
+        self.peer_keys.insert(id, key);
+        let peer = self.peers.get_mut(key).expect("just inserted");
+        self.demux
+            .add_ufrag(peer.ufrag.clone(), peer.ice_pass.clone(), key);
+        settle_peer(
+            peer,
+            key,
+            now,
+            &mut self.outputs,
+            &mut self.signals,
+            &mut self.stats,
+            &mut self.timers,
+        );
+        self.outputs.push_back(Output::Event(Event::Answer {
+            peer: id,
+            source,
+            slots,
+            sdp,
+        }));
+        let ch = self.channels.get_mut(ch_key).expect("channel exists");
+        ch.members.push(key);
+        ch.assign_member(key, peer, &mut self.events);
+        self.flush_events();
+        Ok(())
+    }
+
+    /// The member's voice is no longer routed (muted, or became a listener).
+    fn silence(&mut self, key: PeerKey, _now: Instant) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let (source, ch_key) = (peer.source, peer.channel);
+        let Some(ch) = self.channels.get_mut(ch_key) else {
+            return;
+        };
+        let was_dominant = ch.dominant.dominant() == Some(source);
+        ch.dominant.remove_source(source);
+        if ch.selector.remove(source) {
+            self.stats.speaker_switches += 1;
+        }
+        ch.release_source(source, &mut self.peers, &mut self.events);
+        ch.reassign_all(&mut self.peers, &mut self.events);
+        if was_dominant {
+            self.events.push(Event::DominantSpeaker {
+                channel: ch.name.clone(),
+                speaker: None,
+            });
+        }
+        self.flush_events();
+    }
+
+    fn remove_peer(&mut self, key: PeerKey, reason: LeaveReason, now: Instant) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let id = peer.id;
+        if peer.role == Role::Speaker {
+            self.silence(key, now);
+        }
+        let Some(mut peer) = self.peers.remove(key) else {
+            return;
+        };
+        self.peer_keys.remove(&id);
+        self.demux.remove(&peer.ufrag, &peer.tuples);
+        // Tell the client (DTLS close_notify) when it is still there to hear.
+        if reason == LeaveReason::Left && peer.connected {
+            peer.rtc.disconnect();
+        }
+        if reason != LeaveReason::Left {
+            self.stats.peers_failed += 1;
+        }
+        if let Some(ch) = self.channels.get_mut(peer.channel) {
+            ch.members.retain(|k| *k != key);
+            ch.unassign_member(key, &peer);
+            if ch.members.is_empty() {
+                let name = ch.name.clone();
+                self.channels.remove(peer.channel);
+                self.channel_keys.remove(&name);
+            }
+        }
+        self.outputs
+            .push_back(Output::Event(Event::PeerLeft { peer: id, reason }));
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        while let Some((t, key)) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Peer(k, gen) => {
+                    let Some(peer) = self.peers.get_gen_mut(k, gen) else {
+                        continue;
+                    };
+                    if peer.timer != Some(t) {
+                        continue; // superseded by an earlier deadline
+                    }
+                    peer.timer = None;
+                    if !peer.connected && now >= peer.connect_deadline {
+                        self.remove_peer(k, LeaveReason::ConnectTimeout, now);
+                        continue;
+                    }
+                    if peer.failed {
+                        continue;
+                    }
+                    if let Err(e) = peer.rtc.handle_input(str0m::Input::Timeout(now)) {
+                        tracing::debug!(peer = %peer.id, error = %e, "timeout failed");
+                        peer.failed = true;
+                        self.signals.push_back((k, gen, Signal::Failed));
+                        continue;
+                    }
+                    settle_peer(
+                        peer,
+                        k,
+                        now,
+                        &mut self.outputs,
+                        &mut self.signals,
+                        &mut self.stats,
+                        &mut self.timers,
+                    );
+                }
+                TimerKey::Channel(k, gen) => {
+                    let Some(ch) = self.channels.get_gen_mut(k, gen) else {
+                        continue;
+                    };
+                    if ch.timer != Some(t) {
+                        continue;
+                    }
+                    ch.timer = None;
+                    self.channel_tick(k, now);
+                }
+            }
+            self.process_signals();
+        }
+    }
+
+    /// The slow speed of speaker selection: dominant speaker and the active
+    /// speaker list, every `dominant_interval`.
+    fn channel_tick(&mut self, k: u32, now: Instant) {
+        let Some(ch) = self.channels.get_mut(k) else {
+            return;
+        };
+        if let Some(d) = ch.dominant.decide(now) {
+            self.events.push(Event::DominantSpeaker {
+                channel: ch.name.clone(),
+                speaker: Some(d),
+            });
+            if ch.selector.pin(Some(d), now) {
+                self.stats.speaker_switches += 1;
+                ch.reassign_all(&mut self.peers, &mut self.events);
+            }
+        }
+        let speaking = ch.speaking(now);
+        if speaking != ch.active {
+            ch.active = speaking.clone();
+            self.events.push(Event::ActiveSpeakers {
+                channel: ch.name.clone(),
+                speakers: speaking,
+            });
+        }
+        ch.next_tick = now + self.config.dominant_interval;
+        self.timers
+            .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
+        self.flush_events();
+    }
+
+    fn process_signals(&mut self) {
+        let now = self.last_now;
+        while let Some((k, gen, signal)) = self.signals.pop_front() {
+            let Some(peer) = self.peers.get_gen_mut(k, gen) else {
+                continue;
+            };
+            match signal {
+                Signal::Connected => {
+                    if !peer.connected {
+                        peer.connected = true;
+                        self.stats.peers_connected += 1;
+                        let id = peer.id;
+                        self.outputs
+                            .push_back(Output::Event(Event::PeerConnected { peer: id }));
+                    }
+                }
+                Signal::Disconnected => self.remove_peer(k, LeaveReason::Disconnected, now),
+                Signal::Failed => self.remove_peer(k, LeaveReason::Failed, now),
+                Signal::Rtp(p) => self.on_rtp(k, p, now),
+            }
+        }
+    }
+
+    /// One audio packet from a local member.
+    fn on_rtp(&mut self, key: PeerKey, p: RtpPacket, now: Instant) {
+        self.stats.rtp_in += 1;
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if Some(p.header.payload_type) != peer.uplink_pt {
+            self.stats.dropped_wrong_codec += 1;
+            return;
+        }
+        if !peer.may_speak() {
+            self.stats.dropped_not_allowed += 1;
+            return;
+        }
+        let level = match p.header.ext_vals.audio_level {
+            Some(l) => level_from_ext(l),
+            // A client without the audio-level extension is still routed by
+            // its real loudness.
+            None => {
+                let meter = match &mut peer.level_meter {
+                    Some(m) => m,
+                    None => match OpusLevelMeter::new() {
+                        Ok(m) => peer.level_meter.insert(m),
+                        Err(_) => return,
+                    },
+                };
+                match meter.measure(&p.payload) {
+                    Some(l) => l,
+                    None => {
+                        self.stats.level_decode_errors += 1;
+                        127
+                    }
+                }
+            }
+        };
+        let frame = SourceFrame {
+            source: peer.source,
+            seq: *p.seq_no,
+            rtp_ts: p.header.timestamp,
+            level,
+            vad: p.header.ext_vals.voice_activity,
+            payload: p.payload,
+        };
+        let ch = peer.channel;
+        self.route(ch, &frame, now);
+    }
+
+    /// Selection and fan-out of one frame, wherever it came from.
+    fn route(&mut self, ch_key: u32, frame: &SourceFrame, now: Instant) {
+        let Engine {
+            channels,
+            peers,
+            outputs,
+            signals,
+            stats,
+            timers,
+            events,
+            config,
+            ..
+        } = self;
+        let Some(ch) = channels.get_mut(ch_key) else {
+            return;
+        };
+        ch.dominant.record_level(frame.source, frame.level, now);
+        let speech = frame.is_speech(config.speech_level);
+        if ch
+            .selector
+            .on_packet(frame.source, frame.level, speech, now)
+        {
+            stats.speaker_switches += 1;
+            ch.reassign_all(peers, events);
+        }
+        let Some(targets) = ch.fanout.get(&frame.source) else {
+            stats.not_selected += 1;
+            self.flush_events();
+            return;
+        };
+        for &(key, slot) in targets {
+            let Some(peer) = peers.get_mut(key) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            if peer.write_slot(slot as usize, frame, now) {
+                stats.rtp_forwarded += 1;
+            } else {
+                stats.dropped_stale += 1;
+            }
+            settle_peer(peer, key, now, outputs, signals, stats, timers);
+        }
+        self.flush_events();
+    }
+
+    fn flush_events(&mut self) {
+        for e in self.events.drain(..) {
+            self.outputs.push_back(Output::Event(e));
+        }
+    }
+}
+
+/// Drains a peer after a mutation and puts its next deadline in the heap.
+fn settle_peer(
+    peer: &mut Peer,
+    key: PeerKey,
+    now: Instant,
+    outputs: &mut VecDeque<Output>,
+    signals: &mut VecDeque<(u32, u32, Signal)>,
+    stats: &mut EngineStats,
+    timers: &mut TimerHeap,
+) {
+    peer.settle(key, now, outputs, signals, stats);
+    timers.schedule(
+        TimerKey::Peer(key, peer.gen),
+        peer.deadline(),
+        &mut peer.timer,
+    );
+}
+
+fn generate_dtls_cert() -> DtlsCert {
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .expect("the DTLS provider generates a certificate")
+}

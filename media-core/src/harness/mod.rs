@@ -1,0 +1,320 @@
+//! Simulated-clock test harness: the engine plus real str0m client peers in
+//! one process, datagrams carried between them on a virtual clock with
+//! optional loss and delay. DTLS, SRTP and Opus are real; only the network
+//! and the clock are simulated.
+//!
+//! Like quinn-proto's `Pair` and str0m's `TestRtc`, [`Sim::step`] always
+//! advances to whichever comes first: a datagram's arrival, the engine's
+//! timeout, a client's timeout, or a speaker's next 20 ms frame.
+//!
+//! ```no_run
+//! # use std::time::{Duration, Instant};
+//! # use media_core::{EngineConfig, Role};
+//! # use media_core::harness::{Sim, client::ClientSpec};
+//! let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+//! let alice = sim.join("alice", "room", Role::Speaker, ClientSpec::speaker(0));
+//! let bob = sim.join("bob", "room", Role::Listener, ClientSpec::listener());
+//! sim.run_until_connected(Duration::from_secs(5));
+//! sim.set_talking(alice, true);
+//! sim.run_for(Duration::from_secs(1));
+//! let heard = sim.clients[bob].tones_heard(sim.start, sim.now, 10);
+//! assert!(heard.contains(&0));
+//! ```
+
+pub mod audio;
+pub mod client;
+pub mod net;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::{Command, Engine, EngineConfig, Event, Input, Output, PeerId, Role};
+
+use self::audio::TONES;
+use self::client::{Client, ClientSpec};
+use self::net::{Datagram, Net};
+
+/// The engine's address in the simulation.
+pub const ENGINE_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000);
+
+impl ClientSpec {
+    /// A speaker that sends tone `tone` (index into [`TONES`]) and hears 3 slots.
+    pub fn speaker(tone: usize) -> Self {
+        ClientSpec {
+            tone: Some(TONES[tone % TONES.len()]),
+            ..Default::default()
+        }
+    }
+
+    /// A listener with 3 slots that decodes what it hears.
+    pub fn listener() -> Self {
+        ClientSpec::default()
+    }
+}
+
+/// The engine, its clients and the network between them.
+pub struct Sim {
+    /// When the simulation started.
+    pub start: Instant,
+    /// The simulated current time.
+    pub now: Instant,
+    /// The engine under test.
+    pub engine: Engine,
+    /// Clients, indexed as returned by [`Sim::join`] (also their `PeerId`).
+    pub clients: Vec<Client>,
+    /// The network.
+    pub net: Net,
+    /// Every event the engine emitted, with its time.
+    pub events: Vec<(Instant, Event)>,
+    /// Clients that vanished: their datagrams are dropped, they never act.
+    pub vanished: Vec<bool>,
+    by_addr: HashMap<SocketAddr, usize>,
+    engine_timeout: Instant,
+    cert: str0m::config::DtlsCert,
+    /// Set when an engine call returned an error (tests assert on it).
+    pub errors: Vec<crate::Error>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now.saturating_duration_since(self.start))
+            .field("clients", &self.clients.len())
+            .finish()
+    }
+}
+
+impl Sim {
+    /// A simulation starting at `start` (take `Instant::now()` once in the
+    /// test; nothing reads the clock after that).
+    pub fn new(mut config: EngineConfig, start: Instant) -> Sim {
+        if config.host_candidates.is_empty() {
+            config.host_candidates = vec![ENGINE_ADDR];
+        }
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .expect("certificate");
+        if config.dtls_cert.is_none() {
+            config.dtls_cert = Some(cert.clone());
+        }
+        let seed = config.seed;
+        Sim {
+            start,
+            now: start,
+            engine: Engine::new(config, start),
+            clients: Vec::new(),
+            net: Net::new(seed ^ 0xA5A5),
+            events: Vec::new(),
+            vanished: Vec::new(),
+            by_addr: HashMap::new(),
+            engine_timeout: start,
+            cert,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now.saturating_duration_since(self.start)
+    }
+
+    /// A new client joins `channel`. Returns its index (its `PeerId` too).
+    pub fn join(&mut self, name: &str, channel: &str, role: Role, spec: ClientSpec) -> usize {
+        let idx = self.clients.len();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10_000 + idx as u16);
+        let (client, offer) = Client::new(name, addr, &spec, &TONES, &self.cert, self.now);
+        self.clients.push(client);
+        self.vanished.push(false);
+        self.by_addr.insert(addr, idx);
+        self.command(Command::Join {
+            peer: PeerId(idx as u64),
+            channel: channel.to_string(),
+            identity: name.to_string(),
+            role,
+            offer,
+        });
+        self.flush_clients();
+        idx
+    }
+
+    /// Sends a command to the engine; an error is recorded in `errors`.
+    pub fn command(&mut self, command: Command) {
+        let now = self.now;
+        if let Err(e) = self.engine.handle_input(Input::Command { now, command }) {
+            self.errors.push(e);
+        }
+        self.drain_engine();
+    }
+
+    /// Starts (`true`) or stops a client's tone.
+    pub fn set_talking(&mut self, idx: usize, talking: bool) {
+        self.set_amplitude(idx, if talking { 0.5 } else { 0.0 });
+    }
+
+    /// Sets a client's tone amplitude (0 = silence).
+    pub fn set_amplitude(&mut self, idx: usize, amplitude: f32) {
+        self.clients[idx].set_talking(amplitude);
+    }
+
+    /// A client stops existing without a word: no more datagrams either way.
+    pub fn vanish(&mut self, idx: usize) {
+        self.vanished[idx] = true;
+    }
+
+    /// Delivers raw bytes to the engine as if from `source`.
+    pub fn inject(&mut self, source: SocketAddr, datagram: &[u8]) {
+        let now = self.now;
+        let _ = self.engine.handle_input(Input::Receive {
+            now,
+            source,
+            destination: ENGINE_ADDR,
+            datagram,
+        });
+        self.drain_engine();
+    }
+
+    /// Runs until every non-vanished client is connected, at most `limit`.
+    /// Returns whether they all connected.
+    pub fn run_until_connected(&mut self, limit: Duration) -> bool {
+        let deadline = self.now + limit;
+        while self.now < deadline {
+            if self
+                .clients
+                .iter()
+                .zip(&self.vanished)
+                .all(|(c, v)| *v || c.connected)
+            {
+                return true;
+            }
+            self.step(deadline);
+        }
+        false
+    }
+
+    /// Runs the simulation for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Runs the simulation until `t`.
+    pub fn run_until(&mut self, t: Instant) {
+        while self.now < t {
+            self.step(t);
+        }
+    }
+
+    /// Advances to the next thing that happens (but not past `limit`) and
+    /// does it.
+    pub fn step(&mut self, limit: Instant) {
+        let mut next = self.engine_timeout;
+        if let Some(t) = self.net.next_arrival() {
+            next = next.min(t);
+        }
+        for (c, v) in self.clients.iter().zip(&self.vanished) {
+            if !*v {
+                next = next.min(c.next_wakeup());
+            }
+        }
+        if next > limit {
+            self.now = limit;
+            return;
+        }
+        if next > self.now {
+            self.now = next;
+        }
+        let now = self.now;
+
+        while let Some(d) = self.net.pop_due(now) {
+            self.deliver(d);
+        }
+        if self.engine_timeout <= now {
+            let _ = self.engine.handle_input(Input::Timeout(now));
+            self.drain_engine();
+        }
+        for i in 0..self.clients.len() {
+            if self.vanished[i] {
+                continue;
+            }
+            let c = &mut self.clients[i];
+            if c.timeout <= now {
+                c.handle_timeout(now);
+            }
+            c.send_due_frames(now);
+        }
+        self.flush_clients();
+    }
+
+    fn deliver(&mut self, d: Datagram) {
+        let now = self.now;
+        if d.destination == ENGINE_ADDR {
+            let _ = self.engine.handle_input(Input::Receive {
+                now,
+                source: d.source,
+                destination: d.destination,
+                datagram: &d.contents,
+            });
+            self.drain_engine();
+        } else if let Some(&i) = self.by_addr.get(&d.destination) {
+            if !self.vanished[i] {
+                self.clients[i].receive(now, &d);
+            }
+        }
+    }
+
+    fn flush_clients(&mut self) {
+        let now = self.now;
+        let cond = self.net.uplink;
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            for d in c.outbox.drain(..) {
+                if !self.vanished[i] {
+                    self.net.send(now, cond, d);
+                }
+            }
+        }
+    }
+
+    fn drain_engine(&mut self) {
+        let now = self.now;
+        loop {
+            match self.engine.poll_output() {
+                Output::Transmit(t) => {
+                    let cond = self.net.downlink;
+                    self.net.send(
+                        now,
+                        cond,
+                        Datagram {
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents,
+                        },
+                    );
+                }
+                Output::Event(e) => {
+                    if let Event::Answer { peer, sdp, .. } = &e {
+                        let i = peer.0 as usize;
+                        if let Some(c) = self.clients.get_mut(i) {
+                            c.accept_answer(sdp, now);
+                        }
+                    }
+                    self.events.push((now, e));
+                }
+                Output::Timeout(t) => {
+                    self.engine_timeout = t;
+                    break;
+                }
+            }
+        }
+        self.flush_clients();
+    }
+
+    /// Events emitted at or after `from`.
+    pub fn events_since(&self, from: Instant) -> impl Iterator<Item = &Event> {
+        self.events
+            .iter()
+            .filter(move |(t, _)| *t >= from)
+            .map(|(_, e)| e)
+    }
+}

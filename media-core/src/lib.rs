@@ -1,0 +1,132 @@
+//! `media-core`: a sans-IO voice forwarding engine (selective forwarding unit)
+//! on top of [str0m](https://docs.rs/str0m).
+//!
+//! Every member of a channel sends one Opus stream up. The engine selects the
+//! active speakers of each channel and forwards only them to every listener,
+//! into a fixed number of receive **slots** per listener, rewriting sequence
+//! numbers and timestamps so that browsers see continuous streams while the
+//! voice in a slot changes.
+//!
+//! The engine does no I/O: no sockets, no clock, no threads, no global RNG.
+//! Datagrams, commands and time go in through [`Engine::handle_input`];
+//! datagrams to send, events and the next wake-up come out of
+//! [`Engine::poll_output`]. It can be embedded in any runtime and tested on a
+//! simulated clock.
+//!
+//! # The run loop
+//!
+//! The contract: **after every `handle_input`, drain `poll_output` until it
+//! returns [`Output::Timeout`]**, then wait for a datagram, a command or that
+//! time, whichever comes first.
+//!
+//! ```no_run
+//! use std::net::UdpSocket;
+//! use std::time::{Duration, Instant};
+//! use media_core::{Engine, EngineConfig, Input, Output, Command, Event, PeerId, Role};
+//!
+//! let socket = UdpSocket::bind("127.0.0.1:3478")?;
+//! let local = socket.local_addr()?;
+//! let mut config = EngineConfig::default();
+//! config.host_candidates = vec![local];
+//! let mut engine = Engine::new(config, Instant::now());
+//!
+//! // A member joins (the offer comes from your signaling).
+//! let offer: String = todo!("SDP offer from the client");
+//! engine.handle_input(Input::Command {
+//!     now: Instant::now(),
+//!     command: Command::Join {
+//!         peer: PeerId(1),
+//!         channel: "lobby".into(),
+//!         identity: "alice".into(),
+//!         role: Role::Speaker,
+//!         offer,
+//!     },
+//! })?;
+//!
+//! let mut buf = vec![0u8; 2000];
+//! loop {
+//!     // Drain everything the engine wants done.
+//!     let deadline = loop {
+//!         match engine.poll_output() {
+//!             Output::Transmit(t) => {
+//!                 socket.send_to(&t.contents, t.destination)?;
+//!             }
+//!             Output::Event(Event::Answer { peer, sdp, .. }) => {
+//!                 // Send `sdp` to the client of `peer` through your signaling.
+//!             }
+//!             Output::Event(_other) => {}
+//!             Output::Timeout(t) => break t,
+//!             _ => {}
+//!         }
+//!     };
+//!     // Wait for a datagram or the deadline.
+//!     let wait = deadline.saturating_duration_since(Instant::now());
+//!     socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+//!     let input = match socket.recv_from(&mut buf) {
+//!         Ok((n, source)) => {
+//!             engine.handle_input(Input::Receive {
+//!                 now: Instant::now(),
+//!                 source,
+//!                 destination: local,
+//!                 datagram: &buf[..n],
+//!             })?;
+//!             continue;
+//!         }
+//!         Err(_) => Input::Timeout(Instant::now()),
+//!     };
+//!     engine.handle_input(input)?;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A complete single-node server on `std::net::UdpSocket` is in
+//! `examples/embed.rs` of the repository.
+//!
+//! # What a client offers
+//!
+//! A client offers one audio m-line it sends on (its microphone: `sendonly`
+//! or `sendrecv`) and one `recvonly` audio m-line per slot it wants to hear
+//! (up to [`EngineConfig::slots_per_listener`], default 3). The answer comes
+//! as [`Event::Answer`]. Roles and mutes change without renegotiation.
+//!
+//! # Speaker selection
+//!
+//! Two speeds: per packet, the loudest voices by the RFC 6464 audio level
+//! (or by decoding the Opus payload when a client sends no level) are routed
+//! at once, with hysteresis; every 300 ms, the dominant speaker is decided
+//! with Volfin & Cohen's algorithm and always routed. A muted member is never
+//! routed, and nobody hears their own voice.
+
+#![warn(missing_docs)]
+
+mod channel;
+mod config;
+mod demux;
+mod dominant;
+mod engine;
+mod error;
+mod event;
+mod frame;
+mod ids;
+mod level;
+mod peer;
+mod rng;
+mod selection;
+mod slab;
+mod slot;
+mod stats;
+mod timer;
+
+#[cfg(feature = "harness")]
+pub mod harness;
+
+pub use config::EngineConfig;
+pub use engine::{Command, Engine, Input, Output, Transmit};
+pub use error::Error;
+pub use event::{Event, LeaveReason};
+pub use ids::{PeerId, Role, SourceId};
+pub use stats::EngineStats;
+
+/// Re-exported so embedders name str0m types (certificates) without a
+/// separate dependency that could drift in version.
+pub use str0m;
