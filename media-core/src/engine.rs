@@ -234,6 +234,20 @@ impl Engine {
         Some(ch.selector.selected().to_vec())
     }
 
+    /// Routes datagrams from `source` to `peer` as if ICE had learned the
+    /// address, so that fuzzing reaches a peer's WebRTC stack without first
+    /// solving STUN message integrity. Test harness only.
+    #[cfg(feature = "harness")]
+    #[doc(hidden)]
+    pub fn learn_address(&mut self, peer: PeerId, source: SocketAddr, destination: SocketAddr) {
+        if let Some(&key) = self.peer_keys.get(&peer) {
+            if let Some(p) = self.peers.get_mut(key) {
+                p.tuples.push((source, destination));
+                self.demux.add_tuple(source, destination, key);
+            }
+        }
+    }
+
     /// Feeds one input. Afterwards drain [`poll_output`](Self::poll_output)
     /// until it returns [`Output::Timeout`].
     ///

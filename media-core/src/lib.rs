@@ -120,6 +120,14 @@ mod timer;
 #[cfg(feature = "harness")]
 pub mod harness;
 
+/// An arbitrary origin for unit tests' simulated time. The engine itself
+/// never reads the clock; tests need some `Instant` to count from, and std
+/// offers no other way to make one.
+#[cfg(test)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 pub use config::EngineConfig;
 pub use engine::{Command, Engine, Input, Output, Transmit};
 pub use error::Error;

@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn continuous_across_a_switch() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut s = SlotRewriter::new(1000, 5000);
         let a = SourceId(1);
         let b = SourceId(2);
@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn source_gaps_pass_through_and_stale_packets_are_dropped() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut s = SlotRewriter::new(10, 0);
         let a = SourceId(1);
         let b = SourceId(2);
@@ -182,13 +182,15 @@ mod tests {
     #[test]
     fn first_sequence_number_stays_below_32768() {
         let mut s = SlotRewriter::new(u16::MAX, 0);
-        let p = s.rewrite(SourceId(1), 5, 0, None, Instant::now()).unwrap();
+        let p = s
+            .rewrite(SourceId(1), 5, 0, None, crate::test_epoch())
+            .unwrap();
         assert!(p.seq < 32768);
     }
 
     #[test]
     fn timestamps_never_go_backwards_even_if_the_clock_does() {
-        let t0 = Instant::now() + Duration::from_secs(10);
+        let t0 = crate::test_epoch() + Duration::from_secs(10);
         let mut s = SlotRewriter::new(0, u32::MAX - 10);
         let a = s.rewrite(SourceId(1), 0, 0, Some(480), t0).unwrap();
         let b = s

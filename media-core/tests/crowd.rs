@@ -63,6 +63,9 @@ fn two_hundred_listeners_ten_seconds_no_loss() {
                 c.name,
                 log.packets.len()
             );
+            // The engine sends RTCP sender reports on every slot.
+            let last = log.packets.last().unwrap();
+            assert!(last.after_sender_report, "{}: no sender report", c.name);
         }
         if c.decode {
             assert_eq!(

@@ -373,3 +373,80 @@ fn speaker_without_audio_level_is_routed_by_loudness() {
     assert!(first - t <= 150 * MS, "{:?}", first - t);
     assert_eq!(sim.engine.stats().level_decode_errors, 0);
 }
+
+/// 10% loss each way: listeners still hear exactly the talking voices, lose
+/// no more than the network lost, and their decoders conceal the gaps.
+#[test]
+fn lossy_network_loses_only_what_the_network_lost() {
+    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    sim.net.uplink.loss = 0.10;
+    sim.net.downlink.loss = 0.10;
+    sim.net.downlink.delay = Duration::from_millis(30);
+    let s: Vec<usize> = (0..2)
+        .map(|i| {
+            sim.join(
+                &format!("s{i}"),
+                "room",
+                Role::Speaker,
+                ClientSpec::speaker(i),
+            )
+        })
+        .collect();
+    let listeners: Vec<usize> = (0..5)
+        .map(|i| {
+            sim.join(
+                &format!("l{i}"),
+                "room",
+                Role::Listener,
+                ClientSpec::listener(),
+            )
+        })
+        .collect();
+    assert!(sim.run_until_connected(Duration::from_secs(10)));
+    for &x in &s {
+        sim.set_talking(x, true);
+    }
+    sim.run_for(Duration::from_secs(5));
+    let from = sim.now - Duration::from_secs(4);
+    for &l in &listeners {
+        let c = &sim.clients[l];
+        assert_eq!(c.tones_heard(from, sim.now, 50), set(&[0, 1]), "{}", c.name);
+        assert_eq!(c.decode_errors(), 0);
+        for log in c.streams.values() {
+            let expected = log.packets.len() as u64 + log.lost();
+            let loss = log.lost() as f64 / expected as f64;
+            // Two lossy hops of 10%: about 19% end to end; never more than
+            // the network could have taken (with sampling slack).
+            assert!(loss > 0.10 && loss < 0.28, "{}: loss {loss:.3}", c.name);
+        }
+    }
+}
+
+/// A connected member that disappears without a word (browser tab killed)
+/// is removed once ICE consent lapses; the others carry on.
+#[test]
+fn vanished_member_is_removed_and_others_carry_on() {
+    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let a = sim.join("a", "room", Role::Speaker, ClientSpec::speaker(0));
+    let b = sim.join("b", "room", Role::Speaker, ClientSpec::speaker(1));
+    let l = sim.join("l", "room", Role::Listener, ClientSpec::listener());
+    assert!(sim.run_until_connected(Duration::from_secs(5)));
+    sim.set_talking(a, true);
+    sim.set_talking(b, true);
+    sim.run_for(Duration::from_secs(1));
+    let t = sim.now;
+    sim.vanish(b);
+    sim.run_for(Duration::from_secs(40));
+    let left = sim.events_since(t).find_map(|e| match e {
+        Event::PeerLeft { peer, reason } if *peer == PeerId(b as u64) => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(left, Some(LeaveReason::Disconnected));
+    assert_eq!(sim.engine.channel_members("room").unwrap().len(), 2);
+    let c = &sim.clients[l];
+    assert_eq!(
+        c.tones_heard(sim.now - Duration::from_secs(5), sim.now, 100),
+        set(&[0])
+    );
+    assert_eq!(c.decode_errors(), 0);
+}

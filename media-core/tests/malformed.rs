@@ -143,3 +143,27 @@ fn garbage_is_dropped_counted_and_harmless() {
     sim.inject(stranger, &[0x80, 111, 0, 1]);
     assert_eq!(sim.engine.stats().dropped_unknown_source, before + 1);
 }
+
+/// The fuzz bodies over a fixed pseudo-random corpus: the same code the fuzz
+/// targets run, as a smoke test in every `cargo test`.
+#[test]
+fn fuzz_bodies_survive_a_fixed_corpus() {
+    use media_core::harness::fuzz;
+    let start = Instant::now();
+    let mut rnd = Bytes(0xfeed_f00d_dead_beef);
+    for i in 0..300 {
+        let len = (rnd.next() % 600) as usize;
+        let mut data = rnd.fill(len);
+        if i % 3 == 0 {
+            // Mostly valid SDP with random damage.
+            let mut sdp = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=fingerprint:sha-256 00:11\r\na=setup:actpass\r\n".to_vec();
+            for _ in 0..(rnd.next() % 4) {
+                let at = (rnd.next() as usize) % sdp.len();
+                sdp[at] = rnd.next() as u8;
+            }
+            data = sdp;
+        }
+        fuzz::sdp_offer(&data, start);
+        fuzz::datagrams(&data, start);
+    }
+}

@@ -32,6 +32,8 @@ pub struct Received {
     pub level: Option<u8>,
     /// The tone the decoded frame carries (index into the sim's tones).
     pub tone: Option<usize>,
+    /// The stream's sender has sent an RTCP sender report by now.
+    pub after_sender_report: bool,
 }
 
 /// Everything a client received on one incoming stream (one slot).
@@ -345,6 +347,7 @@ impl Client {
                         .audio_level
                         .map(|l| (-(l as i16)).clamp(0, 127) as u8),
                     tone,
+                    after_sender_report: p.last_sender_info.is_some(),
                 });
             }
             _ => {}

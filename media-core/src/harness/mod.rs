@@ -23,6 +23,7 @@
 
 pub mod audio;
 pub mod client;
+pub mod fuzz;
 pub mod net;
 
 use std::collections::HashMap;
