@@ -18,6 +18,7 @@ pub struct EngineConfig {
     pub host_candidates: Vec<SocketAddr>,
     /// Receive slots a listener gets at most (the number of voices it hears at
     /// once), and so the number of active speakers selected per channel.
+    /// Between 1 and 32 (clamped).
     pub slots_per_listener: usize,
     /// How loud a packet must be to count as speech, in RFC 6464 units
     /// (`0` = 0 dBov, `127` = silence): 60 means louder than -60 dBov.

@@ -25,6 +25,9 @@ use crate::{Error, Event, LeaveReason, PeerId, Role, SourceId};
 /// How far ahead an idle engine (no peers, no channels) asks to be woken.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 
+/// Most receive slots a listener can have.
+pub(crate) const MAX_SLOTS: usize = 32;
+
 /// Longest channel name accepted, in bytes.
 const MAX_CHANNEL_NAME: usize = 256;
 
@@ -108,8 +111,10 @@ pub struct Transmit {
 }
 
 /// What the engine asks of its embedder.
+///
+/// Deliberately exhaustive: when a kind of output is added (relay messages
+/// for the cascade), every embedder's run loop must be told by the compiler.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Output {
     /// Send a datagram.
     Transmit(Transmit),
@@ -136,6 +141,7 @@ pub struct Engine {
     dtls_cert: DtlsCert,
     peers: Slab<Peer>,
     peer_keys: HashMap<PeerId, PeerKey>,
+    sources: HashMap<SourceId, PeerKey>,
     channels: Slab<Channel>,
     channel_keys: HashMap<Arc<str>, u32>,
     demux: Demux,
@@ -162,7 +168,10 @@ impl Engine {
     /// A new engine. `now` is the engine's notion of the current time.
     ///
     /// Generates a DTLS certificate when the config has none.
-    pub fn new(config: EngineConfig, now: Instant) -> Self {
+    pub fn new(mut config: EngineConfig, now: Instant) -> Self {
+        // Slot indices travel as u8 in the fan-out table; a listener hears at
+        // most this many voices at once.
+        config.slots_per_listener = config.slots_per_listener.clamp(1, MAX_SLOTS);
         let dtls_cert = config.dtls_cert.clone().unwrap_or_else(generate_dtls_cert);
         let mut rng = Rng::new(config.seed);
         // Sources of different engines should not collide; start each engine
@@ -174,6 +183,7 @@ impl Engine {
             dtls_cert,
             peers: Slab::default(),
             peer_keys: HashMap::new(),
+            sources: HashMap::new(),
             channels: Slab::default(),
             channel_keys: HashMap::new(),
             demux: Demux::default(),
@@ -226,6 +236,11 @@ impl Engine {
     /// The identity a joined peer gave when it joined.
     pub fn peer_identity(&self, peer: PeerId) -> Option<&str> {
         Some(&self.peers.get(*self.peer_keys.get(&peer)?)?.identity)
+    }
+
+    /// The local peer that sends a voice, if it is joined here.
+    pub fn source_peer(&self, source: SourceId) -> Option<PeerId> {
+        Some(self.peers.get(*self.sources.get(&source)?)?.id)
     }
 
     /// The voices selected for forwarding in a channel now.
@@ -452,6 +467,7 @@ impl Engine {
             peer
         });
         self.peer_keys.insert(id, key);
+        self.sources.insert(source, key);
         let peer = self.peers.get_mut(key).expect("just inserted");
         self.demux
             .add_ufrag(peer.ufrag.clone(), peer.ice_pass.clone(), key);
@@ -514,6 +530,7 @@ impl Engine {
             return;
         };
         self.peer_keys.remove(&id);
+        self.sources.remove(&peer.source);
         self.demux.remove(&peer.ufrag, &peer.tuples);
         // Tell the client (DTLS close_notify) when it is still there to hear.
         if reason == LeaveReason::Left && peer.connected {

@@ -56,7 +56,6 @@
 //!             }
 //!             Output::Event(_other) => {}
 //!             Output::Timeout(t) => break t,
-//!             _ => {}
 //!         }
 //!     };
 //!     // Wait for a datagram or the deadline.

@@ -109,8 +109,8 @@ impl Peer {
         rng: &mut Rng,
         now: Instant,
     ) -> Result<(Peer, String), Error> {
-        let offer = SdpOffer::from_sdp_string(setup.offer)
-            .map_err(|e| Error::InvalidOffer(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(setup.offer).map_err(|e| offer_error(&e.to_string()))?;
         let creds = IceCreds {
             ufrag: rng.ice_string(8),
             pass: rng.ice_string(24),
@@ -132,7 +132,7 @@ impl Peer {
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| Error::InvalidOffer(e.to_string()))?;
+            .map_err(|e| offer_error(&e.to_string()))?;
 
         let answer = answer.to_sdp_string();
         // The audio m-lines, in SDP order, with their negotiated direction.
@@ -347,4 +347,16 @@ fn audio_mids(sdp: &str) -> Vec<Mid> {
         }
     }
     mids
+}
+
+/// A refusal a client can be shown: the first line of str0m's message,
+/// without parser internals (pointer offsets, dumps of the input), bounded.
+fn offer_error(detail: &str) -> Error {
+    let first = detail.lines().next().unwrap_or("").trim();
+    let reason = if first.is_empty() || first.contains("PointerOffset") {
+        "the SDP does not parse".to_string()
+    } else {
+        first.chars().take(160).collect()
+    };
+    Error::InvalidOffer(reason)
 }

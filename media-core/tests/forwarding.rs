@@ -166,6 +166,19 @@ fn scripted_turns_and_overlaps() {
         })
         .collect();
     assert!(dominants.windows(2).all(|w| w[0] != w[1]), "{dominants:?}");
+    // Active-speaker lists too, and they name who was talking.
+    let actives: Vec<&Vec<SourceId>> = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::ActiveSpeakers { speakers, .. } => Some(speakers),
+            _ => None,
+        })
+        .collect();
+    assert!(actives.windows(2).all(|w| w[0] != w[1]));
+    let mut last: Vec<SourceId> = actives.last().unwrap().to_vec();
+    last.sort();
+    assert_eq!(last, vec![source(&sim, s[0])], "only s0 talks at the end");
     assert!(dominants.len() >= 2, "{dominants:?}");
 }
 
@@ -264,6 +277,7 @@ fn mute_role_and_leave_mid_speech() {
     assert_eq!(heard(&sim, l, t + 50 * MS), set(&[0, 2]));
     assert!(sim.clients[l].tones_heard(t + 50 * MS, sim.now, 1).len() == 2);
     let src1 = source(&sim, s[1]);
+    assert_eq!(sim.engine.source_peer(src1), Some(PeerId(s[1] as u64)));
     let freed = sim.events_since(t).any(
         |e| matches!(e, Event::SlotChanged { peer, source: None, .. } if *peer == PeerId(l as u64)),
     );

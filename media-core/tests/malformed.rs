@@ -167,3 +167,46 @@ fn fuzz_bodies_survive_a_fixed_corpus() {
         fuzz::datagrams(&data, start);
     }
 }
+
+/// Offers that cannot be used are refused with a message fit for a client,
+/// and leave no trace in the engine.
+#[test]
+fn bad_offers_are_refused_clearly() {
+    use media_core::{Command, Error};
+    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let video_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\n";
+    for (i, offer) in ["garbage", "", "v=0\r\n", video_only]
+        .into_iter()
+        .enumerate()
+    {
+        sim.command(Command::Join {
+            peer: PeerId(100 + i as u64),
+            channel: "room".into(),
+            identity: "x".into(),
+            role: Role::Speaker,
+            offer: offer.into(),
+        });
+        let err = sim.errors.pop().expect("refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::InvalidOffer(_) | Error::UnusableOffer(_)),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\n') && !text.contains("PointerOffset"),
+            "{text}"
+        );
+        assert!(text.len() < 200, "{text}");
+    }
+    sim.command(Command::Join {
+        peer: PeerId(1),
+        channel: String::new(),
+        identity: "x".into(),
+        role: Role::Speaker,
+        offer: "v=0".into(),
+    });
+    assert_eq!(sim.errors.pop(), Some(Error::InvalidChannel("empty")));
+    assert_eq!(sim.engine.peer_count(), 0);
+    assert_eq!(sim.engine.channel_count(), 0);
+    assert!(sim.events.is_empty());
+}
