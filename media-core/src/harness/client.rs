@@ -267,6 +267,22 @@ impl Client {
         }
     }
 
+    /// Moves the next 20 ms frame to no earlier than `now`, so that the
+    /// frames a speaker missed while the simulation was held (a benchmark fed
+    /// the engine directly in the meantime) are not sent late in one burst.
+    /// Sequence numbers and RTP timestamps continue without a gap.
+    pub fn skip_missed_frames(&mut self, now: Instant) {
+        if let Some(up) = &mut self.uplink {
+            up.next_frame = up.next_frame.max(now);
+        }
+    }
+
+    /// Takes the datagrams the client wants sent (to put them on a real
+    /// socket; [`Sim`](super::Sim) does this itself).
+    pub fn take_outbox(&mut self) -> Vec<Datagram> {
+        std::mem::take(&mut self.outbox)
+    }
+
     /// Feeds a datagram.
     pub fn receive(&mut self, now: Instant, d: &Datagram) {
         if self.closed {

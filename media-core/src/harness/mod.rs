@@ -25,6 +25,7 @@ pub mod audio;
 pub mod client;
 pub mod fuzz;
 pub mod net;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -309,6 +310,106 @@ impl Sim {
             }
         }
         self.flush_clients();
+    }
+
+    /// Runs the simulation until client `idx` has sent at least `n` RTP
+    /// packets, and returns them instead of delivering them: real
+    /// SRTP-protected datagrams, in the order sent, that a benchmark can feed
+    /// to the engine itself later (each once: SRTP rejects replays).
+    /// Everything else (the client's STUN, RTCP and DTLS, the other clients,
+    /// the engine) is carried as usual, so ICE consent stays fresh on both
+    /// sides.
+    ///
+    /// Time may have been moved on (`now` set) since the last step, with the
+    /// engine fed directly: the engine first gets a timeout at `now`, and the
+    /// client skips the frames it missed meanwhile
+    /// ([`Client::skip_missed_frames`]). Returns fewer packets when the
+    /// client sends none for 5 simulated seconds (it is not connected, or
+    /// has no uplink).
+    pub fn capture_uplink(&mut self, idx: usize, n: usize) -> Vec<Datagram> {
+        const STALL: Duration = Duration::from_secs(5);
+        let mut captured = Vec::with_capacity(n);
+        let now = self.now;
+        self.clients[idx].skip_missed_frames(now);
+        self.take_rtp(idx, &mut captured);
+        let _ = self.engine.handle_input(Input::Timeout(now));
+        self.drain_engine();
+        let mut deadline = self.now + STALL;
+        while captured.len() < n && self.now < deadline {
+            let before = captured.len();
+            self.step_capturing(deadline, idx, &mut captured);
+            if captured.len() > before {
+                deadline = self.now + STALL;
+            }
+        }
+        captured
+    }
+
+    /// [`Sim::step`], except that the RTP packets client `idx` sends are
+    /// moved to `captured` before they reach the network.
+    fn step_capturing(&mut self, limit: Instant, idx: usize, captured: &mut Vec<Datagram>) {
+        let mut next = self.engine_timeout;
+        if let Some(t) = self.net.next_arrival() {
+            next = next.min(t);
+        }
+        for (c, v) in self.clients.iter().zip(&self.vanished) {
+            if !*v {
+                next = next.min(c.next_wakeup());
+            }
+        }
+        if next > limit {
+            self.now = limit;
+            return;
+        }
+        if next > self.now {
+            self.now = next;
+        }
+        let now = self.now;
+
+        // Every delivery and engine call may flush the clients' outboxes.
+        while let Some(d) = self.net.pop_due(now) {
+            self.take_rtp(idx, captured);
+            self.deliver(d);
+        }
+        if self.engine_timeout <= now {
+            self.take_rtp(idx, captured);
+            let _ = self.engine.handle_input(Input::Timeout(now));
+            self.drain_engine();
+        }
+        for i in 0..self.clients.len() {
+            if self.vanished[i] {
+                continue;
+            }
+            let c = &mut self.clients[i];
+            if c.timeout <= now {
+                c.handle_timeout(now);
+            }
+            c.send_due_frames(now);
+        }
+        self.take_rtp(idx, captured);
+        self.flush_clients();
+    }
+
+    /// Moves the RTP packets (not RTCP, STUN or DTLS) out of client `idx`'s
+    /// outbox into `captured`.
+    fn take_rtp(&mut self, idx: usize, captured: &mut Vec<Datagram>) {
+        let outbox = &mut self.clients[idx].outbox;
+        if !outbox.iter().any(|d| Self::is_rtp(&d.contents)) {
+            return;
+        }
+        for d in std::mem::take(outbox) {
+            if Self::is_rtp(&d.contents) {
+                captured.push(d);
+            } else {
+                outbox.push(d);
+            }
+        }
+    }
+
+    /// Whether a datagram is RTP (version 2, and not an RTCP packet type,
+    /// RFC 5761 section 4), as opposed to RTCP, STUN or DTLS.
+    fn is_rtp(d: &[u8]) -> bool {
+        d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
     }
 
     /// Events emitted at or after `from`.

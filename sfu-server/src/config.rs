@@ -1,0 +1,708 @@
+//! Server configuration: built-in defaults, then a TOML file, then `SFU_*`
+//! environment variables, then command-line flags (each overrides the
+//! previous), and the checks that refuse unsafe or unworkable settings.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The most receive slots per listener that [`Config::validate`] accepts.
+pub const MAX_SLOTS: usize = 32;
+
+/// Server configuration: built-in defaults, then a TOML file, then `SFU_*`
+/// environment variables, then command-line flags (each overrides the
+/// previous).
+///
+/// The TOML file uses the field names as keys (`http = "0.0.0.0:8080"`,
+/// `slots = 3`, `stun_urls = ["stun:stun.example.org:3478"]`, ...); unknown
+/// keys are an error.
+///
+/// `Debug` redacts `auth_secret` and `turn_secret`, so a configuration can be
+/// logged.
+#[derive(Clone, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP (signaling, WHIP/WHEP, metrics) listen address; default
+    /// `127.0.0.1:8080`.
+    pub http: SocketAddr,
+    /// Media (UDP) socket address; default `127.0.0.1:0` (any free port). The
+    /// bound address is advertised as the ICE host candidate.
+    pub udp: SocketAddr,
+    /// HS256 secret for join tokens; `None` is development mode (loopback
+    /// clients only, no token needed).
+    pub auth_secret: Option<String>,
+    /// Allow binding beyond loopback without `auth_secret`.
+    pub insecure: bool,
+    /// Receive slots per listener (1 to [`MAX_SLOTS`]); default 3.
+    pub slots: usize,
+    /// STUN server URLs handed to clients, e.g.
+    /// `["stun:stun.example.org:3478"]`; default empty.
+    pub stun_urls: Vec<String>,
+    /// TURN server URLs handed to clients with ephemeral credentials, e.g.
+    /// `["turn:turn.example.org:3478?transport=udp"]`; default empty.
+    pub turn_urls: Vec<String>,
+    /// The TURN server's shared secret (coturn `use-auth-secret` /
+    /// `static-auth-secret`); required when `turn_urls` is not empty.
+    pub turn_secret: Option<String>,
+    /// Lifetime of TURN credentials in seconds; default 86400.
+    pub turn_ttl_secs: u64,
+    /// Graceful shutdown deadline in seconds; default 30.
+    pub drain_timeout_secs: u64,
+    /// Largest accepted HTTP request body in bytes; default 65536.
+    pub max_body_bytes: usize,
+    /// `tracing` `EnvFilter` directive; default `"info"` (`RUST_LOG` wins
+    /// when set).
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            udp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth_secret: None,
+            insecure: false,
+            slots: 3,
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_secs: 86_400,
+            drain_timeout_secs: 30,
+            max_body_bytes: 65_536,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+/// Shows a secret as `Some("<redacted>")` / `None`.
+fn redact(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http", &self.http)
+            .field("udp", &self.udp)
+            .field("auth_secret", &redact(&self.auth_secret))
+            .field("insecure", &self.insecure)
+            .field("slots", &self.slots)
+            .field("stun_urls", &self.stun_urls)
+            .field("turn_urls", &self.turn_urls)
+            .field("turn_secret", &redact(&self.turn_secret))
+            .field("turn_ttl_secs", &self.turn_ttl_secs)
+            .field("drain_timeout_secs", &self.drain_timeout_secs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// Values given on the command line (all optional); they override the file
+/// and the environment.
+///
+/// `Debug` redacts `auth_secret`.
+#[derive(Default, Clone)]
+pub struct Overrides {
+    /// `--http ADDR`.
+    pub http: Option<SocketAddr>,
+    /// `--udp ADDR`.
+    pub udp: Option<SocketAddr>,
+    /// `--auth-secret S`.
+    pub auth_secret: Option<String>,
+    /// `--insecure` (can only turn the setting on).
+    pub insecure: bool,
+    /// `--slots N`.
+    pub slots: Option<usize>,
+    /// `--log FILTER`.
+    pub log: Option<String>,
+}
+
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("http", &self.http)
+            .field("udp", &self.udp)
+            .field("auth_secret", &redact(&self.auth_secret))
+            .field("insecure", &self.insecure)
+            .field("slots", &self.slots)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// Why a configuration could not be loaded or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown keys or
+    /// values of the wrong type.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (names the line, column and key).
+        message: String,
+    },
+    /// An `SFU_*` environment variable has a value that cannot be used.
+    #[error("invalid environment variable {name}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A socket would be reachable beyond loopback while anyone may join
+    /// without a token.
+    #[error(
+        "refusing to bind the {what} socket to {addr}, beyond loopback, without auth_secret: \
+         anyone who can reach it could join without a token. Set auth_secret \
+         (SFU_AUTH_SECRET or --auth-secret) or pass --insecure (SFU_INSECURE=1) to allow it"
+    )]
+    UnsafeBinding {
+        /// `"HTTP"` or `"UDP"`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// TURN URLs are configured but no secret to mint credentials for them.
+    #[error(
+        "turn_urls are configured but turn_secret is not: set turn_secret (SFU_TURN_SECRET, \
+         the TURN server's static-auth-secret) or remove turn_urls"
+    )]
+    TurnWithoutSecret,
+    /// A setting has a value that cannot work.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads: defaults ← optional TOML file ← environment (`SFU_HTTP`,
+    /// `SFU_UDP`, `SFU_AUTH_SECRET`, `SFU_INSECURE`, `SFU_SLOTS`,
+    /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
+    /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
+    /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`) ← command-line overrides.
+    ///
+    /// `env` looks a variable up (`|k| std::env::var(k).ok()` in the binary).
+    /// Does not [`validate`](Config::validate).
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.apply_overrides(overrides);
+        Ok(config)
+    }
+
+    /// Reads a TOML file over the defaults.
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Applies the `SFU_*` environment variables that are set.
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("SFU_HTTP") {
+            self.http = parse_env("SFU_HTTP", v)?;
+        }
+        if let Some(v) = env("SFU_UDP") {
+            self.udp = parse_env("SFU_UDP", v)?;
+        }
+        if let Some(v) = env("SFU_AUTH_SECRET") {
+            // An empty value is kept (and refused by `validate`) rather than
+            // silently falling back to development mode.
+            self.auth_secret = Some(v);
+        }
+        if let Some(v) = env("SFU_INSECURE") {
+            self.insecure = parse_bool("SFU_INSECURE", v)?;
+        }
+        if let Some(v) = env("SFU_SLOTS") {
+            self.slots = parse_env("SFU_SLOTS", v)?;
+        }
+        if let Some(v) = env("SFU_STUN_URLS") {
+            self.stun_urls = split_list(&v);
+        }
+        if let Some(v) = env("SFU_TURN_URLS") {
+            self.turn_urls = split_list(&v);
+        }
+        if let Some(v) = env("SFU_TURN_SECRET") {
+            self.turn_secret = Some(v);
+        }
+        if let Some(v) = env("SFU_TURN_TTL_SECS") {
+            self.turn_ttl_secs = parse_env("SFU_TURN_TTL_SECS", v)?;
+        }
+        if let Some(v) = env("SFU_DRAIN_TIMEOUT_SECS") {
+            self.drain_timeout_secs = parse_env("SFU_DRAIN_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = env("SFU_MAX_BODY_BYTES") {
+            self.max_body_bytes = parse_env("SFU_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = env("SFU_LOG") {
+            self.log = v;
+        }
+        Ok(())
+    }
+
+    /// Applies the command-line values that were given.
+    fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(http) = o.http {
+            self.http = http;
+        }
+        if let Some(udp) = o.udp {
+            self.udp = udp;
+        }
+        if let Some(secret) = &o.auth_secret {
+            self.auth_secret = Some(secret.clone());
+        }
+        if o.insecure {
+            self.insecure = true;
+        }
+        if let Some(slots) = o.slots {
+            self.slots = slots;
+        }
+        if let Some(log) = &o.log {
+            self.log = log.clone();
+        }
+    }
+
+    /// Refuses configurations that would be unsafe or cannot work: HTTP or
+    /// UDP bound beyond loopback without `auth_secret` unless `insecure`;
+    /// `turn_urls` without `turn_secret`; `slots` 0 or more than
+    /// [`MAX_SLOTS`]; an empty `auth_secret` or `turn_secret`; STUN/TURN URLs
+    /// with the wrong scheme or characters that cannot go into a header;
+    /// `turn_ttl_secs` or `max_body_bytes` of 0; a `log` directive that does
+    /// not parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth_secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid {
+                field: "auth_secret",
+                reason: "it is empty; give a long random string, or leave it unset for \
+                         development mode (loopback only)"
+                    .to_owned(),
+            });
+        }
+        if self.auth_secret.is_none() && !self.insecure {
+            for (what, addr) in [("HTTP", self.http), ("UDP", self.udp)] {
+                if !addr.ip().to_canonical().is_loopback() {
+                    return Err(ConfigError::UnsafeBinding { what, addr });
+                }
+            }
+        }
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return Err(ConfigError::Invalid {
+                field: "slots",
+                reason: format!("{} is out of range 1..={MAX_SLOTS}", self.slots),
+            });
+        }
+        if self.turn_secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid {
+                field: "turn_secret",
+                reason: "it is empty".to_owned(),
+            });
+        }
+        if !self.turn_urls.is_empty() && self.turn_secret.is_none() {
+            return Err(ConfigError::TurnWithoutSecret);
+        }
+        check_urls("stun_urls", &self.stun_urls, &["stun:", "stuns:"])?;
+        check_urls("turn_urls", &self.turn_urls, &["turn:", "turns:"])?;
+        if self.turn_ttl_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "turn_ttl_secs",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_body_bytes",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError::Invalid {
+                field: "log",
+                reason: format!("{:?} is not a valid tracing filter: {e}", self.log),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this is development mode (no `auth_secret`): joins are
+    /// accepted from loopback clients only, without a token, with all grants.
+    pub fn dev_mode(&self) -> bool {
+        self.auth_secret.is_none()
+    }
+}
+
+/// Parses one environment variable's value with `FromStr`.
+fn parse_env<T>(name: &'static str, value: String) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    match value.trim().parse() {
+        Ok(v) => Ok(v),
+        Err(e) => Err(ConfigError::Env {
+            name,
+            reason: e.to_string(),
+            value,
+        }),
+    }
+}
+
+/// Parses a boolean environment variable (`1/0`, `true/false`, `yes/no`,
+/// `on/off`, any case).
+fn parse_bool(name: &'static str, value: String) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Env {
+            name,
+            value,
+            reason: "expected one of 1, 0, true, false, yes, no, on, off".to_owned(),
+        }),
+    }
+}
+
+/// Splits a comma-separated list, trimming items and dropping empty ones.
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks ICE server URLs: the right scheme, and nothing that would break a
+/// `Link` header (`<`, `>`, `"`, whitespace, control characters).
+fn check_urls(field: &'static str, urls: &[String], schemes: &[&str]) -> Result<(), ConfigError> {
+    for url in urls {
+        let lower = url.to_ascii_lowercase();
+        let has_scheme_and_host = schemes
+            .iter()
+            .any(|s| lower.starts_with(s) && lower.len() > s.len());
+        if !has_scheme_and_host {
+            return Err(ConfigError::Invalid {
+                field,
+                reason: format!("{url:?} must be a {} URL with a host", schemes.join(" or ")),
+            });
+        }
+        if url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"'))
+        {
+            return Err(ConfigError::Invalid {
+                field,
+                reason: format!("{url:?} contains whitespace, a quote or angle brackets"),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn temp_file(name: &str, contents: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sfu-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = Config::load(None, &no_env, &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+        assert!(config.dev_mode());
+        assert_eq!(config.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.udp, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.slots, 3);
+        assert_eq!(config.turn_ttl_secs, 86_400);
+        assert_eq!(config.drain_timeout_secs, 30);
+        assert_eq!(config.max_body_bytes, 65_536);
+        assert_eq!(config.log, "info");
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let path = temp_file(
+            "ok.toml",
+            r#"
+http = "127.0.0.1:9000"
+auth_secret = "s3cret"
+slots = 5
+stun_urls = ["stun:stun.example.org:3478"]
+turn_urls = ["turn:turn.example.org:3478?transport=udp"]
+turn_secret = "t"
+"#,
+        );
+        let config = Config::load(Some(&path), &no_env, &Overrides::default()).unwrap();
+        assert_eq!(config.http, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.auth_secret.as_deref(), Some("s3cret"));
+        assert_eq!(config.slots, 5);
+        assert_eq!(config.stun_urls, ["stun:stun.example.org:3478"]);
+        assert_eq!(config.turn_secret.as_deref(), Some("t"));
+        // Untouched keys keep their defaults.
+        assert_eq!(config.udp, Config::default().udp);
+        assert_eq!(config.log, "info");
+        config.validate().unwrap();
+        assert!(!config.dev_mode());
+    }
+
+    #[test]
+    fn unknown_toml_key_is_named() {
+        let path = temp_file("unknown.toml", "slots = 3\nbogus_key = 1\n");
+        let err = Config::load(Some(&path), &no_env, &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("bogus_key"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn bad_toml_and_missing_file_are_errors() {
+        let path = temp_file("bad.toml", "slots = \"three\"\n");
+        let err = Config::load(Some(&path), &no_env, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("slots"), "{err}");
+        let path = temp_file("syntax.toml", "http = \n[[[");
+        assert!(Config::load(Some(&path), &no_env, &Overrides::default()).is_err());
+        let missing = Path::new("/nonexistent/sfu.toml");
+        let err = Config::load(Some(missing), &no_env, &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/sfu.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let path = temp_file("env.toml", "slots = 5\nlog = \"debug\"\n");
+        let env = env_of(&[
+            ("SFU_SLOTS", "7"),
+            ("SFU_HTTP", "127.0.0.1:1234"),
+            ("SFU_STUN_URLS", "stun:a:3478, stun:b:3478,"),
+            ("SFU_INSECURE", "true"),
+            ("SFU_TURN_TTL_SECS", "60"),
+        ]);
+        let config = Config::load(Some(&path), &env, &Overrides::default()).unwrap();
+        assert_eq!(config.slots, 7);
+        assert_eq!(config.log, "debug");
+        assert_eq!(config.http, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(config.stun_urls, ["stun:a:3478", "stun:b:3478"]);
+        assert!(config.insecure);
+        assert_eq!(config.turn_ttl_secs, 60);
+    }
+
+    #[test]
+    fn cli_overrides_env() {
+        let env = env_of(&[
+            ("SFU_SLOTS", "7"),
+            ("SFU_LOG", "warn"),
+            ("SFU_AUTH_SECRET", "from-env"),
+        ]);
+        let overrides = Overrides {
+            slots: Some(2),
+            log: Some("trace".into()),
+            auth_secret: Some("from-cli".into()),
+            http: Some("127.0.0.1:1".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &env, &overrides).unwrap();
+        assert_eq!(config.slots, 2);
+        assert_eq!(config.log, "trace");
+        assert_eq!(config.auth_secret.as_deref(), Some("from-cli"));
+        assert_eq!(config.http, "127.0.0.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn unspecified_address_without_secret_is_refused() {
+        let overrides = Overrides {
+            http: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &no_env, &overrides).unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::UnsafeBinding { what: "HTTP", .. }
+        ));
+        assert!(err.to_string().contains("--insecure"), "{err}");
+
+        let udp = Config {
+            udp: "[::]:0".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            udp.validate(),
+            Err(ConfigError::UnsafeBinding { what: "UDP", .. })
+        ));
+        // IPv6 loopback and IPv4-mapped loopback are loopback.
+        let v6 = Config {
+            http: "[::1]:8080".parse().unwrap(),
+            udp: "[::ffff:127.0.0.1]:0".parse().unwrap(),
+            ..Config::default()
+        };
+        v6.validate().unwrap();
+    }
+
+    #[test]
+    fn insecure_or_secret_allows_public_binding() {
+        let overrides = Overrides {
+            http: Some("0.0.0.0:8080".parse().unwrap()),
+            insecure: true,
+            ..Overrides::default()
+        };
+        Config::load(None, &no_env, &overrides)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let env = env_of(&[("SFU_HTTP", "0.0.0.0:8080"), ("SFU_AUTH_SECRET", "x")]);
+        Config::load(None, &env, &Overrides::default())
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_env_value_is_a_clear_error() {
+        let env = env_of(&[("SFU_SLOTS", "abc")]);
+        let err = Config::load(None, &env, &Overrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("SFU_SLOTS"), "{msg}");
+        assert!(msg.contains("abc"), "{msg}");
+        assert!(msg.contains("invalid digit"), "{msg}");
+        for (name, value) in [
+            ("SFU_HTTP", "localhost"),
+            ("SFU_UDP", "1.2.3.4"),
+            ("SFU_INSECURE", "maybe"),
+            ("SFU_TURN_TTL_SECS", "-1"),
+            ("SFU_MAX_BODY_BYTES", "1e6"),
+            ("SFU_DRAIN_TIMEOUT_SECS", ""),
+        ] {
+            let env = env_of(&[(name, value)]);
+            let err = Config::load(None, &env, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_refusals() {
+        let check = |config: Config, needle: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        };
+        check(
+            Config {
+                slots: 0,
+                ..Config::default()
+            },
+            "slots",
+        );
+        check(
+            Config {
+                slots: 33,
+                ..Config::default()
+            },
+            "slots",
+        );
+        Config {
+            slots: 32,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        check(
+            Config {
+                auth_secret: Some(String::new()),
+                ..Config::default()
+            },
+            "auth_secret",
+        );
+        check(
+            Config {
+                turn_urls: vec!["turn:t:3478".into()],
+                ..Config::default()
+            },
+            "turn_secret",
+        );
+        check(
+            Config {
+                stun_urls: vec!["http://x".into()],
+                ..Config::default()
+            },
+            "stun_urls",
+        );
+        check(
+            Config {
+                turn_urls: vec!["turn:t:3478>; rel=x".into()],
+                turn_secret: Some("s".into()),
+                ..Config::default()
+            },
+            "turn_urls",
+        );
+        check(
+            Config {
+                log: "info,[[[".into(),
+                ..Config::default()
+            },
+            "log",
+        );
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config = Config {
+            auth_secret: Some("hunter2".into()),
+            turn_secret: Some("hunter3".into()),
+            ..Config::default()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(text.contains("redacted"), "{text}");
+        let o = Overrides {
+            auth_secret: Some("hunter2".into()),
+            ..Overrides::default()
+        };
+        assert!(!format!("{o:?}").contains("hunter"));
+    }
+}

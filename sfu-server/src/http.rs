@@ -1,0 +1,266 @@
+//! HTTP routes: WHIP/WHEP, the demo page and client, metrics and health.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use media_core::Role;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::protocol::ServerMsg;
+use crate::server::{AppState, Need, Resource};
+use crate::worker::{JoinError, JoinRequest};
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const CLIENT_JS: &str = include_str!("../web/sfu-client.js");
+
+/// All routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    // Browsers on other origins may publish and play (RFC 9725 §4.1 asks
+    // WHIP endpoints to support CORS).
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LOCATION, HeaderName::from_static("link")]);
+    let media = Router::new()
+        .route("/whip/{channel}", post(whip))
+        .route("/whep/{channel}", post(whep))
+        .route(
+            "/resources/{id}",
+            axum::routing::delete(delete_resource).patch(patch_resource),
+        )
+        .layer(cors)
+        .layer(DefaultBodyLimit::max(limit));
+    Router::new()
+        .route("/", get(index))
+        .route("/sfu-client.js", get(client_js))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/ws", get(crate::ws::upgrade))
+        .merge(media)
+        .with_state(state)
+}
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn client_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_JS,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = state.snapshot().await;
+    let body = crate::metrics::render(&snapshot, state.is_draining());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+/// A plain-text error response.
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut m = message.into();
+    m.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        m,
+    )
+        .into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn is_sdp(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/sdp"))
+}
+
+/// A fresh unguessable resource id (128 bits from the OS), so that nobody can
+/// end someone else's session by counting.
+fn resource_id() -> String {
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // The OS RNG failing is not recoverable in any useful way; fall back
+        // to the clock so the server stays up (ids remain unique).
+        let t = crate::server::unix_now() as u128 ^ (std::process::id() as u128) << 64;
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn whip(
+    state: State<Arc<AppState>>,
+    remote: ConnectInfo<SocketAddr>,
+    channel: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    media_session(state, remote, channel, headers, body, Role::Speaker).await
+}
+
+async fn whep(
+    state: State<Arc<AppState>>,
+    remote: ConnectInfo<SocketAddr>,
+    channel: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    media_session(state, remote, channel, headers, body, Role::Listener).await
+}
+
+/// WHIP (publish) or WHEP (listen): offer in, answer out, as RFC 9725 §4.2.
+async fn media_session(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    role: Role,
+) -> Response {
+    if state.is_draining() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
+    }
+    if !is_sdp(&headers) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the offer must be sent as Content-Type: application/sdp",
+        );
+    }
+    let need = match role {
+        Role::Speaker => Need::Publish,
+        Role::Listener => Need::Subscribe,
+    };
+    let grants = match state.authorize(remote, bearer(&headers), &channel, need, None) {
+        Ok(g) => g,
+        Err(d) => {
+            let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::UNAUTHORIZED);
+            return text(status, d.message);
+        }
+    };
+    let Ok(offer) = String::from_utf8(body.to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8");
+    };
+    let worker = state.workers.for_channel(&channel).clone();
+    // The session's own events tell when it ends without a DELETE (the
+    // client vanished), so that its resource id is forgotten too.
+    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let joined = worker
+        .join(JoinRequest {
+            channel: channel.clone(),
+            identity: grants.sub.clone(),
+            role,
+            offer,
+            can_moderate: false,
+            events: Some(events),
+        })
+        .await;
+    let joined = match joined {
+        Ok(j) => j,
+        Err(JoinError::Draining) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        }
+        Err(e @ JoinError::Refused(_)) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let id = resource_id();
+    state.resources.lock().await.insert(
+        id.clone(),
+        Resource {
+            peer: joined.peer,
+            channel,
+        },
+    );
+    let (me, cleanup, gone) = (joined.peer.0, state.clone(), id.clone());
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if matches!(msg, ServerMsg::MemberLeft { peer, .. } if peer == me) {
+                break;
+            }
+        }
+        cleanup.resources.lock().await.remove(&gone);
+    });
+    let mut response = (StatusCode::CREATED, joined.answer).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/resources/{id}")) {
+        h.insert(header::LOCATION, v);
+    }
+    let servers = crate::turn::ice_servers(&state.config, &grants.sub, crate::server::unix_now());
+    for link in crate::turn::link_headers(&servers) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.append(HeaderName::from_static("link"), v);
+        }
+    }
+    response
+}
+
+async fn delete_resource(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Some(r) = state.resources.lock().await.remove(&id) else {
+        return text(StatusCode::NOT_FOUND, "no such session");
+    };
+    state.workers.for_channel(&r.channel).leave(r.peer).await;
+    StatusCode::OK.into_response()
+}
+
+/// Trickle ICE and ICE restarts are not supported: RFC 9725 §4.3 has such a
+/// resource answer `405 Method Not Allowed`. The engine is ICE-lite with
+/// host candidates in the answer, so clients need not trickle.
+async fn patch_resource(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if !state.resources.lock().await.contains_key(&id) {
+        return text(StatusCode::NOT_FOUND, "no such session");
+    }
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle ICE and ICE restart are not supported by this server",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("DELETE"));
+    r
+}

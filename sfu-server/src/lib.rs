@@ -1,0 +1,30 @@
+//! `sfu-server`: the thin server around [`media_core`]. UDP media I/O on a
+//! worker task, WebSocket and WHIP/WHEP signaling, JWT grants, ICE servers,
+//! Prometheus metrics, graceful drain.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`config`] | defaults ← TOML file ← `SFU_*` env ← CLI |
+//! | [`auth`] | JWT (HS256) grants |
+//! | [`turn`] | ICE servers, ephemeral TURN credentials |
+//! | [`worker`] | one engine + its UDP socket on a task |
+//! | [`server`] | workers, HTTP listener, drain |
+//! | [`http`] | WHIP/WHEP, demo page, metrics, health |
+//! | [`ws`] | the WebSocket room protocol |
+//! | [`protocol`] | its JSON messages |
+//! | [`metrics`] | Prometheus text |
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod turn;
+pub mod worker;
+pub mod ws;
+
+pub use config::Config;
+pub use server::{serve, Server};

@@ -1,0 +1,215 @@
+//! The `sfu-server` binary: `run` (the default) serves; `token` mints a join
+//! token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use sfu_server::auth::{self, Grants};
+use sfu_server::config::{Config, Overrides};
+
+/// Voice SFU server.
+///
+/// Settings come from built-in defaults, then the --config TOML file, then
+/// SFU_* environment variables, then these flags.
+#[derive(Parser)]
+#[command(name = "sfu-server", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Mint a join token (a JWT signed with HS256) and print it.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE", env = "SFU_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// UDP media address (default 127.0.0.1:0, any free port).
+    #[arg(long, value_name = "ADDR")]
+    udp: Option<SocketAddr>,
+    /// HS256 secret for join tokens; without one the server runs in
+    /// development mode (loopback clients only). Prefer SFU_AUTH_SECRET or
+    /// the config file: command lines are visible to other local users.
+    #[arg(long, value_name = "S")]
+    auth_secret: Option<String>,
+    /// Allow binding beyond loopback without an auth secret.
+    #[arg(long)]
+    insecure: bool,
+    /// Receive slots per listener (1 to 32, default 3).
+    #[arg(long, value_name = "N")]
+    slots: Option<usize>,
+    /// Log filter (tracing EnvFilter directive, default "info"); RUST_LOG
+    /// wins when set.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The server's auth secret.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "SFU_AUTH_SECRET",
+        hide_env_values = true
+    )]
+    secret: String,
+    /// Identity of the member (the `sub` claim).
+    #[arg(long, value_name = "ID")]
+    identity: String,
+    /// The channel the token admits to (`*` = any).
+    #[arg(long, value_name = "CH")]
+    channel: String,
+    /// May join as speaker / WHIP-publish.
+    #[arg(long)]
+    publish: bool,
+    /// May hear others / WHEP-listen.
+    #[arg(long)]
+    subscribe: bool,
+    /// May server-mute others and change their role.
+    #[arg(long)]
+    moderate: bool,
+    /// Lifetime in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    ttl: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+/// Prints an error and returns exit code 2 (usage / configuration error).
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sfu-server: {message}");
+    ExitCode::from(2)
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    if args.secret.is_empty() {
+        return usage_error("the secret is empty (--secret or SFU_AUTH_SECRET)");
+    }
+    if args.identity.is_empty() {
+        return usage_error("--identity is empty");
+    }
+    if args.channel.is_empty() {
+        return usage_error("--channel is empty");
+    }
+    if args.ttl == 0 {
+        return usage_error("--ttl must be at least 1 second");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let grants = Grants {
+        sub: args.identity,
+        channel: args.channel,
+        can_publish: args.publish,
+        can_subscribe: args.subscribe,
+        can_moderate: args.moderate,
+        exp: now.saturating_add(args.ttl),
+    };
+    println!("{}", auth::mint(args.secret.as_bytes(), &grants));
+    ExitCode::SUCCESS
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let overrides = Overrides {
+        http: args.http,
+        udp: args.udp,
+        auth_secret: args.auth_secret,
+        insecure: args.insecure,
+        slots: args.slots,
+        log: args.log,
+    };
+    let config = match Config::load(
+        args.config.as_deref(),
+        &|k| std::env::var(k).ok(),
+        &overrides,
+    ) {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    if let Err(e) = config.validate() {
+        return usage_error(e);
+    }
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&directive)
+                .map_err(|e| format!("invalid RUST_LOG {directive:?}: {e}"))
+        }
+        _ => tracing_subscriber::EnvFilter::try_new(&config.log)
+            .map_err(|e| format!("invalid log filter {:?}: {e}", config.log)),
+    };
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(message) => return usage_error(message),
+    };
+    // Fails only if a global subscriber is already installed.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sfu-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sfu_server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("sfu-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default() {
+        let cli =
+            Cli::try_parse_from(["sfu-server", "--http", "127.0.0.1:1", "--insecure"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.http, Some("127.0.0.1:1".parse().unwrap()));
+        assert!(cli.run.insecure);
+        let cli = Cli::try_parse_from(["sfu-server", "run", "--slots", "4"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Run(RunArgs { slots: Some(4), .. }))
+        ));
+    }
+}

@@ -1,0 +1,221 @@
+//! Prometheus text exposition (format 0.0.4) of the workers' counters.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::worker::Snapshot;
+
+/// Upper bounds of the forwarding latency buckets, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        self.count += 1;
+        self.sum += s;
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            self.counts[i] += 1;
+        }
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders the snapshot (of all workers, summed) and the drain state.
+pub fn render(s: &Snapshot, draining: bool) -> String {
+    let mut o = String::with_capacity(4096);
+    let st = &s.stats;
+
+    metric(
+        &mut o,
+        "sfu_channels",
+        "gauge",
+        "Channels with at least one member.",
+    );
+    let _ = writeln!(o, "sfu_channels {}", s.channels);
+    metric(&mut o, "sfu_members", "gauge", "Joined members by role.");
+    let _ = writeln!(o, "sfu_members{{role=\"speaker\"}} {}", s.speakers);
+    let _ = writeln!(o, "sfu_members{{role=\"listener\"}} {}", s.listeners);
+    metric(
+        &mut o,
+        "sfu_draining",
+        "gauge",
+        "1 while the server drains for shutdown.",
+    );
+    let _ = writeln!(o, "sfu_draining {}", u8::from(draining));
+
+    metric(&mut o, "sfu_joins_total", "counter", "Joins by outcome.");
+    let _ = writeln!(o, "sfu_joins_total{{outcome=\"ok\"}} {}", s.joins_ok);
+    let _ = writeln!(
+        o,
+        "sfu_joins_total{{outcome=\"refused\"}} {}",
+        s.joins_refused
+    );
+    metric(
+        &mut o,
+        "sfu_peers_connected_total",
+        "counter",
+        "Peers that completed ICE and DTLS.",
+    );
+    let _ = writeln!(o, "sfu_peers_connected_total {}", st.peers_connected);
+    metric(
+        &mut o,
+        "sfu_peers_failed_total",
+        "counter",
+        "Peers that failed, timed out or vanished.",
+    );
+    let _ = writeln!(o, "sfu_peers_failed_total {}", st.peers_failed);
+
+    metric(
+        &mut o,
+        "sfu_datagrams_total",
+        "counter",
+        "UDP datagrams by direction.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_datagrams_total{{direction=\"in\"}} {}",
+        st.datagrams_in
+    );
+    let _ = writeln!(
+        o,
+        "sfu_datagrams_total{{direction=\"out\"}} {}",
+        st.datagrams_out
+    );
+    metric(
+        &mut o,
+        "sfu_bytes_total",
+        "counter",
+        "UDP payload bytes by direction.",
+    );
+    let _ = writeln!(o, "sfu_bytes_total{{direction=\"in\"}} {}", st.bytes_in);
+    let _ = writeln!(o, "sfu_bytes_total{{direction=\"out\"}} {}", st.bytes_out);
+    metric(
+        &mut o,
+        "sfu_rtp_received_total",
+        "counter",
+        "Audio packets received from members.",
+    );
+    let _ = writeln!(o, "sfu_rtp_received_total {}", st.rtp_in);
+    metric(
+        &mut o,
+        "sfu_rtp_forwarded_total",
+        "counter",
+        "Audio packets forwarded (one per packet and listener).",
+    );
+    let _ = writeln!(o, "sfu_rtp_forwarded_total {}", st.rtp_forwarded);
+    metric(
+        &mut o,
+        "sfu_rtp_not_selected_total",
+        "counter",
+        "Audio packets of voices not selected as active speakers.",
+    );
+    let _ = writeln!(o, "sfu_rtp_not_selected_total {}", st.not_selected);
+
+    metric(
+        &mut o,
+        "sfu_dropped_total",
+        "counter",
+        "Input dropped, by reason.",
+    );
+    for (reason, n) in [
+        ("unknown_source", st.dropped_unknown_source),
+        ("malformed", st.dropped_malformed),
+        ("rejected", st.dropped_rejected),
+        ("address_limit", st.dropped_address_limit),
+        ("not_allowed", st.dropped_not_allowed),
+        ("wrong_codec", st.dropped_wrong_codec),
+        ("stale", st.dropped_stale),
+        ("send_buffer_full", s.send_errors),
+    ] {
+        let _ = writeln!(o, "sfu_dropped_total{{reason=\"{reason}\"}} {n}");
+    }
+    metric(
+        &mut o,
+        "sfu_speaker_switches_total",
+        "counter",
+        "Changes of the selected speakers of any channel.",
+    );
+    let _ = writeln!(o, "sfu_speaker_switches_total {}", st.speaker_switches);
+
+    let h = &s.forward_latency;
+    metric(
+        &mut o,
+        "sfu_forward_latency_seconds",
+        "histogram",
+        "From a datagram's arrival to its last forwarded copy handed to the socket.",
+    );
+    let mut cum = 0;
+    for (b, c) in BUCKETS.iter().zip(h.counts.iter()) {
+        cum += c;
+        let _ = writeln!(o, "sfu_forward_latency_seconds_bucket{{le=\"{b}\"}} {cum}");
+    }
+    let _ = writeln!(
+        o,
+        "sfu_forward_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(o, "sfu_forward_latency_seconds_sum {}", h.sum);
+    let _ = writeln!(o, "sfu_forward_latency_seconds_count {}", h.count);
+    o
+}
+
+/// Sums snapshots of several workers.
+pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
+    let mut total = Snapshot::default();
+    for s in snapshots {
+        let (a, b) = (&mut total.stats, &s.stats);
+        a.datagrams_in += b.datagrams_in;
+        a.bytes_in += b.bytes_in;
+        a.datagrams_out += b.datagrams_out;
+        a.bytes_out += b.bytes_out;
+        a.rtp_in += b.rtp_in;
+        a.rtp_forwarded += b.rtp_forwarded;
+        a.dropped_unknown_source += b.dropped_unknown_source;
+        a.dropped_malformed += b.dropped_malformed;
+        a.dropped_rejected += b.dropped_rejected;
+        a.dropped_address_limit += b.dropped_address_limit;
+        a.dropped_not_allowed += b.dropped_not_allowed;
+        a.dropped_wrong_codec += b.dropped_wrong_codec;
+        a.not_selected += b.not_selected;
+        a.dropped_stale += b.dropped_stale;
+        a.level_decode_errors += b.level_decode_errors;
+        a.speaker_switches += b.speaker_switches;
+        a.peers_joined += b.peers_joined;
+        a.peers_connected += b.peers_connected;
+        a.peers_failed += b.peers_failed;
+        total.channels += s.channels;
+        total.speakers += s.speakers;
+        total.listeners += s.listeners;
+        total.members += s.members;
+        total.joins_ok += s.joins_ok;
+        total.joins_refused += s.joins_refused;
+        total.send_errors += s.send_errors;
+        let (ha, hb) = (&mut total.forward_latency, &s.forward_latency);
+        for (x, y) in ha.counts.iter_mut().zip(hb.counts.iter()) {
+            *x += y;
+        }
+        ha.count += hb.count;
+        ha.sum += hb.sum;
+    }
+    total
+}

@@ -1,0 +1,613 @@
+//! A media worker: one [`Engine`] and the UDP socket it owns, on its own
+//! task. Signaling talks to it over a channel; it answers over one-shot
+//! channels and pushes room events to each WebSocket member.
+//!
+//! The engine's timeouts are honoured exactly: the task sleeps until the
+//! deadline `poll_output` returned, unless a datagram or a request comes
+//! first. There is no periodic tick.
+//!
+//! One worker carries every channel today. The seam for more is
+//! [`Workers`](crate::server::Workers): a channel maps to one worker; a
+//! channel spanning workers would link them with relay messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media_core::{
+    Command, Engine, EngineConfig, EngineStats, Event, Input, LeaveReason, Output, PeerId, Role,
+    SourceId,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Histogram;
+use crate::protocol::{Member, ServerMsg};
+
+/// Datagrams read per wake-up before the engine's outputs are flushed.
+const RECV_BATCH: usize = 64;
+
+/// A join, as signaling hands it to the worker.
+#[derive(Debug)]
+pub struct JoinRequest {
+    /// Channel name.
+    pub channel: String,
+    /// Who joins.
+    pub identity: String,
+    /// Speaker or listener.
+    pub role: Role,
+    /// SDP offer.
+    pub offer: String,
+    /// May moderate others in the channel.
+    pub can_moderate: bool,
+    /// Where to push room events (WebSocket members); `None` for WHIP/WHEP.
+    pub events: Option<mpsc::UnboundedSender<ServerMsg>>,
+}
+
+/// A successful join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The new member's peer id.
+    pub peer: PeerId,
+    /// Its voice.
+    pub source: SourceId,
+    /// Receive slots granted.
+    pub slots: usize,
+    /// SDP answer.
+    pub answer: String,
+    /// The channel's members, the new one included.
+    pub members: Vec<Member>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The server is draining.
+    #[error("the server is shutting down")]
+    Draining,
+    /// The engine refused (bad offer, bad channel name…).
+    #[error("{0}")]
+    Refused(media_core::Error),
+    /// The worker is gone.
+    #[error("the media worker stopped")]
+    WorkerGone,
+}
+
+/// A moderation action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moderation {
+    /// Server-mute (true) or unmute.
+    Mute(bool),
+    /// Change the role.
+    SetRole(Role),
+}
+
+/// Why a moderation was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModerateError {
+    /// The moderator has no `can_moderate` grant or is not joined.
+    #[error("not allowed to moderate")]
+    Forbidden,
+    /// No such member in the moderator's channel.
+    #[error("no such member in this channel")]
+    NotFound,
+    /// The engine refused.
+    #[error("{0}")]
+    Refused(String),
+    /// The worker is gone.
+    #[error("the media worker stopped")]
+    WorkerGone,
+}
+
+/// What `/metrics` reports of a worker.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Engine counters.
+    pub stats: EngineStats,
+    /// Channels with members.
+    pub channels: usize,
+    /// Members by role.
+    pub speakers: usize,
+    /// Members by role.
+    pub listeners: usize,
+    /// Joins by outcome.
+    pub joins_ok: u64,
+    /// Joins refused by the engine (bad offer…).
+    pub joins_refused: u64,
+    /// Datagrams the socket would not take (buffer full).
+    pub send_errors: u64,
+    /// Time from a datagram's arrival to the last forwarded copy handed to
+    /// the socket, for datagrams that were forwarded.
+    pub forward_latency: Histogram,
+    /// Members still joined (for the drain).
+    pub members: usize,
+}
+
+enum Request {
+    Join(JoinRequest, oneshot::Sender<Result<Joined, JoinError>>),
+    Leave(PeerId, oneshot::Sender<bool>),
+    Moderate {
+        by: PeerId,
+        target: PeerId,
+        action: Moderation,
+        reply: oneshot::Sender<Result<(), ModerateError>>,
+    },
+    Snapshot(oneshot::Sender<Snapshot>),
+    Drain(Duration),
+}
+
+/// Handle to a running worker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    tx: mpsc::Sender<Request>,
+    udp_addr: SocketAddr,
+}
+
+impl Worker {
+    /// Binds the media socket and starts the worker task.
+    pub async fn spawn(udp: SocketAddr, mut config: EngineConfig) -> io::Result<Worker> {
+        let socket = UdpSocket::bind(udp).await?;
+        let udp_addr = socket.local_addr()?;
+        config.host_candidates = vec![udp_addr];
+        let (tx, rx) = mpsc::channel(1024);
+        let engine = Engine::new(config, Instant::now());
+        let task = Task {
+            engine,
+            socket: Arc::new(socket),
+            rx,
+            members: HashMap::new(),
+            channels: HashMap::new(),
+            pending: HashMap::new(),
+            next_peer: 1,
+            draining: false,
+            snapshot: Snapshot::default(),
+        };
+        tokio::spawn(task.run());
+        Ok(Worker { tx, udp_addr })
+    }
+
+    /// The media socket's address (the ICE host candidate).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// Joins a member; resolves with the answer.
+    pub async fn join(&self, req: JoinRequest) -> Result<Joined, JoinError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Join(req, reply))
+            .await
+            .map_err(|_| JoinError::WorkerGone)?;
+        rx.await.map_err(|_| JoinError::WorkerGone)?
+    }
+
+    /// Makes a member leave. False when it was not joined.
+    pub async fn leave(&self, peer: PeerId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Leave(peer, reply)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// `by` moderates `target` (same channel, `by` must be allowed).
+    pub async fn moderate(
+        &self,
+        by: PeerId,
+        target: PeerId,
+        action: Moderation,
+    ) -> Result<(), ModerateError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Moderate {
+                by,
+                target,
+                action,
+                reply,
+            })
+            .await
+            .map_err(|_| ModerateError::WorkerGone)?;
+        rx.await.map_err(|_| ModerateError::WorkerGone)?
+    }
+
+    /// Counters for `/metrics`.
+    pub async fn snapshot(&self) -> Snapshot {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Snapshot(reply)).await.is_err() {
+            return Snapshot::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Refuses new joins and tells every member to move before `deadline`.
+    pub async fn drain(&self, deadline: Duration) {
+        let _ = self.tx.send(Request::Drain(deadline)).await;
+    }
+}
+
+struct MemberState {
+    channel: String,
+    identity: String,
+    role: Role,
+    muted: bool,
+    source: Option<SourceId>,
+    can_moderate: bool,
+    events: Option<mpsc::UnboundedSender<ServerMsg>>,
+}
+
+impl MemberState {
+    fn view(&self, peer: PeerId) -> Member {
+        Member {
+            peer: peer.0,
+            identity: self.identity.clone(),
+            role: role_name(self.role).to_string(),
+            muted: self.muted,
+            source: self.source.map_or(0, |s| s.0),
+        }
+    }
+
+    fn send(&self, msg: ServerMsg) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+/// `"speaker"` / `"listener"`.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Speaker => "speaker",
+        Role::Listener => "listener",
+    }
+}
+
+struct Task {
+    engine: Engine,
+    socket: Arc<UdpSocket>,
+    rx: mpsc::Receiver<Request>,
+    members: HashMap<PeerId, MemberState>,
+    channels: HashMap<String, BTreeMap<PeerId, ()>>,
+    pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
+    next_peer: u64,
+    draining: bool,
+    snapshot: Snapshot,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let local = match self.socket.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let mut buf = vec![0u8; 2048];
+        let mut deadline = self.flush(None);
+        loop {
+            let sleep = tokio::time::sleep_until(deadline.into());
+            tokio::select! {
+                biased;
+                req = self.rx.recv() => {
+                    let Some(req) = req else { return };
+                    self.request(req);
+                    deadline = self.flush(None);
+                }
+                r = self.socket.recv_from(&mut buf) => {
+                    let arrived = Instant::now();
+                    if let Ok((n, source)) = r {
+                        self.receive(arrived, source, local, &buf[..n]);
+                        // Drain what else is queued before flushing, so one
+                        // wake-up serves a burst.
+                        for _ in 1..RECV_BATCH {
+                            match self.socket.try_recv_from(&mut buf) {
+                                Ok((n, source)) => {
+                                    let now = Instant::now();
+                                    self.receive(now, source, local, &buf[..n]);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    deadline = self.flush(Some(arrived));
+                }
+                _ = sleep => {
+                    let _ = self.engine.handle_input(Input::Timeout(Instant::now()));
+                    deadline = self.flush(None);
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        let _ = self.engine.handle_input(Input::Receive {
+            now,
+            source,
+            destination,
+            datagram: data,
+        });
+        // Send as we go: the engine's queue stays short and the first
+        // listeners get their copy without waiting for the whole burst.
+        self.flush_transmits();
+    }
+
+    /// Sends what the engine queued, handles its events; returns when to
+    /// wake it next. `arrived` is when the datagrams being answered came in.
+    fn flush(&mut self, arrived: Option<Instant>) -> Instant {
+        let forwarded_before = self.snapshot.stats.rtp_forwarded;
+        let deadline = loop {
+            match self.engine.poll_output() {
+                Output::Transmit(t) => self.send(&t.contents, t.destination),
+                Output::Event(e) => self.event(e),
+                Output::Timeout(t) => break t,
+            }
+        };
+        self.snapshot.stats = self.engine.stats().clone();
+        if let Some(at) = arrived {
+            if self.snapshot.stats.rtp_forwarded > forwarded_before {
+                self.snapshot.forward_latency.observe(at.elapsed());
+            }
+        }
+        deadline
+    }
+
+    fn flush_transmits(&mut self) {
+        loop {
+            match self.engine.poll_output() {
+                Output::Transmit(t) => self.send(&t.contents, t.destination),
+                Output::Event(e) => self.event(e),
+                Output::Timeout(_) => return,
+            }
+        }
+    }
+
+    fn send(&mut self, data: &[u8], to: SocketAddr) {
+        // Real-time audio: a datagram the socket cannot take now is dropped,
+        // not queued behind newer ones.
+        if self.socket.try_send_to(data, to).is_err() {
+            self.snapshot.send_errors += 1;
+        }
+    }
+
+    fn request(&mut self, req: Request) {
+        match req {
+            Request::Join(j, reply) => self.join(j, reply),
+            Request::Leave(peer, reply) => {
+                let ok = self
+                    .engine
+                    .handle_input(Input::Command {
+                        now: Instant::now(),
+                        command: Command::Leave { peer },
+                    })
+                    .is_ok();
+                let _ = reply.send(ok);
+            }
+            Request::Moderate {
+                by,
+                target,
+                action,
+                reply,
+            } => {
+                let _ = reply.send(self.moderate(by, target, action));
+            }
+            Request::Snapshot(reply) => {
+                let mut s = self.snapshot.clone();
+                s.channels = self.channels.len();
+                s.members = self.members.len();
+                s.speakers = self
+                    .members
+                    .values()
+                    .filter(|m| m.role == Role::Speaker)
+                    .count();
+                s.listeners = s.members - s.speakers;
+                let _ = reply.send(s);
+            }
+            Request::Drain(deadline) => {
+                self.draining = true;
+                let msg = ServerMsg::Shutdown {
+                    reason: "the server is shutting down; join again elsewhere".into(),
+                    deadline_ms: deadline.as_millis() as u64,
+                };
+                for m in self.members.values() {
+                    m.send(msg.clone());
+                }
+            }
+        }
+    }
+
+    fn join(&mut self, j: JoinRequest, reply: oneshot::Sender<Result<Joined, JoinError>>) {
+        if self.draining {
+            let _ = reply.send(Err(JoinError::Draining));
+            return;
+        }
+        let peer = PeerId(self.next_peer);
+        self.next_peer += 1;
+        let res = self.engine.handle_input(Input::Command {
+            now: Instant::now(),
+            command: Command::Join {
+                peer,
+                channel: j.channel.clone(),
+                identity: j.identity.clone(),
+                role: j.role,
+                offer: j.offer,
+            },
+        });
+        if let Err(e) = res {
+            self.snapshot.joins_refused += 1;
+            let _ = reply.send(Err(JoinError::Refused(e)));
+            return;
+        }
+        self.snapshot.joins_ok += 1;
+        self.members.insert(
+            peer,
+            MemberState {
+                channel: j.channel.clone(),
+                identity: j.identity,
+                role: j.role,
+                muted: false,
+                source: None,
+                can_moderate: j.can_moderate,
+                events: j.events,
+            },
+        );
+        self.channels.entry(j.channel).or_default().insert(peer, ());
+        // The answer comes out of poll_output (Event::Answer) right after.
+        self.pending.insert(peer, reply);
+    }
+
+    fn moderate(
+        &mut self,
+        by: PeerId,
+        target: PeerId,
+        action: Moderation,
+    ) -> Result<(), ModerateError> {
+        let moderator = self.members.get(&by).ok_or(ModerateError::Forbidden)?;
+        if !moderator.can_moderate {
+            return Err(ModerateError::Forbidden);
+        }
+        let channel = moderator.channel.clone();
+        match self.members.get(&target) {
+            Some(m) if m.channel == channel => {}
+            _ => return Err(ModerateError::NotFound),
+        }
+        let command = match action {
+            Moderation::Mute(muted) => Command::SetMuted {
+                peer: target,
+                muted,
+            },
+            Moderation::SetRole(role) => Command::SetRole { peer: target, role },
+        };
+        self.engine
+            .handle_input(Input::Command {
+                now: Instant::now(),
+                command,
+            })
+            .map_err(|e| ModerateError::Refused(e.to_string()))?;
+        let m = self
+            .members
+            .get_mut(&target)
+            .ok_or(ModerateError::NotFound)?;
+        match action {
+            Moderation::Mute(muted) => m.muted = muted,
+            Moderation::SetRole(role) => m.role = role,
+        }
+        let view = m.view(target);
+        self.broadcast(&channel, None, ServerMsg::MemberUpdated { member: view });
+        Ok(())
+    }
+
+    fn broadcast(&self, channel: &str, except: Option<PeerId>, msg: ServerMsg) {
+        let Some(peers) = self.channels.get(channel) else {
+            return;
+        };
+        for peer in peers.keys() {
+            if Some(*peer) == except {
+                continue;
+            }
+            if let Some(m) = self.members.get(peer) {
+                m.send(msg.clone());
+            }
+        }
+    }
+
+    fn members_of(&self, channel: &str) -> Vec<Member> {
+        self.channels
+            .get(channel)
+            .map(|peers| {
+                peers
+                    .keys()
+                    .filter_map(|p| self.members.get(p).map(|m| m.view(*p)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn peer_of(&self, source: SourceId) -> Option<u64> {
+        self.engine.source_peer(source).map(|p| p.0)
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Answer {
+                peer,
+                source,
+                slots,
+                sdp,
+            } => {
+                let Some(m) = self.members.get_mut(&peer) else {
+                    return;
+                };
+                m.source = Some(source);
+                let channel = m.channel.clone();
+                let view = m.view(peer);
+                let members = self.members_of(&channel);
+                if let Some(reply) = self.pending.remove(&peer) {
+                    let _ = reply.send(Ok(Joined {
+                        peer,
+                        source,
+                        slots,
+                        answer: sdp,
+                        members,
+                    }));
+                }
+                self.broadcast(
+                    &channel,
+                    Some(peer),
+                    ServerMsg::MemberJoined { member: view },
+                );
+            }
+            Event::PeerConnected { peer } => {
+                if let Some(m) = self.members.get(&peer) {
+                    m.send(ServerMsg::Connected);
+                }
+            }
+            Event::PeerLeft { peer, reason } => {
+                let Some(m) = self.members.remove(&peer) else {
+                    return;
+                };
+                let reason = match reason {
+                    LeaveReason::Left => "left",
+                    LeaveReason::Disconnected => "disconnected",
+                    LeaveReason::ConnectTimeout => "timeout",
+                    _ => "failed",
+                };
+                let msg = ServerMsg::MemberLeft {
+                    peer: peer.0,
+                    reason: reason.to_string(),
+                };
+                m.send(msg.clone());
+                if let Some(peers) = self.channels.get_mut(&m.channel) {
+                    peers.remove(&peer);
+                    if peers.is_empty() {
+                        self.channels.remove(&m.channel);
+                    }
+                }
+                self.broadcast(&m.channel, None, msg);
+            }
+            Event::SlotChanged {
+                peer,
+                slot,
+                mid,
+                source,
+            } => {
+                let who = source.and_then(|s| self.peer_of(s));
+                if let Some(m) = self.members.get(&peer) {
+                    m.send(ServerMsg::Slot {
+                        slot,
+                        mid,
+                        peer: who,
+                        source: source.map(|s| s.0),
+                    });
+                }
+            }
+            Event::ActiveSpeakers { channel, speakers } => {
+                let speakers = speakers.iter().filter_map(|s| self.peer_of(*s)).collect();
+                self.broadcast(&channel, None, ServerMsg::ActiveSpeakers { speakers });
+            }
+            Event::DominantSpeaker { channel, speaker } => {
+                let peer = speaker.and_then(|s| self.peer_of(s));
+                self.broadcast(&channel, None, ServerMsg::DominantSpeaker { peer });
+            }
+            _ => {}
+        }
+    }
+}

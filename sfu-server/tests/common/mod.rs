@@ -1,0 +1,138 @@
+//! Shared helpers of the server tests: a server on 127.0.0.1 and a
+//! WebSocket member with a real WebRTC peer.
+#![allow(dead_code, unreachable_pub)] // each test file uses a different part
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use media_core::harness::client::ClientSpec;
+use media_core::harness::udp::UdpPeer;
+use serde_json::{json, Value};
+use sfu_server::{Config, Server};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Everything a test waits for must happen by then.
+pub(crate) const LIMIT: Duration = Duration::from_secs(15);
+
+pub(crate) fn config() -> Config {
+    Config {
+        http: "127.0.0.1:0".parse().unwrap(),
+        udp: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+pub(crate) async fn server(config: Config) -> Server {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+    Server::start(config).await.expect("server starts")
+}
+
+/// A WebSocket connection to the room protocol.
+pub(crate) struct Ws {
+    pub(crate) socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages received that a `recv_until` skipped.
+    pub(crate) seen: Vec<Value>,
+}
+
+impl Ws {
+    pub(crate) async fn connect(server: &Server) -> Ws {
+        let url = format!("ws://{}/ws", server.http_addr());
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let mut ws = Ws {
+            socket,
+            seen: Vec::new(),
+        };
+        let hello = ws.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        ws
+    }
+
+    pub(crate) async fn connect_addr(base: &str) -> Ws {
+        let url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let mut ws = Ws {
+            socket,
+            seen: Vec::new(),
+        };
+        let hello = ws.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        ws
+    }
+
+    pub(crate) async fn send(&mut self, v: Value) {
+        self.socket
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub(crate) async fn send_raw(&mut self, m: Message) {
+        self.socket.send(m).await.expect("send");
+    }
+
+    /// The next JSON message, at most `LIMIT` away.
+    pub(crate) async fn recv(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .expect("a message in time")
+                .expect("socket open")
+                .expect("no socket error");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                self.seen.push(v.clone());
+                return v;
+            }
+        }
+    }
+
+    /// Receives until a message of type `ty` (returns it).
+    pub(crate) async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+}
+
+/// Joins over WebSocket with a fresh WebRTC peer; returns the socket, the
+/// running peer and the `joined` message.
+pub(crate) async fn ws_member(
+    server: &Server,
+    channel: &str,
+    name: &str,
+    spec: ClientSpec,
+    extra: Value,
+) -> (Ws, UdpPeer, Value) {
+    let mut ws = Ws::connect(server).await;
+    let (mut peer, offer) = UdpPeer::new(name, &spec).expect("peer");
+    let mut join = json!({"type": "join", "channel": channel, "offer": offer, "identity": name});
+    if let (Some(j), Some(e)) = (join.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            j.insert(k.clone(), v.clone());
+        }
+    }
+    ws.send(join).await;
+    let joined = ws.recv().await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    peer.start(joined["answer"].as_str().expect("answer"));
+    (ws, peer, joined)
+}
+
+/// Waits (on real time, bounded) until `peer` heard `tones` for at least
+/// `frames` frames each since `from`.
+pub(crate) fn hears(peer: &UdpPeer, tones: &[usize], frames: usize) -> bool {
+    let from = peer.created;
+    let want: std::collections::BTreeSet<usize> = tones.iter().copied().collect();
+    peer.wait_until(Instant::now() + LIMIT, |c| {
+        c.tones_heard(from, Instant::now() + LIMIT, frames) == want
+    })
+}

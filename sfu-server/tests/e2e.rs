@@ -1,0 +1,203 @@
+//! End to end over real UDP and TCP on 127.0.0.1: the server in-process,
+//! str0m clients joining through the WebSocket protocol and through
+//! WHIP/WHEP, real Opus tones; listeners decode the right speakers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use media_core::harness::client::ClientSpec;
+use media_core::harness::udp::UdpPeer;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_members_hear_the_talking_speakers() {
+    let server = server(config()).await;
+    let (mut ws_a, a, joined_a) =
+        ws_member(&server, "hall", "alice", ClientSpec::speaker(0), json!({})).await;
+    let (_ws_b, b, _) = ws_member(&server, "hall", "bob", ClientSpec::speaker(1), json!({})).await;
+    let (_ws_q, _q, _) =
+        ws_member(&server, "hall", "quiet", ClientSpec::speaker(2), json!({})).await;
+    let (mut ws_l, l, joined_l) = ws_member(
+        &server,
+        "hall",
+        "lena",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    assert_eq!(joined_a["slots"], 3);
+    assert_eq!(joined_l["members"].as_array().unwrap().len(), 4);
+    assert_eq!(joined_l["members"][3]["role"], "listener");
+
+    // Alice learns who joined after her.
+    let m = ws_a.recv_type("member_joined").await;
+    assert_eq!(m["member"]["identity"], "bob");
+
+    a.set_talking(true);
+    b.set_talking(true);
+    assert!(hears(&l, &[0, 1], 25), "the listener hears alice and bob");
+    assert!(hears(&a, &[1], 25), "alice hears bob, not herself");
+
+    // The listener was told which voice plays in its slots, by peer id.
+    let alice = joined_a["peer"].as_u64().unwrap();
+    let mut slot_peers = Vec::new();
+    while slot_peers.len() < 2 {
+        let s = ws_l.recv_type("slot").await;
+        if let Some(p) = s["peer"].as_u64() {
+            slot_peers.push(p);
+        }
+    }
+    assert!(slot_peers.contains(&alice));
+    let speakers = loop {
+        let v = ws_l.recv_type("active_speakers").await;
+        if v["speakers"].as_array().unwrap().len() == 2 {
+            break v;
+        }
+    };
+    assert!(speakers["speakers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(alice)));
+    assert_eq!(l.lock().decode_errors(), 0);
+}
+
+/// One HTTP request.
+async fn http(
+    method: reqwest::Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: String,
+) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    tokio::time::timeout(LIMIT, req.send())
+        .await
+        .expect("in time")
+        .expect("response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publisher_is_heard_by_whep_player() {
+    let mut cfg = config();
+    cfg.stun_urls = vec!["stun:127.0.0.1:3478".into()];
+    let server = server(cfg).await;
+    let base = format!("http://{}", server.http_addr());
+    let sdp = [("content-type", "application/sdp")];
+
+    let (mut publisher, offer) = UdpPeer::new("obs", &ClientSpec::speaker(3)).unwrap();
+    let r = http(
+        reqwest::Method::POST,
+        format!("{base}/whip/stage"),
+        &sdp,
+        offer,
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["content-type"], "application/sdp");
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("/resources/") && location.len() > 30,
+        "{location}"
+    );
+    let links: Vec<_> = r.headers().get_all("link").iter().collect();
+    assert_eq!(links.len(), 1);
+    assert!(links[0].to_str().unwrap().contains("rel=\"ice-server\""));
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    publisher.start(&r.text().await.unwrap());
+
+    // A WHEP player offering two slots.
+    let spec = ClientSpec {
+        slots: 2,
+        ..ClientSpec::listener()
+    };
+    let (mut player, offer) = UdpPeer::new("player", &spec).unwrap();
+    let r = http(
+        reqwest::Method::POST,
+        format!("{base}/whep/stage"),
+        &sdp,
+        offer,
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let player_location = r.headers()["location"].to_str().unwrap().to_string();
+    player.start(&r.text().await.unwrap());
+
+    publisher.set_talking(true);
+    assert!(
+        hears(&player, &[3], 25),
+        "the WHEP player hears the WHIP publisher"
+    );
+
+    // Trickle is not supported: 405 with Allow.
+    let r = http(
+        reqwest::Method::PATCH,
+        format!("{base}{location}"),
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "DELETE");
+
+    // DELETE ends the session; a second DELETE finds nothing.
+    let r = http(
+        reqwest::Method::DELETE,
+        format!("{base}{location}"),
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = http(
+        reqwest::Method::DELETE,
+        format!("{base}{location}"),
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    // The player no longer hears anything new once the publisher is gone.
+    let t = Instant::now() + Duration::from_millis(300);
+    assert!(
+        player.wait_until(Instant::now() + LIMIT, |c| Instant::now() > t
+            && c.tones_heard(t, Instant::now() + LIMIT, 1).is_empty())
+    );
+    let r = http(
+        reqwest::Method::DELETE,
+        format!("{base}{player_location}"),
+        &[],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    publisher.stop();
+
+    // CORS preflight.
+    let r = http(
+        reqwest::Method::OPTIONS,
+        format!("{base}/whip/stage"),
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, content-type",
+            ),
+        ],
+        String::new(),
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let allow = r.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(
+        allow.contains("POST") && allow.contains("DELETE"),
+        "{allow}"
+    );
+}
