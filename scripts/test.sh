@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's whole test suite: set-up, formatting, lints, every test.
-# This is the README's test command and what CI runs.
+# The project's whole test suite: set-up, formatting, lints, every test, a
+# fuzz smoke run and the browser test. This is the README's test command and
+# what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== fuzz smoke (${FUZZ_SECONDS:=20} s per target)"
+FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
+
+if [ -x scripts/browser-test.sh ]; then
+  echo "== browser test (headless Chromium)"
+  scripts/browser-test.sh
+fi

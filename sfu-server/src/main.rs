@@ -179,7 +179,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sfu_server::serve(config)) {
+    let result = runtime.block_on(sfu_server::serve(config));
+    // The drain has finished: nothing left is worth waiting for (idle HTTP
+    // keep-alive connections would otherwise hold the exit).
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
