@@ -244,6 +244,9 @@ fn drain(
                     tracing::debug!(to = %t.destination, error = %e, "send_to");
                 }
             }
+            // A single node has no relay links: it never sets an upstream
+            // and nobody subscribes to it.
+            Output::Relay { .. } => {}
             Output::Event(Event::Answer {
                 peer,
                 source,

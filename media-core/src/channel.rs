@@ -11,7 +11,7 @@ use crate::dominant::DominantSpeakerDetector;
 use crate::peer::Peer;
 use crate::selection::SpeakerSelector;
 use crate::slab::Slab;
-use crate::{Event, SourceId};
+use crate::{Event, LinkId, SourceId};
 
 #[derive(Debug)]
 pub(crate) struct Channel {
@@ -29,6 +29,16 @@ pub(crate) struct Channel {
     /// The deadline this channel has in the engine's timer heap.
     pub(crate) timer: Option<Instant>,
     pub(crate) next_tick: Instant,
+    /// `Some`: a relay channel, following the origin on this link.
+    pub(crate) upstream: Option<LinkId>,
+    /// (Origin) relay links subscribed to this channel.
+    pub(crate) relays: Vec<LinkId>,
+    /// (Origin) voices that arrived over a relay link, and which.
+    pub(crate) remote: HashMap<SourceId, LinkId>,
+    /// Who each voice belongs to (local and remote), for `SourceInfo`.
+    pub(crate) identities: HashMap<SourceId, Arc<str>>,
+    /// Last dominant speaker emitted (relay channels learn it from the origin).
+    pub(crate) last_dominant: Option<SourceId>,
 }
 
 impl Channel {
@@ -48,7 +58,17 @@ impl Channel {
             fanout: HashMap::new(),
             timer: None,
             next_tick: now + config.dominant_interval,
+            upstream: None,
+            relays: Vec::new(),
+            remote: HashMap::new(),
+            identities: HashMap::new(),
+            last_dominant: None,
         }
+    }
+
+    /// Whether the channel has no reason to exist any more.
+    pub(crate) fn is_unused(&self) -> bool {
+        self.members.is_empty() && self.relays.is_empty()
     }
 
     /// Maps the selected voices into one member's slots and adds the member's

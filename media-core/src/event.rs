@@ -58,6 +58,16 @@ pub enum Event {
         /// The new dominant speaker, `None` when it left or was muted.
         speaker: Option<SourceId>,
     },
+    /// A voice of another node (or worker) announced who it belongs to; an
+    /// empty identity means it left.
+    RemoteSource {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The voice.
+        source: SourceId,
+        /// Its member's identity.
+        identity: Arc<str>,
+    },
 }
 
 /// Why a peer left.

@@ -27,6 +27,19 @@ pub(crate) struct SourceFrame {
 }
 
 impl SourceFrame {
+    /// The frame as a relay message (the payload is shared, not copied).
+    pub(crate) fn to_relay(&self, channel: &std::sync::Arc<str>) -> crate::RelayMsg {
+        crate::RelayMsg::Media {
+            channel: channel.clone(),
+            source: self.source,
+            seq: self.seq,
+            rtp_ts: self.rtp_ts,
+            level: self.level,
+            vad: self.vad,
+            payload: bytes::Bytes::from_owner(self.payload.clone()),
+        }
+    }
+
     /// Whether this frame counts as speech: loud enough, and not flagged as
     /// non-speech by a sender that runs voice activity detection.
     pub(crate) fn is_speech(&self, speech_level: u8) -> bool {

@@ -55,6 +55,8 @@
 //!                 // Send `sdp` to the client of `peer` through your signaling.
 //!             }
 //!             Output::Event(_other) => {}
+//!             // Only with relay links (a cluster): hand it to the link.
+//!             Output::Relay { .. } => {}
 //!             Output::Timeout(t) => break t,
 //!         }
 //!     };
@@ -109,6 +111,7 @@ mod frame;
 mod ids;
 mod level;
 mod peer;
+mod relay;
 mod rng;
 mod selection;
 mod slab;
@@ -132,6 +135,7 @@ pub use engine::{Command, Engine, Input, Output, Transmit};
 pub use error::Error;
 pub use event::{Event, LeaveReason};
 pub use ids::{PeerId, Role, SourceId};
+pub use relay::{LinkId, RelayMsg};
 pub use stats::EngineStats;
 
 /// Re-exported so embedders name str0m types (certificates) without a

@@ -180,6 +180,17 @@ impl SpeakerSelector {
         }
     }
 
+    /// Replaces the selection with one decided elsewhere (a relay channel
+    /// follows its origin). Returns true when it changed.
+    pub(crate) fn set_selected(&mut self, selected: &[SourceId]) -> bool {
+        let new: Vec<SourceId> = selected.iter().copied().take(self.max).collect();
+        if new == self.selected {
+            return false;
+        }
+        self.selected = new;
+        true
+    }
+
     /// Forgets a source (left or muted). Returns true when the selection changed.
     pub(crate) fn remove(&mut self, source: SourceId) -> bool {
         self.levels.remove(&source);

@@ -16,7 +16,10 @@
 //!   the first packet of a talkspurt).
 //!
 //! Within one source, gaps in its sequence numbers pass through unchanged, so a
-//! listener's loss statistics and concealment stay honest.
+//! listener's loss statistics and concealment stay honest. When the same
+//! source resumes after more than [`RESUME_GAP`] without a packet (a relay
+//! link failed over, a long network outage), it is rebased like a switch: a
+//! new talkspurt continuing at +1, not hundreds of "lost" packets.
 
 use std::time::Instant;
 
@@ -24,6 +27,9 @@ use crate::SourceId;
 
 /// RTP clock of Opus (RFC 7587 §4.1): 48 kHz whatever the sampling rate.
 const OPUS_CLOCK_PER_MS: u64 = 48;
+
+/// Silence after which the same source is rebased as if it were new.
+pub(crate) const RESUME_GAP: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// 20 ms at 48 kHz: what WebRTC clients send unless told otherwise.
 const DEFAULT_PACKET_SAMPLES: u32 = 960;
@@ -91,7 +97,12 @@ impl SlotRewriter {
         samples: Option<u32>,
         now: Instant,
     ) -> Option<Rewritten> {
-        if self.source != Some(source) {
+        let resumed = self.source == Some(source)
+            && self
+                .last_sent
+                .is_some_and(|t| now.saturating_duration_since(t) > RESUME_GAP)
+            && seq.wrapping_add(self.seq_offset) > self.highest_seq.wrapping_add(1);
+        if self.source != Some(source) || resumed {
             self.switch_to(source, seq, rtp_ts, now);
         }
         let out_seq = seq.wrapping_add(self.seq_offset);
@@ -177,6 +188,23 @@ mod tests {
         assert_eq!(s.rewrite(b, 499, 0, None, t0), None);
         // Back to a: continues after b.
         assert_eq!(s.rewrite(a, 103, 2880, None, t0).unwrap().seq, 14);
+    }
+
+    #[test]
+    fn a_source_resuming_after_a_long_gap_is_rebased() {
+        let t0 = crate::test_epoch();
+        let mut s = SlotRewriter::new(100, 0);
+        let a = SourceId(1);
+        s.rewrite(a, 10, 0, None, t0).unwrap();
+        // 40 ms later with one packet lost: the gap shows.
+        let p = s.rewrite(a, 12, 1920, None, t0 + Duration::from_millis(40)).unwrap();
+        assert_eq!((p.seq, p.marker), (102, false));
+        // A second later, 50 packets on: a new talkspurt at +1.
+        let p = s
+            .rewrite(a, 62, 1920 + 50 * 960, None, t0 + Duration::from_millis(1040))
+            .unwrap();
+        assert_eq!((p.seq, p.marker), (103, true));
+        assert_eq!(p.ts, 1920 + 1000 * 48);
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub struct EngineStats {
     pub dropped_stale: u64,
     /// Opus payloads that failed to decode when measuring their level.
     pub level_decode_errors: u64,
+    /// Relay messages received from other engines.
+    pub relay_in: u64,
+    /// Relay messages sent to other engines.
+    pub relay_out: u64,
+    /// Relay messages for a channel this engine does not carry, or from a
+    /// link that is neither the channel's upstream nor a subscriber.
+    pub dropped_relay: u64,
     /// Changes of the selected speakers of any channel.
     pub speaker_switches: u64,
     /// Peers that joined.

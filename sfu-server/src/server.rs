@@ -168,7 +168,7 @@ impl Server {
             seed: unix_now() ^ u64::from(std::process::id()) << 32,
             ..Default::default()
         };
-        let worker = Worker::spawn(config.udp, engine_config).await?;
+        let worker = Worker::spawn(config.udp, engine_config, None).await?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
         let state = Arc::new(AppState {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::{
-    Command, Engine, EngineConfig, EngineStats, Event, Input, LeaveReason, Output, PeerId, Role,
-    SourceId,
+    Command, Engine, EngineConfig, EngineStats, Event, Input, LeaveReason, LinkId, Output, PeerId,
+    RelayMsg, Role, SourceId,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -136,6 +136,10 @@ enum Request {
     },
     Snapshot(oneshot::Sender<Snapshot>),
     Drain(Duration),
+    /// A relay message arrived over a link (from the cascade transport).
+    Relay(LinkId, RelayMsg),
+    /// An engine command from the cluster side (upstream, link closed).
+    Engine(Command),
 }
 
 /// Handle to a running worker. Cheap to clone.
@@ -146,8 +150,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Binds the media socket and starts the worker task.
-    pub async fn spawn(udp: SocketAddr, mut config: EngineConfig) -> io::Result<Worker> {
+    /// Binds the media socket and starts the worker task. Relay messages the
+    /// engine emits go to `relay_out` (the cascade transport), if any.
+    pub async fn spawn(
+        udp: SocketAddr,
+        mut config: EngineConfig,
+        relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
+    ) -> io::Result<Worker> {
         let socket = UdpSocket::bind(udp).await?;
         let udp_addr = socket.local_addr()?;
         config.host_candidates = vec![udp_addr];
@@ -162,6 +171,7 @@ impl Worker {
             pending: HashMap::new(),
             next_peer: 1,
             draining: false,
+            relay_out,
             snapshot: Snapshot::default(),
         };
         tokio::spawn(task.run());
@@ -221,6 +231,25 @@ impl Worker {
         rx.await.unwrap_or_default()
     }
 
+    /// Hands the engine a relay message that arrived over `link`.
+    pub fn relay_in(&self, link: LinkId, msg: RelayMsg) {
+        // Media must not wait behind a full queue: drop it (it is stale by
+        // then); control waits.
+        if let Err(mpsc::error::TrySendError::Full(Request::Relay(link, msg))) =
+            self.tx.try_send(Request::Relay(link, msg))
+        {
+            if !matches!(msg, RelayMsg::Media { .. }) {
+                let tx = self.tx.clone();
+                tokio::spawn(async move { tx.send(Request::Relay(link, msg)).await });
+            }
+        }
+    }
+
+    /// Sends the engine a command about channels and links.
+    pub async fn engine_command(&self, command: Command) {
+        let _ = self.tx.send(Request::Engine(command)).await;
+    }
+
     /// Refuses new joins and tells every member to move before `deadline`.
     pub async fn drain(&self, deadline: Duration) {
         let _ = self.tx.send(Request::Drain(deadline)).await;
@@ -272,6 +301,7 @@ struct Task {
     pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
     next_peer: u64,
     draining: bool,
+    relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
     snapshot: Snapshot,
 }
 
@@ -327,20 +357,14 @@ impl Task {
         });
         // Send as we go: the engine's queue stays short and the first
         // listeners get their copy without waiting for the whole burst.
-        self.flush_transmits();
+        self.drain_outputs();
     }
 
     /// Sends what the engine queued, handles its events; returns when to
     /// wake it next. `arrived` is when the datagrams being answered came in.
     fn flush(&mut self, arrived: Option<Instant>) -> Instant {
         let forwarded_before = self.snapshot.stats.rtp_forwarded;
-        let deadline = loop {
-            match self.engine.poll_output() {
-                Output::Transmit(t) => self.send(&t.contents, t.destination),
-                Output::Event(e) => self.event(e),
-                Output::Timeout(t) => break t,
-            }
-        };
+        let deadline = self.drain_outputs();
         self.snapshot.stats = self.engine.stats().clone();
         if let Some(at) = arrived {
             if self.snapshot.stats.rtp_forwarded > forwarded_before {
@@ -350,12 +374,18 @@ impl Task {
         deadline
     }
 
-    fn flush_transmits(&mut self) {
+    /// Drains the engine until its next timeout.
+    fn drain_outputs(&mut self) -> Instant {
         loop {
             match self.engine.poll_output() {
                 Output::Transmit(t) => self.send(&t.contents, t.destination),
+                Output::Relay { link, msg } => {
+                    if let Some(tx) = &self.relay_out {
+                        let _ = tx.send((link, msg));
+                    }
+                }
                 Output::Event(e) => self.event(e),
-                Output::Timeout(_) => return,
+                Output::Timeout(t) => return t,
             }
         }
     }
@@ -400,6 +430,21 @@ impl Task {
                     .count();
                 s.listeners = s.members - s.speakers;
                 let _ = reply.send(s);
+            }
+            Request::Relay(link, msg) => {
+                let _ = self.engine.handle_input(Input::Relay {
+                    now: Instant::now(),
+                    link,
+                    msg,
+                });
+            }
+            Request::Engine(command) => {
+                if let Err(e) = self.engine.handle_input(Input::Command {
+                    now: Instant::now(),
+                    command,
+                }) {
+                    tracing::warn!(error = %e, "cluster command refused");
+                }
             }
             Request::Drain(deadline) => {
                 self.draining = true;

@@ -27,15 +27,15 @@ pub mod fuzz;
 pub mod net;
 pub mod udp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::{Command, Engine, EngineConfig, Event, Input, Output, PeerId, Role};
+use crate::{Command, Engine, EngineConfig, Event, Input, LinkId, Output, PeerId, RelayMsg, Role};
 
 use self::audio::TONES;
 use self::client::{Client, ClientSpec};
-use self::net::{Datagram, Net};
+use self::net::{Datagram, LinkConditions, Net};
 
 /// The engine's address in the simulation.
 pub const ENGINE_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000);
@@ -55,24 +55,59 @@ impl ClientSpec {
     }
 }
 
+/// An engine of a simulated cluster beyond node 0.
+#[derive(Debug)]
+pub struct Node {
+    /// The engine.
+    pub engine: Engine,
+    timeout: Instant,
+}
+
+/// The address of node `n`'s engine.
+pub fn node_addr(n: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000 + n as u16)
+}
+
+/// The link on node `from` that leads to node `to`.
+pub fn link_to(to: usize) -> LinkId {
+    LinkId(to as u64)
+}
+
 /// The engine, its clients and the network between them.
 pub struct Sim {
     /// When the simulation started.
     pub start: Instant,
     /// The simulated current time.
     pub now: Instant,
-    /// The engine under test.
+    /// The engine under test (node 0: in a cluster, the core).
     pub engine: Engine,
+    /// Further engines (nodes 1, 2, …: edges of a cluster), each at
+    /// `127.0.0.1:5000 + node`.
+    pub nodes: Vec<Node>,
+    /// Relay messages in flight: (arrival, to node, over link, message).
+    relays: VecDeque<(Instant, usize, LinkId, RelayMsg)>,
+    /// Conditions of relay links: `delay` for every message, `loss` for
+    /// media only (control is reliable, as on the QUIC stream).
+    pub relay_link: LinkConditions,
+    /// Relay media messages lost on purpose.
+    pub relay_lost: u64,
+    /// Links cut (both directions): (lower node, higher node).
+    cut: Vec<(usize, usize)>,
+    /// The node each client joined.
+    client_node: Vec<usize>,
     /// Clients, indexed as returned by [`Sim::join`] (also their `PeerId`).
     pub clients: Vec<Client>,
     /// The network.
     pub net: Net,
-    /// Every event the engine emitted, with its time.
+    /// Every event the engines emitted, with its time (all nodes).
     pub events: Vec<(Instant, Event)>,
+    /// The node of each entry of `events`.
+    pub event_nodes: Vec<usize>,
     /// Clients that vanished: their datagrams are dropped, they never act.
     pub vanished: Vec<bool>,
     by_addr: HashMap<SocketAddr, usize>,
     engine_timeout: Instant,
+    base_config: EngineConfig,
     cert: str0m::config::DtlsCert,
     /// Set when an engine call returned an error (tests assert on it).
     pub errors: Vec<crate::Error>,
@@ -105,7 +140,15 @@ impl Sim {
         Sim {
             start,
             now: start,
-            engine: Engine::new(config, start),
+            engine: Engine::new(config.clone(), start),
+            nodes: Vec::new(),
+            relays: VecDeque::new(),
+            relay_link: LinkConditions::default(),
+            relay_lost: 0,
+            cut: Vec::new(),
+            client_node: Vec::new(),
+            event_nodes: Vec::new(),
+            base_config: config,
             clients: Vec::new(),
             net: Net::new(seed ^ 0xA5A5),
             events: Vec::new(),
@@ -122,15 +165,85 @@ impl Sim {
         self.now.saturating_duration_since(self.start)
     }
 
-    /// A new client joins `channel`. Returns its index (its `PeerId` too).
+    /// A new client joins `channel` on node 0. Returns its index (its
+    /// `PeerId` too).
     pub fn join(&mut self, name: &str, channel: &str, role: Role, spec: ClientSpec) -> usize {
+        self.join_on(0, name, channel, role, spec)
+    }
+
+    /// Adds an engine (node `1 + existing extra nodes`); returns its node
+    /// number. Its config is node 0's with another seed and address.
+    pub fn add_node(&mut self) -> usize {
+        let n = self.nodes.len() + 1;
+        let mut config = self.base_config.clone();
+        config.seed = config.seed.wrapping_add(0x9E37_79B9 * n as u64);
+        config.host_candidates = vec![node_addr(n)];
+        self.nodes.push(Node {
+            engine: Engine::new(config, self.now),
+            timeout: self.now,
+        });
+        n
+    }
+
+    /// The engine of node `n`.
+    pub fn engine_at(&self, n: usize) -> &Engine {
+        if n == 0 {
+            &self.engine
+        } else {
+            &self.nodes[n - 1].engine
+        }
+    }
+
+    fn engine_at_mut(&mut self, n: usize) -> &mut Engine {
+        if n == 0 {
+            &mut self.engine
+        } else {
+            &mut self.nodes[n - 1].engine
+        }
+    }
+
+    fn node_count(&self) -> usize {
+        1 + self.nodes.len()
+    }
+
+    /// Sends a command to node `n`'s engine; an error goes to `errors`.
+    pub fn command_on(&mut self, n: usize, command: Command) {
+        let now = self.now;
+        if let Err(e) = self.engine_at_mut(n).handle_input(Input::Command { now, command }) {
+            self.errors.push(e);
+        }
+        self.drain_node(n);
+    }
+
+    /// Cuts (or restores) the relay link between two nodes. Cutting tells
+    /// both engines `LinkClosed`, as a transport noticing the loss would.
+    pub fn set_link_cut(&mut self, a: usize, b: usize, cut: bool) {
+        let key = (a.min(b), a.max(b));
+        self.cut.retain(|k| *k != key);
+        if cut {
+            self.cut.push(key);
+            self.command_on(a, Command::LinkClosed { link: link_to(b) });
+            self.command_on(b, Command::LinkClosed { link: link_to(a) });
+        }
+    }
+
+    /// A new client joins `channel` on node `node`. Returns its index.
+    pub fn join_on(
+        &mut self,
+        node: usize,
+        name: &str,
+        channel: &str,
+        role: Role,
+        spec: ClientSpec,
+    ) -> usize {
         let idx = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10_000 + idx as u16);
         let (client, offer) = Client::new(name, addr, &spec, &TONES, &self.cert, self.now);
         self.clients.push(client);
         self.vanished.push(false);
+        self.client_node.push(node);
         self.by_addr.insert(addr, idx);
-        self.command(Command::Join {
+        self.command_on(node, Command::Join {
             peer: PeerId(idx as u64),
             channel: channel.to_string(),
             identity: name.to_string(),
@@ -141,13 +254,10 @@ impl Sim {
         idx
     }
 
-    /// Sends a command to the engine; an error is recorded in `errors`.
+    /// Sends a command to the engine (node 0); an error is recorded in
+    /// `errors`.
     pub fn command(&mut self, command: Command) {
-        let now = self.now;
-        if let Err(e) = self.engine.handle_input(Input::Command { now, command }) {
-            self.errors.push(e);
-        }
-        self.drain_engine();
+        self.command_on(0, command);
     }
 
     /// Starts (`true`) or stops a client's tone.
@@ -174,7 +284,7 @@ impl Sim {
             destination: ENGINE_ADDR,
             datagram,
         });
-        self.drain_engine();
+        self.drain_node(0);
     }
 
     /// Runs until every non-vanished client is connected, at most `limit`.
@@ -211,9 +321,21 @@ impl Sim {
     /// Advances to the next thing that happens (but not past `limit`) and
     /// does it.
     pub fn step(&mut self, limit: Instant) {
+        self.step_inner(limit, None);
+    }
+
+    /// One step; with `capture`, the RTP packets that client sends are moved
+    /// to the given vector before they reach the network.
+    fn step_inner(&mut self, limit: Instant, mut capture: Option<(usize, &mut Vec<Datagram>)>) {
         let mut next = self.engine_timeout;
+        for n in &self.nodes {
+            next = next.min(n.timeout);
+        }
         if let Some(t) = self.net.next_arrival() {
             next = next.min(t);
+        }
+        if let Some((t, ..)) = self.relays.front() {
+            next = next.min(*t);
         }
         for (c, v) in self.clients.iter().zip(&self.vanished) {
             if !*v {
@@ -229,12 +351,23 @@ impl Sim {
         }
         let now = self.now;
 
+        // Every delivery and engine call may flush the clients' outboxes.
         while let Some(d) = self.net.pop_due(now) {
+            self.capture(&mut capture);
             self.deliver(d);
         }
-        if self.engine_timeout <= now {
-            let _ = self.engine.handle_input(Input::Timeout(now));
-            self.drain_engine();
+        while self.relays.front().is_some_and(|(t, ..)| *t <= now) {
+            let Some((_, to, link, msg)) = self.relays.pop_front() else { break };
+            let _ = self.engine_at_mut(to).handle_input(Input::Relay { now, link, msg });
+            self.drain_node(to);
+        }
+        for n in 0..self.node_count() {
+            let due = if n == 0 { self.engine_timeout } else { self.nodes[n - 1].timeout };
+            if due <= now {
+                self.capture(&mut capture);
+                let _ = self.engine_at_mut(n).handle_input(Input::Timeout(now));
+                self.drain_node(n);
+            }
         }
         for i in 0..self.clients.len() {
             if self.vanished[i] {
@@ -246,19 +379,27 @@ impl Sim {
             }
             c.send_due_frames(now);
         }
+        self.capture(&mut capture);
         self.flush_clients();
+    }
+
+    fn capture(&mut self, capture: &mut Option<(usize, &mut Vec<Datagram>)>) {
+        if let Some((idx, captured)) = capture {
+            self.take_rtp(*idx, captured);
+        }
     }
 
     fn deliver(&mut self, d: Datagram) {
         let now = self.now;
-        if d.destination == ENGINE_ADDR {
-            let _ = self.engine.handle_input(Input::Receive {
+        let node = (0..self.node_count()).find(|n| node_addr(*n) == d.destination);
+        if let Some(n) = node {
+            let _ = self.engine_at_mut(n).handle_input(Input::Receive {
                 now,
                 source: d.source,
                 destination: d.destination,
                 datagram: &d.contents,
             });
-            self.drain_engine();
+            self.drain_node(n);
         } else if let Some(&i) = self.by_addr.get(&d.destination) {
             if !self.vanished[i] {
                 self.clients[i].receive(now, &d);
@@ -278,10 +419,10 @@ impl Sim {
         }
     }
 
-    fn drain_engine(&mut self) {
+    fn drain_node(&mut self, n: usize) {
         let now = self.now;
         loop {
-            match self.engine.poll_output() {
+            match self.engine_at_mut(n).poll_output() {
                 Output::Transmit(t) => {
                     let cond = self.net.downlink;
                     self.net.send(
@@ -294,6 +435,20 @@ impl Sim {
                         },
                     );
                 }
+                Output::Relay { link, msg } => {
+                    let to = link.0 as usize;
+                    let key = (n.min(to), n.max(to));
+                    if to >= self.node_count() || self.cut.contains(&key) {
+                        continue;
+                    }
+                    let media = matches!(msg, RelayMsg::Media { .. });
+                    if media && self.relay_link.loss > 0.0 && self.net.chance(self.relay_link.loss) {
+                        self.relay_lost += 1;
+                        continue;
+                    }
+                    let at = now + self.relay_link.delay;
+                    self.relays.push_back((at, to, link_to(n), msg));
+                }
                 Output::Event(e) => {
                     if let Event::Answer { peer, sdp, .. } = &e {
                         let i = peer.0 as usize;
@@ -302,9 +457,14 @@ impl Sim {
                         }
                     }
                     self.events.push((now, e));
+                    self.event_nodes.push(n);
                 }
                 Output::Timeout(t) => {
-                    self.engine_timeout = t;
+                    if n == 0 {
+                        self.engine_timeout = t;
+                    } else {
+                        self.nodes[n - 1].timeout = t;
+                    }
                     break;
                 }
             }
@@ -333,61 +493,16 @@ impl Sim {
         self.clients[idx].skip_missed_frames(now);
         self.take_rtp(idx, &mut captured);
         let _ = self.engine.handle_input(Input::Timeout(now));
-        self.drain_engine();
+        self.drain_node(0);
         let mut deadline = self.now + STALL;
         while captured.len() < n && self.now < deadline {
             let before = captured.len();
-            self.step_capturing(deadline, idx, &mut captured);
+            self.step_inner(deadline, Some((idx, &mut captured)));
             if captured.len() > before {
                 deadline = self.now + STALL;
             }
         }
         captured
-    }
-
-    /// [`Sim::step`], except that the RTP packets client `idx` sends are
-    /// moved to `captured` before they reach the network.
-    fn step_capturing(&mut self, limit: Instant, idx: usize, captured: &mut Vec<Datagram>) {
-        let mut next = self.engine_timeout;
-        if let Some(t) = self.net.next_arrival() {
-            next = next.min(t);
-        }
-        for (c, v) in self.clients.iter().zip(&self.vanished) {
-            if !*v {
-                next = next.min(c.next_wakeup());
-            }
-        }
-        if next > limit {
-            self.now = limit;
-            return;
-        }
-        if next > self.now {
-            self.now = next;
-        }
-        let now = self.now;
-
-        // Every delivery and engine call may flush the clients' outboxes.
-        while let Some(d) = self.net.pop_due(now) {
-            self.take_rtp(idx, captured);
-            self.deliver(d);
-        }
-        if self.engine_timeout <= now {
-            self.take_rtp(idx, captured);
-            let _ = self.engine.handle_input(Input::Timeout(now));
-            self.drain_engine();
-        }
-        for i in 0..self.clients.len() {
-            if self.vanished[i] {
-                continue;
-            }
-            let c = &mut self.clients[i];
-            if c.timeout <= now {
-                c.handle_timeout(now);
-            }
-            c.send_due_frames(now);
-        }
-        self.take_rtp(idx, captured);
-        self.flush_clients();
     }
 
     /// Moves the RTP packets (not RTCP, STUN or DTLS) out of client `idx`'s

@@ -67,15 +67,18 @@ impl Net {
         }
     }
 
+    /// A seeded coin that comes up true with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        let x = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        x < p
+    }
+
     /// Sends a datagram at `now` over a link with `cond`.
     pub fn send(&mut self, now: Instant, cond: LinkConditions, d: Datagram) {
         self.sent += 1;
-        if cond.loss > 0.0 {
-            let x = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            if x < cond.loss {
-                self.lost += 1;
-                return;
-            }
+        if cond.loss > 0.0 && self.chance(cond.loss) {
+            self.lost += 1;
+            return;
         }
         self.counter += 1;
         self.queue

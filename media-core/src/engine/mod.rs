@@ -10,6 +10,8 @@ use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 
+mod relay;
+
 use crate::channel::Channel;
 use crate::config::EngineConfig;
 use crate::demux::{Demux, PeerKey, Route};
@@ -20,7 +22,7 @@ use crate::rng::Rng;
 use crate::slab::Slab;
 use crate::stats::EngineStats;
 use crate::timer::{TimerHeap, TimerKey};
-use crate::{Error, Event, LeaveReason, PeerId, Role, SourceId};
+use crate::{Error, Event, LeaveReason, LinkId, PeerId, RelayMsg, Role, SourceId};
 
 /// How far ahead an idle engine (no peers, no channels) asks to be woken.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
@@ -52,6 +54,15 @@ pub enum Input<'a> {
         now: Instant,
         /// What to do.
         command: Command,
+    },
+    /// A message from another engine (worker or node) over a relay link.
+    Relay {
+        /// When it arrived.
+        now: Instant,
+        /// The link it came over.
+        link: LinkId,
+        /// The message.
+        msg: RelayMsg,
     },
     /// The time the engine last asked for (or any later time) has come.
     Timeout(Instant),
@@ -97,6 +108,25 @@ pub enum Command {
         /// The new role.
         role: Role,
     },
+    /// Make a channel a relay of the origin reachable over `link` (an edge
+    /// of a core), or the origin itself (`None`). The engine subscribes over
+    /// the link (again, when it is the same link rebuilt after a failure).
+    /// Moving to another link (failover) keeps every listener's slots:
+    /// audio resumes in them without renegotiation.
+    SetUpstream {
+        /// Channel name (created if absent).
+        channel: String,
+        /// The origin's link, or `None` to select locally.
+        link: Option<LinkId>,
+    },
+    /// A relay link is gone (connection lost). Subscribers on it are
+    /// forgotten and their voices released; channels following an origin
+    /// over it keep their listeners and slots until `SetUpstream` names the
+    /// next link.
+    LinkClosed {
+        /// The link.
+        link: LinkId,
+    },
 }
 
 /// A UDP datagram to send.
@@ -118,6 +148,13 @@ pub struct Transmit {
 pub enum Output {
     /// Send a datagram.
     Transmit(Transmit),
+    /// Send a message to another engine over a relay link.
+    Relay {
+        /// The link.
+        link: LinkId,
+        /// The message.
+        msg: RelayMsg,
+    },
     /// Something happened.
     Event(Event),
     /// Nothing more to do until this time (or until the next input): call
@@ -149,6 +186,9 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     signals: VecDeque<(u32, u32, Signal)>,
     events: Vec<Event>,
+    /// Origin channels whose selection changed since the last input: their
+    /// relays get a `Speakers` message once the input is handled.
+    speakers_dirty: Vec<u32>,
     stats: EngineStats,
     next_source: u32,
     last_now: Instant,
@@ -191,6 +231,7 @@ impl Engine {
             outputs: VecDeque::new(),
             signals: VecDeque::new(),
             events: Vec::new(),
+            speakers_dirty: Vec::new(),
             stats: EngineStats::default(),
             next_source,
             last_now: now,
@@ -285,12 +326,18 @@ impl Engine {
                 let now = self.advance(now);
                 self.command(now, command)
             }
+            Input::Relay { now, link, msg } => {
+                let now = self.advance(now);
+                self.on_relay(now, link, msg);
+                Ok(())
+            }
             Input::Timeout(now) => {
                 let now = self.advance(now);
                 self.timeout(now);
                 Ok(())
             }
         };
+        self.flush_speakers();
         self.process_signals();
         res
     }
@@ -399,7 +446,16 @@ impl Engine {
                 p.role = role;
                 if role == Role::Listener {
                     self.silence(key, now);
+                } else {
+                    self.announce_source(key);
                 }
+                Ok(())
+            }
+            Command::SetUpstream { channel, link } => {
+                self.set_upstream(now, channel, link)
+            }
+            Command::LinkClosed { link } => {
+                self.link_closed(link);
                 Ok(())
             }
         }
@@ -445,21 +501,7 @@ impl Engine {
         self.next_source = self.next_source.wrapping_add(1).max(1);
         self.stats.peers_joined += 1;
 
-        let ch_key = match self.channel_keys.get(channel.as_str()) {
-            Some(k) => *k,
-            None => {
-                let name: Arc<str> = channel.into();
-                let config = &self.config;
-                let k = self
-                    .channels
-                    .insert_with(|_, gen| Channel::new(name.clone(), gen, config, now));
-                self.channel_keys.insert(name, k);
-                let ch = self.channels.get_mut(k).expect("just inserted");
-                self.timers
-                    .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
-                k
-            }
-        };
+        let ch_key = self.channel_or_create(channel, now);
         peer.channel = ch_key;
         let slots = peer.slots.len();
         let key = self.peers.insert_with(|_, gen| {
@@ -490,7 +532,42 @@ impl Engine {
         ch.members.push(key);
         ch.assign_member(key, peer, &mut self.events);
         self.flush_events();
+        if role == Role::Speaker {
+            self.announce_source(key);
+        }
         Ok(())
+    }
+
+    /// The channel named `name`, created (with its decision timer) if absent.
+    fn channel_or_create(&mut self, name: String, now: Instant) -> u32 {
+        if let Some(k) = self.channel_keys.get(name.as_str()) {
+            return *k;
+        }
+        let name: Arc<str> = name.into();
+        let config = &self.config;
+        let k = self
+            .channels
+            .insert_with(|_, gen| Channel::new(name.clone(), gen, config, now));
+        self.channel_keys.insert(name, k);
+        let ch = self.channels.get_mut(k).expect("just inserted");
+        self.timers
+            .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
+        k
+    }
+
+    /// Removes a channel nobody uses any more (no local member, no
+    /// subscribed relay), unsubscribing from its origin.
+    fn remove_if_unused(&mut self, k: u32) {
+        let Some(ch) = self.channels.get(k) else { return };
+        if !ch.is_unused() {
+            return;
+        }
+        let (name, upstream) = (ch.name.clone(), ch.upstream);
+        if let Some(link) = upstream {
+            self.relay_out(link, RelayMsg::Unsubscribe { channel: name.clone() });
+        }
+        self.channels.remove(k);
+        self.channel_keys.remove(&name);
     }
 
     /// The member's voice is no longer routed (muted, or became a listener).
@@ -509,6 +586,7 @@ impl Engine {
         }
         ch.release_source(source, &mut self.peers, &mut self.events);
         ch.reassign_all(&mut self.peers, &mut self.events);
+        self.speakers_dirty.push(ch_key);
         if was_dominant {
             self.events.push(Event::DominantSpeaker {
                 channel: ch.name.clone(),
@@ -542,12 +620,19 @@ impl Engine {
         if let Some(ch) = self.channels.get_mut(peer.channel) {
             ch.members.retain(|k| *k != key);
             ch.unassign_member(key, &peer);
-            if ch.members.is_empty() {
-                let name = ch.name.clone();
-                self.channels.remove(peer.channel);
-                self.channel_keys.remove(&name);
+            if ch.identities.remove(&peer.source).is_some() {
+                let msg = RelayMsg::SourceInfo {
+                    channel: ch.name.clone(),
+                    source: peer.source,
+                    identity: "".into(),
+                };
+                let links: Vec<LinkId> = ch.upstream.iter().chain(ch.relays.iter()).copied().collect();
+                for link in links {
+                    self.relay_out(link, msg.clone());
+                }
             }
         }
+        self.remove_if_unused(peer.channel);
         self.outputs
             .push_back(Output::Event(Event::PeerLeft { peer: id, reason }));
     }
@@ -607,7 +692,16 @@ impl Engine {
         let Some(ch) = self.channels.get_mut(k) else {
             return;
         };
+        if ch.upstream.is_some() {
+            // A relay channel's speakers are decided by its origin.
+            ch.next_tick = now + self.config.dominant_interval;
+            self.timers
+                .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
+            return;
+        }
         if let Some(d) = ch.dominant.decide(now) {
+            ch.last_dominant = Some(d);
+            self.speakers_dirty.push(k);
             self.events.push(Event::DominantSpeaker {
                 channel: ch.name.clone(),
                 speaker: Some(d),
@@ -619,6 +713,7 @@ impl Engine {
         }
         let speaking = ch.speaking(now);
         if speaking != ch.active {
+            self.speakers_dirty.push(k);
             ch.active = speaking.clone();
             self.events.push(Event::ActiveSpeakers {
                 channel: ch.name.clone(),
@@ -698,11 +793,12 @@ impl Engine {
             payload: p.payload,
         };
         let ch = peer.channel;
-        self.route(ch, &frame, now);
+        self.route(ch, &frame, now, None);
     }
 
-    /// Selection and fan-out of one frame, wherever it came from.
-    fn route(&mut self, ch_key: u32, frame: &SourceFrame, now: Instant) {
+    /// Selection and fan-out of one frame, wherever it came from: a local
+    /// member (`from: None`) or a relay link.
+    fn route(&mut self, ch_key: u32, frame: &SourceFrame, now: Instant, from: Option<LinkId>) {
         let Engine {
             channels,
             peers,
@@ -712,38 +808,68 @@ impl Engine {
             timers,
             events,
             config,
+            speakers_dirty,
             ..
         } = self;
         let Some(ch) = channels.get_mut(ch_key) else {
             return;
         };
-        ch.dominant.record_level(frame.source, frame.level, now);
         let speech = frame.is_speech(config.speech_level);
-        if ch
-            .selector
-            .on_packet(frame.source, frame.level, speech, now)
-        {
-            stats.speaker_switches += 1;
-            ch.reassign_all(peers, events);
+        match ch.upstream {
+            // Origin: selection runs here, on every packet.
+            None => {
+                ch.dominant.record_level(frame.source, frame.level, now);
+                if ch.selector.on_packet(frame.source, frame.level, speech, now) {
+                    stats.speaker_switches += 1;
+                    ch.reassign_all(peers, events);
+                    speakers_dirty.push(ch_key);
+                }
+            }
+            // Relay: a local voice goes up when it speaks (so the origin can
+            // select it) or is selected (so listeners hear it whole).
+            Some(up) if from.is_none() => {
+                if speech || ch.selector.is_selected(frame.source) {
+                    stats.relay_out += 1;
+                    outputs.push_back(Output::Relay {
+                        link: up,
+                        msg: frame.to_relay(&ch.name),
+                    });
+                }
+            }
+            Some(_) => {}
         }
-        let Some(targets) = ch.fanout.get(&frame.source) else {
+        let selected = ch.selector.is_selected(frame.source);
+        if let Some(targets) = ch.fanout.get(&frame.source) {
+            for &(key, slot) in targets {
+                let Some(peer) = peers.get_mut(key) else {
+                    continue;
+                };
+                if !peer.connected {
+                    continue;
+                }
+                if peer.write_slot(slot as usize, frame, now) {
+                    stats.rtp_forwarded += 1;
+                } else {
+                    stats.dropped_stale += 1;
+                }
+                settle_peer(peer, key, now, outputs, signals, stats, timers);
+            }
+        } else if !selected {
             stats.not_selected += 1;
-            self.flush_events();
-            return;
-        };
-        for &(key, slot) in targets {
-            let Some(peer) = peers.get_mut(key) else {
-                continue;
-            };
-            if !peer.connected {
-                continue;
+        }
+        // Origin: each subscribed relay gets a selected voice once, except
+        // the one it came from.
+        if ch.upstream.is_none() && selected && !ch.relays.is_empty() {
+            let msg = frame.to_relay(&ch.name);
+            for &link in &ch.relays {
+                if Some(link) != from {
+                    stats.relay_out += 1;
+                    outputs.push_back(Output::Relay {
+                        link,
+                        msg: msg.clone(),
+                    });
+                }
             }
-            if peer.write_slot(slot as usize, frame, now) {
-                stats.rtp_forwarded += 1;
-            } else {
-                stats.dropped_stale += 1;
-            }
-            settle_peer(peer, key, now, outputs, signals, stats, timers);
         }
         self.flush_events();
     }
