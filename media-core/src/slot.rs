@@ -197,11 +197,19 @@ mod tests {
         let a = SourceId(1);
         s.rewrite(a, 10, 0, None, t0).unwrap();
         // 40 ms later with one packet lost: the gap shows.
-        let p = s.rewrite(a, 12, 1920, None, t0 + Duration::from_millis(40)).unwrap();
+        let p = s
+            .rewrite(a, 12, 1920, None, t0 + Duration::from_millis(40))
+            .unwrap();
         assert_eq!((p.seq, p.marker), (102, false));
         // A second later, 50 packets on: a new talkspurt at +1.
         let p = s
-            .rewrite(a, 62, 1920 + 50 * 960, None, t0 + Duration::from_millis(1040))
+            .rewrite(
+                a,
+                62,
+                1920 + 50 * 960,
+                None,
+                t0 + Duration::from_millis(1040),
+            )
             .unwrap();
         assert_eq!((p.seq, p.marker), (103, true));
         assert_eq!(p.ts, 1920 + 1000 * 48);

@@ -31,16 +31,46 @@ fn cluster(edges: usize, channel: &str) -> (Sim, Vec<usize>) {
 #[test]
 fn core_and_three_edges_every_listener_hears_the_selected_speakers() {
     let (mut sim, e) = cluster(3, "stage");
-    let s0 = sim.join_on(0, "core-speaker", "stage", Role::Speaker, ClientSpec::speaker(0));
-    let s1 = sim.join_on(e[0], "edge1-speaker", "stage", Role::Speaker, ClientSpec::speaker(1));
-    let s2 = sim.join_on(e[1], "edge2-speaker", "stage", Role::Speaker, ClientSpec::speaker(2));
+    let s0 = sim.join_on(
+        0,
+        "core-speaker",
+        "stage",
+        Role::Speaker,
+        ClientSpec::speaker(0),
+    );
+    let s1 = sim.join_on(
+        e[0],
+        "edge1-speaker",
+        "stage",
+        Role::Speaker,
+        ClientSpec::speaker(1),
+    );
+    let s2 = sim.join_on(
+        e[1],
+        "edge2-speaker",
+        "stage",
+        Role::Speaker,
+        ClientSpec::speaker(2),
+    );
     // A speaker that stays silent, on the third edge.
-    let quiet = sim.join_on(e[2], "edge3-quiet", "stage", Role::Speaker, ClientSpec::speaker(3));
+    let quiet = sim.join_on(
+        e[2],
+        "edge3-quiet",
+        "stage",
+        Role::Speaker,
+        ClientSpec::speaker(3),
+    );
     let mut listeners = Vec::new();
     for node in [0, e[0], e[1], e[2]] {
         for i in 0..3 {
             let name = format!("n{node}-l{i}");
-            listeners.push(sim.join_on(node, &name, "stage", Role::Listener, ClientSpec::listener()));
+            listeners.push(sim.join_on(
+                node,
+                &name,
+                "stage",
+                Role::Listener,
+                ClientSpec::listener(),
+            ));
         }
     }
     assert!(sim.run_until_connected(Duration::from_secs(5)));
@@ -80,15 +110,23 @@ fn an_edge_speaker_takes_over_when_the_core_speaker_stops() {
     assert!(sim.run_until_connected(Duration::from_secs(5)));
     sim.set_talking(core_s, true);
     sim.run_for(Duration::from_secs(1));
-    assert_eq!(sim.clients[l].tones_heard(sim.now - Duration::from_millis(600), sim.now, 20), set(&[0]));
+    assert_eq!(
+        sim.clients[l].tones_heard(sim.now - Duration::from_millis(600), sim.now, 20),
+        set(&[0])
+    );
     sim.set_talking(core_s, false);
     sim.set_talking(edge_s, true);
     let t = sim.now;
     sim.run_for(Duration::from_secs(1));
-    let first = sim.clients[l].first_heard(1, t).expect("the edge speaker is heard on the other edge");
+    let first = sim.clients[l]
+        .first_heard(1, t)
+        .expect("the edge speaker is heard on the other edge");
     // Up one hop and down another (5 ms each here) plus selection.
     assert!(first - t < Duration::from_millis(200), "{:?}", first - t);
-    assert_eq!(sim.clients[l].tones_heard(t + Duration::from_millis(300), sim.now, 20), set(&[1]));
+    assert_eq!(
+        sim.clients[l].tones_heard(t + Duration::from_millis(300), sim.now, 20),
+        set(&[1])
+    );
 }
 
 #[test]
@@ -97,7 +135,15 @@ fn ten_percent_relay_loss_costs_listeners_no_more_than_that() {
     sim.relay_link.loss = 0.10;
     let s = sim.join_on(0, "s", "lossy", Role::Speaker, ClientSpec::speaker(0));
     let ls: Vec<usize> = (0..4)
-        .map(|i| sim.join_on(e[0], &format!("l{i}"), "lossy", Role::Listener, ClientSpec::listener()))
+        .map(|i| {
+            sim.join_on(
+                e[0],
+                &format!("l{i}"),
+                "lossy",
+                Role::Listener,
+                ClientSpec::listener(),
+            )
+        })
         .collect();
     assert!(sim.run_until_connected(Duration::from_secs(5)));
     sim.set_talking(s, true);
@@ -105,7 +151,10 @@ fn ten_percent_relay_loss_costs_listeners_no_more_than_that() {
     assert!(sim.relay_lost > 0);
     for &l in &ls {
         let c = &sim.clients[l];
-        assert_eq!(c.tones_heard(sim.now - Duration::from_secs(5), sim.now, 100), set(&[0]));
+        assert_eq!(
+            c.tones_heard(sim.now - Duration::from_secs(5), sim.now, 100),
+            set(&[0])
+        );
         assert_eq!(c.decode_errors(), 0);
         for log in c.streams.values() {
             let total = log.packets.len() as u64 + log.lost();
@@ -131,14 +180,26 @@ fn edge_resubscribes_after_a_link_failure_and_slots_continue() {
     sim.set_link_cut(0, e[0], true);
     let cut = sim.now;
     sim.run_for(Duration::from_secs(1));
-    assert!(sim.clients[l].tones_heard(cut + Duration::from_millis(100), sim.now, 1).is_empty());
+    assert!(sim.clients[l]
+        .tones_heard(cut + Duration::from_millis(100), sim.now, 1)
+        .is_empty());
     // The transport reconnects and the edge subscribes again.
     sim.set_link_cut(0, e[0], false);
     let back = sim.now;
-    sim.command_on(e[0], Command::SetUpstream { channel: "ha".into(), link: Some(link_to(0)) });
+    sim.command_on(
+        e[0],
+        Command::SetUpstream {
+            channel: "ha".into(),
+            link: Some(link_to(0)),
+        },
+    );
     sim.run_for(Duration::from_secs(1));
     let first = sim.clients[l].first_heard(0, back).expect("audio resumes");
-    assert!(first - back < Duration::from_millis(300), "{:?}", first - back);
+    assert!(
+        first - back < Duration::from_millis(300),
+        "{:?}",
+        first - back
+    );
 
     // No renegotiation: the same streams, sequence numbers +1 across the gap,
     // timestamps moved on by at least the silence.
@@ -151,7 +212,10 @@ fn edge_resubscribes_after_a_link_failure_and_slots_continue() {
             assert!(dt < u32::MAX / 2, "timestamp went backwards");
             let gap = w[1].at - w[0].at;
             if gap > Duration::from_millis(500) {
-                assert!(dt as u64 >= (gap.as_millis() as u64 - 100) * 48, "ts moved {dt} over {gap:?}");
+                assert!(
+                    dt as u64 >= (gap.as_millis() as u64 - 100) * 48,
+                    "ts moved {dt} over {gap:?}"
+                );
             }
         }
     }

@@ -451,9 +451,7 @@ impl Engine {
                 }
                 Ok(())
             }
-            Command::SetUpstream { channel, link } => {
-                self.set_upstream(now, channel, link)
-            }
+            Command::SetUpstream { channel, link } => self.set_upstream(now, channel, link),
             Command::LinkClosed { link } => {
                 self.link_closed(link);
                 Ok(())
@@ -558,13 +556,20 @@ impl Engine {
     /// Removes a channel nobody uses any more (no local member, no
     /// subscribed relay), unsubscribing from its origin.
     fn remove_if_unused(&mut self, k: u32) {
-        let Some(ch) = self.channels.get(k) else { return };
+        let Some(ch) = self.channels.get(k) else {
+            return;
+        };
         if !ch.is_unused() {
             return;
         }
         let (name, upstream) = (ch.name.clone(), ch.upstream);
         if let Some(link) = upstream {
-            self.relay_out(link, RelayMsg::Unsubscribe { channel: name.clone() });
+            self.relay_out(
+                link,
+                RelayMsg::Unsubscribe {
+                    channel: name.clone(),
+                },
+            );
         }
         self.channels.remove(k);
         self.channel_keys.remove(&name);
@@ -626,7 +631,12 @@ impl Engine {
                     source: peer.source,
                     identity: "".into(),
                 };
-                let links: Vec<LinkId> = ch.upstream.iter().chain(ch.relays.iter()).copied().collect();
+                let links: Vec<LinkId> = ch
+                    .upstream
+                    .iter()
+                    .chain(ch.relays.iter())
+                    .copied()
+                    .collect();
                 for link in links {
                     self.relay_out(link, msg.clone());
                 }
@@ -819,7 +829,10 @@ impl Engine {
             // Origin: selection runs here, on every packet.
             None => {
                 ch.dominant.record_level(frame.source, frame.level, now);
-                if ch.selector.on_packet(frame.source, frame.level, speech, now) {
+                if ch
+                    .selector
+                    .on_packet(frame.source, frame.level, speech, now)
+                {
                     stats.speaker_switches += 1;
                     ch.reassign_all(peers, events);
                     speakers_dirty.push(ch_key);

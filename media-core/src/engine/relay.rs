@@ -21,7 +21,9 @@ impl Engine {
         match msg {
             RelayMsg::Subscribe { channel } => {
                 let k = self.channel_or_create(channel.to_string(), now);
-                let Some(ch) = self.channels.get_mut(k) else { return };
+                let Some(ch) = self.channels.get_mut(k) else {
+                    return;
+                };
                 if ch.upstream.is_some() {
                     // A relay cannot serve as origin (no loops in the tree).
                     self.stats.dropped_relay += 1;
@@ -67,7 +69,9 @@ impl Engine {
                     self.stats.dropped_relay += 1;
                     return;
                 };
-                let Some(ch) = self.channels.get_mut(k) else { return };
+                let Some(ch) = self.channels.get_mut(k) else {
+                    return;
+                };
                 let from_origin = ch.upstream == Some(link);
                 if !from_origin {
                     if !ch.relays.contains(&link) {
@@ -97,7 +101,9 @@ impl Engine {
                     self.stats.dropped_relay += 1;
                     return;
                 };
-                let Some(ch) = self.channels.get_mut(k) else { return };
+                let Some(ch) = self.channels.get_mut(k) else {
+                    return;
+                };
                 if ch.upstream != Some(link) {
                     self.stats.dropped_relay += 1;
                     return;
@@ -131,7 +137,9 @@ impl Engine {
                     self.stats.dropped_relay += 1;
                     return;
                 };
-                let Some(ch) = self.channels.get_mut(k) else { return };
+                let Some(ch) = self.channels.get_mut(k) else {
+                    return;
+                };
                 let from_origin = ch.upstream == Some(link);
                 if !from_origin && !ch.relays.contains(&link) {
                     self.stats.dropped_relay += 1;
@@ -180,14 +188,21 @@ impl Engine {
             return Err(Error::InvalidChannel("empty"));
         }
         let k = self.channel_or_create(channel, now);
-        let Some(ch) = self.channels.get_mut(k) else { return Ok(()) };
+        let Some(ch) = self.channels.get_mut(k) else {
+            return Ok(());
+        };
         // The same link again means "re-subscribe" (the link was rebuilt
         // after a failure): the origin treats a repeated subscribe as one.
         let old = ch.upstream;
         ch.upstream = link;
         let name = ch.name.clone();
         if let Some(old) = old.filter(|o| Some(*o) != link) {
-            self.relay_out(old, RelayMsg::Unsubscribe { channel: name.clone() });
+            self.relay_out(
+                old,
+                RelayMsg::Unsubscribe {
+                    channel: name.clone(),
+                },
+            );
         }
         if let Some(new) = link {
             self.relay_out(new, RelayMsg::Subscribe { channel: name });
@@ -224,7 +239,9 @@ impl Engine {
 
     /// Forgets a subscriber and the voices that came over it.
     fn drop_relay(&mut self, k: u32, link: LinkId) {
-        let Some(ch) = self.channels.get_mut(k) else { return };
+        let Some(ch) = self.channels.get_mut(k) else {
+            return;
+        };
         ch.relays.retain(|l| *l != link);
         let gone: Vec<SourceId> = ch
             .remote
@@ -243,7 +260,9 @@ impl Engine {
 
     /// A voice is gone from a channel: unselected, undominant, its slots freed.
     fn release_voice(&mut self, k: u32, source: SourceId) {
-        let Some(ch) = self.channels.get_mut(k) else { return };
+        let Some(ch) = self.channels.get_mut(k) else {
+            return;
+        };
         let was_dominant = ch.dominant.dominant() == Some(source);
         ch.dominant.remove_source(source);
         if ch.selector.remove(source) {
@@ -264,19 +283,28 @@ impl Engine {
 
     /// Tells the channel's origin and relays who a local speaker is.
     pub(super) fn announce_source(&mut self, key: PeerKey) {
-        let Some(peer) = self.peers.get(key) else { return };
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
         if peer.role != Role::Speaker {
             return;
         }
         let (source, identity, k) = (peer.source, peer.identity.clone(), peer.channel);
-        let Some(ch) = self.channels.get_mut(k) else { return };
+        let Some(ch) = self.channels.get_mut(k) else {
+            return;
+        };
         ch.identities.insert(source, identity.clone());
         let msg = RelayMsg::SourceInfo {
             channel: ch.name.clone(),
             source,
             identity,
         };
-        let links: Vec<LinkId> = ch.upstream.iter().chain(ch.relays.iter()).copied().collect();
+        let links: Vec<LinkId> = ch
+            .upstream
+            .iter()
+            .chain(ch.relays.iter())
+            .copied()
+            .collect();
         for l in links {
             self.relay_out(l, msg.clone());
         }
@@ -284,7 +312,9 @@ impl Engine {
 
     /// Sends the origin's selection to one relay, or to all when `None`.
     fn send_speakers(&mut self, k: u32, to: Option<LinkId>) {
-        let Some(ch) = self.channels.get(k) else { return };
+        let Some(ch) = self.channels.get(k) else {
+            return;
+        };
         if ch.upstream.is_some() || ch.relays.is_empty() {
             return;
         }

@@ -209,7 +209,10 @@ impl Sim {
     /// Sends a command to node `n`'s engine; an error goes to `errors`.
     pub fn command_on(&mut self, n: usize, command: Command) {
         let now = self.now;
-        if let Err(e) = self.engine_at_mut(n).handle_input(Input::Command { now, command }) {
+        if let Err(e) = self
+            .engine_at_mut(n)
+            .handle_input(Input::Command { now, command })
+        {
             self.errors.push(e);
         }
         self.drain_node(n);
@@ -243,13 +246,16 @@ impl Sim {
         self.vanished.push(false);
         self.client_node.push(node);
         self.by_addr.insert(addr, idx);
-        self.command_on(node, Command::Join {
-            peer: PeerId(idx as u64),
-            channel: channel.to_string(),
-            identity: name.to_string(),
-            role,
-            offer,
-        });
+        self.command_on(
+            node,
+            Command::Join {
+                peer: PeerId(idx as u64),
+                channel: channel.to_string(),
+                identity: name.to_string(),
+                role,
+                offer,
+            },
+        );
         self.flush_clients();
         idx
     }
@@ -357,12 +363,20 @@ impl Sim {
             self.deliver(d);
         }
         while self.relays.front().is_some_and(|(t, ..)| *t <= now) {
-            let Some((_, to, link, msg)) = self.relays.pop_front() else { break };
-            let _ = self.engine_at_mut(to).handle_input(Input::Relay { now, link, msg });
+            let Some((_, to, link, msg)) = self.relays.pop_front() else {
+                break;
+            };
+            let _ = self
+                .engine_at_mut(to)
+                .handle_input(Input::Relay { now, link, msg });
             self.drain_node(to);
         }
         for n in 0..self.node_count() {
-            let due = if n == 0 { self.engine_timeout } else { self.nodes[n - 1].timeout };
+            let due = if n == 0 {
+                self.engine_timeout
+            } else {
+                self.nodes[n - 1].timeout
+            };
             if due <= now {
                 self.capture(&mut capture);
                 let _ = self.engine_at_mut(n).handle_input(Input::Timeout(now));
@@ -442,7 +456,8 @@ impl Sim {
                         continue;
                     }
                     let media = matches!(msg, RelayMsg::Media { .. });
-                    if media && self.relay_link.loss > 0.0 && self.net.chance(self.relay_link.loss) {
+                    if media && self.relay_link.loss > 0.0 && self.net.chance(self.relay_link.loss)
+                    {
                         self.relay_lost += 1;
                         continue;
                     }
