@@ -50,9 +50,42 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Largest accepted HTTP request body in bytes; default 65536.
     pub max_body_bytes: usize,
-    /// `tracing` `EnvFilter` directive; default `"info"` (`RUST_LOG` wins
+    /// `tracing` `EnvFilter` directive; default `"info,str0m=error"` (str0m warns about every offer feature the engine declines, such as RED) (`RUST_LOG` wins
     /// when set).
     pub log: String,
+    /// What this node is in a cluster; default `standalone`.
+    pub role: NodeRole,
+    /// (core) QUIC address edges dial; default `127.0.0.1:7000`.
+    pub cluster_listen: SocketAddr,
+    /// (edge) the cores to dial, primary first, then standbys.
+    pub cluster_cores: Vec<SocketAddr>,
+    /// Shared secret that authenticates the nodes of a cluster to each other
+    /// (required for `core` and `edge`).
+    pub cluster_secret: Option<String>,
+}
+
+/// A node's place in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// One node, no cluster.
+    Standalone,
+    /// Selects the speakers of its channels and relays them to edges.
+    Core,
+    /// Carries listeners (and speakers) of channels whose core is elsewhere.
+    Edge,
+}
+
+impl std::str::FromStr for NodeRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "standalone" => Ok(NodeRole::Standalone),
+            "core" => Ok(NodeRole::Core),
+            "edge" => Ok(NodeRole::Edge),
+            other => Err(format!("{other:?} is not standalone, core or edge")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -68,8 +101,12 @@ impl Default for Config {
             turn_secret: None,
             turn_ttl_secs: 86_400,
             drain_timeout_secs: 30,
+            role: NodeRole::Standalone,
+            cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            cluster_cores: Vec::new(),
+            cluster_secret: None,
             max_body_bytes: 65_536,
-            log: "info".to_owned(),
+            log: "info,str0m=error".to_owned(),
         }
     }
 }
@@ -94,6 +131,10 @@ impl fmt::Debug for Config {
             .field("drain_timeout_secs", &self.drain_timeout_secs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log", &self.log)
+            .field("role", &self.role)
+            .field("cluster_listen", &self.cluster_listen)
+            .field("cluster_cores", &self.cluster_cores)
+            .field("cluster_secret", &redact(&self.cluster_secret))
             .finish()
     }
 }
@@ -116,6 +157,14 @@ pub struct Overrides {
     pub slots: Option<usize>,
     /// `--log FILTER`.
     pub log: Option<String>,
+    /// `--role standalone|core|edge`.
+    pub role: Option<NodeRole>,
+    /// `--cluster-listen ADDR`.
+    pub cluster_listen: Option<SocketAddr>,
+    /// `--cluster-core ADDR` (repeated: primary first).
+    pub cluster_cores: Vec<SocketAddr>,
+    /// `--cluster-secret S`.
+    pub cluster_secret: Option<String>,
 }
 
 impl fmt::Debug for Overrides {
@@ -265,6 +314,25 @@ impl Config {
         if let Some(v) = env("SFU_LOG") {
             self.log = v;
         }
+        if let Some(v) = env("SFU_ROLE") {
+            self.role = v.parse().map_err(|reason| ConfigError::Env {
+                name: "SFU_ROLE",
+                value: v.clone(),
+                reason,
+            })?;
+        }
+        if let Some(v) = env("SFU_CLUSTER_LISTEN") {
+            self.cluster_listen = parse_env("SFU_CLUSTER_LISTEN", v)?;
+        }
+        if let Some(v) = env("SFU_CLUSTER_CORES") {
+            self.cluster_cores = split_list(&v)
+                .into_iter()
+                .map(|a| parse_env("SFU_CLUSTER_CORES", a))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = env("SFU_CLUSTER_SECRET") {
+            self.cluster_secret = Some(v);
+        }
         Ok(())
     }
 
@@ -288,6 +356,18 @@ impl Config {
         if let Some(log) = &o.log {
             self.log = log.clone();
         }
+        if let Some(role) = o.role {
+            self.role = role;
+        }
+        if let Some(a) = o.cluster_listen {
+            self.cluster_listen = a;
+        }
+        if !o.cluster_cores.is_empty() {
+            self.cluster_cores = o.cluster_cores.clone();
+        }
+        if let Some(s) = &o.cluster_secret {
+            self.cluster_secret = Some(s.clone());
+        }
     }
 
     /// Refuses configurations that would be unsafe or cannot work: HTTP or
@@ -298,6 +378,20 @@ impl Config {
     /// `turn_ttl_secs` or `max_body_bytes` of 0; a `log` directive that does
     /// not parse.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.role != NodeRole::Standalone
+            && self.cluster_secret.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(ConfigError::Invalid {
+                field: "cluster_secret",
+                reason: "a core or edge needs a cluster secret (SFU_CLUSTER_SECRET or --cluster-secret) to authenticate the other nodes".into(),
+            });
+        }
+        if self.role == NodeRole::Edge && self.cluster_cores.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "cluster_cores",
+                reason: "an edge needs at least one core to dial (--cluster-core ADDR)".into(),
+            });
+        }
         if self.auth_secret.as_deref() == Some("") {
             return Err(ConfigError::Invalid {
                 field: "auth_secret",
@@ -462,7 +556,7 @@ mod tests {
         assert_eq!(config.turn_ttl_secs, 86_400);
         assert_eq!(config.drain_timeout_secs, 30);
         assert_eq!(config.max_body_bytes, 65_536);
-        assert_eq!(config.log, "info");
+        assert_eq!(config.log, "info,str0m=error");
     }
 
     #[test]
@@ -486,7 +580,7 @@ turn_secret = "t"
         assert_eq!(config.turn_secret.as_deref(), Some("t"));
         // Untouched keys keep their defaults.
         assert_eq!(config.udp, Config::default().udp);
-        assert_eq!(config.log, "info");
+        assert_eq!(config.log, "info,str0m=error");
         config.validate().unwrap();
         assert!(!config.dev_mode());
     }

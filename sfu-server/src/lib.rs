@@ -8,6 +8,7 @@
 //! | [`auth`] | JWT (HS256) grants |
 //! | [`turn`] | ICE servers, ephemeral TURN credentials |
 //! | [`worker`] | one engine + its UDP socket on a task |
+//! | [`cluster`] | core/edge: cascade links ⇄ the worker's relay messages |
 //! | [`server`] | workers, HTTP listener, drain |
 //! | [`http`] | WHIP/WHEP, demo page, metrics, health |
 //! | [`ws`] | the WebSocket room protocol |
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -57,6 +57,18 @@ struct RunArgs {
     /// wins when set.
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    /// Place in a cluster: standalone (default), core or edge.
+    #[arg(long, value_name = "ROLE")]
+    role: Option<sfu_server::config::NodeRole>,
+    /// (core) QUIC address edges dial (default 127.0.0.1:7000).
+    #[arg(long, value_name = "ADDR")]
+    cluster_listen: Option<SocketAddr>,
+    /// (edge) a core to dial; repeat for standbys, primary first.
+    #[arg(long = "cluster-core", value_name = "ADDR")]
+    cluster_cores: Vec<SocketAddr>,
+    /// Secret shared by the nodes of a cluster. Prefer SFU_CLUSTER_SECRET.
+    #[arg(long, value_name = "S")]
+    cluster_secret: Option<String>,
 }
 
 #[derive(Args)]
@@ -141,6 +153,10 @@ fn run(args: RunArgs) -> ExitCode {
         insecure: args.insecure,
         slots: args.slots,
         log: args.log,
+        role: args.role,
+        cluster_listen: args.cluster_listen,
+        cluster_cores: args.cluster_cores,
+        cluster_secret: args.cluster_secret,
     };
     let config = match Config::load(
         args.config.as_deref(),

@@ -17,6 +17,15 @@ pub struct Member {
     pub source: u32,
 }
 
+/// A voice of another node (in a cluster), named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voice {
+    /// CSRC of the voice.
+    pub source: u32,
+    /// Its member's identity.
+    pub identity: String,
+}
+
 /// Client → server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -74,8 +83,16 @@ pub enum ServerMsg {
         slots: usize,
         /// SDP answer.
         answer: String,
-        /// Everyone in the channel, this member included.
+        /// Everyone in the channel on this node, this member included.
         members: Vec<Member>,
+        /// Voices of members on other nodes of the cluster.
+        voices: Vec<Voice>,
+        /// Who speaks now (peer ids of this node), loudest first.
+        active_speakers: Vec<u64>,
+        /// The dominant speaker now, if on this node.
+        dominant_speaker: Option<u64>,
+        /// The dominant speaker's voice, wherever it is.
+        dominant_source: Option<u32>,
     },
     /// Someone joined.
     MemberJoined {
@@ -109,13 +126,22 @@ pub enum ServerMsg {
     },
     /// Who speaks now, loudest first.
     ActiveSpeakers {
-        /// Peer ids.
+        /// Peer ids (members of this node).
         speakers: Vec<u64>,
+        /// Every speaking voice (CSRCs), this node's and other nodes'.
+        sources: Vec<u32>,
     },
     /// The dominant speaker changed.
     DominantSpeaker {
-        /// Peer id or None.
+        /// Peer id, when the speaker is a member of this node.
         peer: Option<u64>,
+        /// The voice (CSRC), wherever it is.
+        source: Option<u32>,
+    },
+    /// A voice on another node was named (or left: empty identity).
+    Voice {
+        /// The voice.
+        voice: Voice,
     },
     /// A refusal.
     Error {

@@ -11,7 +11,7 @@ use media_core::{EngineConfig, PeerId};
 use tokio::sync::{Mutex, Notify};
 
 use crate::auth::{self, AuthError, Grants};
-use crate::config::Config;
+use crate::config::{Config, NodeRole};
 use crate::metrics;
 use crate::worker::{Snapshot, Worker};
 
@@ -158,6 +158,7 @@ pub struct Server {
     http_addr: SocketAddr,
     stop: Arc<Notify>,
     http: tokio::task::JoinHandle<()>,
+    cluster: crate::cluster::Cluster,
 }
 
 impl Server {
@@ -168,7 +169,10 @@ impl Server {
             seed: unix_now() ^ u64::from(std::process::id()) << 32,
             ..Default::default()
         };
-        let worker = Worker::spawn(config.udp, engine_config, None).await?;
+        let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
+        let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
+        let worker = Worker::spawn(config.udp, engine_config, Some(relay_tx), upstream).await?;
+        let cluster = crate::cluster::start(&config, worker.clone(), relay_rx).await?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
         let state = Arc::new(AppState {
@@ -197,6 +201,7 @@ impl Server {
             http_addr,
             stop,
             http,
+            cluster,
         })
     }
 
@@ -208,6 +213,11 @@ impl Server {
     /// The media (UDP) address of the first worker.
     pub fn udp_addr(&self) -> SocketAddr {
         self.state.workers.all()[0].udp_addr()
+    }
+
+    /// (core) The QUIC address edges dial.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster.listen_addr
     }
 
     /// Shared state (for tests and embedding).

@@ -24,7 +24,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Histogram;
-use crate::protocol::{Member, ServerMsg};
+use crate::protocol::{Member, ServerMsg, Voice};
 
 /// Datagrams read per wake-up before the engine's outputs are flushed.
 const RECV_BATCH: usize = 64;
@@ -59,6 +59,14 @@ pub struct Joined {
     pub answer: String,
     /// The channel's members, the new one included.
     pub members: Vec<Member>,
+    /// Named voices of other nodes.
+    pub voices: Vec<Voice>,
+    /// Speaking now (peers of this node).
+    pub active_speakers: Vec<u64>,
+    /// Dominant speaker, if a member here.
+    pub dominant_speaker: Option<u64>,
+    /// Dominant speaker's voice.
+    pub dominant_source: Option<u32>,
 }
 
 /// Why a join was refused.
@@ -140,6 +148,8 @@ enum Request {
     Relay(LinkId, RelayMsg),
     /// An engine command from the cluster side (upstream, link closed).
     Engine(Command),
+    /// (edge) Subscribe every channel again.
+    Resubscribe,
 }
 
 /// Handle to a running worker. Cheap to clone.
@@ -151,11 +161,13 @@ pub struct Worker {
 
 impl Worker {
     /// Binds the media socket and starts the worker task. Relay messages the
-    /// engine emits go to `relay_out` (the cascade transport), if any.
+    /// engine emits go to `relay_out` (the cascade transport). With an
+    /// `upstream`, every channel follows the origin over that link (an edge).
     pub async fn spawn(
         udp: SocketAddr,
         mut config: EngineConfig,
         relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
+        upstream: Option<LinkId>,
     ) -> io::Result<Worker> {
         let socket = UdpSocket::bind(udp).await?;
         let udp_addr = socket.local_addr()?;
@@ -168,10 +180,12 @@ impl Worker {
             rx,
             members: HashMap::new(),
             channels: HashMap::new(),
+            views: HashMap::new(),
             pending: HashMap::new(),
             next_peer: 1,
             draining: false,
             relay_out,
+            upstream,
             snapshot: Snapshot::default(),
         };
         tokio::spawn(task.run());
@@ -245,6 +259,12 @@ impl Worker {
         }
     }
 
+    /// (edge) Subscribes every channel again over the upstream link (after
+    /// it was rebuilt).
+    pub async fn resubscribe(&self) {
+        let _ = self.tx.send(Request::Resubscribe).await;
+    }
+
     /// Sends the engine a command about channels and links.
     pub async fn engine_command(&self, command: Command) {
         let _ = self.tx.send(Request::Engine(command)).await;
@@ -292,16 +312,27 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// The speaker state of a channel, for members who join later.
+#[derive(Default)]
+struct ChannelView {
+    active: Vec<SourceId>,
+    dominant: Option<SourceId>,
+    voices: BTreeMap<u32, String>,
+}
+
 struct Task {
     engine: Engine,
     socket: Arc<UdpSocket>,
     rx: mpsc::Receiver<Request>,
     members: HashMap<PeerId, MemberState>,
     channels: HashMap<String, BTreeMap<PeerId, ()>>,
+    /// What a member joining now needs to know of each channel.
+    views: HashMap<String, ChannelView>,
     pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
     next_peer: u64,
     draining: bool,
     relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
+    upstream: Option<LinkId>,
     snapshot: Snapshot,
 }
 
@@ -446,6 +477,12 @@ impl Task {
                     tracing::warn!(error = %e, "cluster command refused");
                 }
             }
+            Request::Resubscribe => {
+                let channels: Vec<String> = self.channels.keys().cloned().collect();
+                for channel in channels {
+                    self.follow_upstream(channel);
+                }
+            }
             Request::Drain(deadline) => {
                 self.draining = true;
                 let msg = ServerMsg::Shutdown {
@@ -463,6 +500,9 @@ impl Task {
         if self.draining {
             let _ = reply.send(Err(JoinError::Draining));
             return;
+        }
+        if !self.channels.contains_key(&j.channel) {
+            self.follow_upstream(j.channel.clone());
         }
         let peer = PeerId(self.next_peer);
         self.next_peer += 1;
@@ -497,6 +537,18 @@ impl Task {
         self.channels.entry(j.channel).or_default().insert(peer, ());
         // The answer comes out of poll_output (Event::Answer) right after.
         self.pending.insert(peer, reply);
+    }
+
+    /// (edge) Makes `channel` follow the origin over the upstream link.
+    fn follow_upstream(&mut self, channel: String) {
+        let Some(link) = self.upstream else { return };
+        let _ = self.engine.handle_input(Input::Command {
+            now: Instant::now(),
+            command: Command::SetUpstream {
+                channel,
+                link: Some(link),
+            },
+        });
     }
 
     fn moderate(
@@ -585,6 +637,16 @@ impl Task {
                 let channel = m.channel.clone();
                 let view = m.view(peer);
                 let members = self.members_of(&channel);
+                let cv = self.views.entry(channel.clone()).or_default();
+                let (active, dominant) = (cv.active.clone(), cv.dominant);
+                let voices = cv
+                    .voices
+                    .iter()
+                    .map(|(s, i)| Voice {
+                        source: *s,
+                        identity: i.clone(),
+                    })
+                    .collect();
                 if let Some(reply) = self.pending.remove(&peer) {
                     let _ = reply.send(Ok(Joined {
                         peer,
@@ -592,6 +654,10 @@ impl Task {
                         slots,
                         answer: sdp,
                         members,
+                        voices,
+                        active_speakers: active.iter().filter_map(|s| self.peer_of(*s)).collect(),
+                        dominant_speaker: dominant.and_then(|s| self.peer_of(s)),
+                        dominant_source: dominant.map(|s| s.0),
                     }));
                 }
                 self.broadcast(
@@ -624,6 +690,7 @@ impl Task {
                     peers.remove(&peer);
                     if peers.is_empty() {
                         self.channels.remove(&m.channel);
+                        self.views.remove(&m.channel);
                     }
                 }
                 self.broadcast(&m.channel, None, msg);
@@ -645,12 +712,46 @@ impl Task {
                 }
             }
             Event::ActiveSpeakers { channel, speakers } => {
-                let speakers = speakers.iter().filter_map(|s| self.peer_of(*s)).collect();
-                self.broadcast(&channel, None, ServerMsg::ActiveSpeakers { speakers });
+                let peers = speakers.iter().filter_map(|s| self.peer_of(*s)).collect();
+                let sources = speakers.iter().map(|s| s.0).collect();
+                self.views.entry(channel.to_string()).or_default().active = speakers;
+                self.broadcast(
+                    &channel,
+                    None,
+                    ServerMsg::ActiveSpeakers {
+                        speakers: peers,
+                        sources,
+                    },
+                );
             }
             Event::DominantSpeaker { channel, speaker } => {
                 let peer = speaker.and_then(|s| self.peer_of(s));
-                self.broadcast(&channel, None, ServerMsg::DominantSpeaker { peer });
+                self.views.entry(channel.to_string()).or_default().dominant = speaker;
+                self.broadcast(
+                    &channel,
+                    None,
+                    ServerMsg::DominantSpeaker {
+                        peer,
+                        source: speaker.map(|s| s.0),
+                    },
+                );
+            }
+            Event::RemoteSource {
+                channel,
+                source,
+                identity,
+            } => {
+                let voices = &mut self.views.entry(channel.to_string()).or_default().voices;
+                if identity.is_empty() {
+                    voices.remove(&source.0);
+                } else {
+                    voices.insert(source.0, identity.to_string());
+                }
+                let voice = Voice {
+                    source: source.0,
+                    identity: identity.to_string(),
+                };
+                self.broadcast(&channel, None, ServerMsg::Voice { voice });
             }
             _ => {}
         }

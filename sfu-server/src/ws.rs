@@ -231,6 +231,10 @@ impl Session {
                     slots: j.slots,
                     answer: j.answer,
                     members: j.members,
+                    voices: j.voices,
+                    active_speakers: j.active_speakers,
+                    dominant_speaker: j.dominant_speaker,
+                    dominant_source: j.dominant_source,
                 }
             }
             Err(JoinError::Draining) => {

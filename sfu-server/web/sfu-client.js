@@ -1,1 +1,252 @@
-export {};
+// Browser client for the voice SFU's WebSocket room protocol (docs/PROTOCOL.md).
+// Dependency-free ES module: `import { VoiceClient } from "/sfu-client.js"`.
+//
+//   const voice = new VoiceClient();
+//   voice.addEventListener("members", (e) => render(e.detail));
+//   await voice.join({ channel: "lobby", identity: "alice" });
+//
+// Events (CustomEvent, payload in `detail`):
+//   joined   {peer, source, slots, members}   the join succeeded
+//   members  [member, ...]                     the member list changed
+//   speakers [peer, ...]                       active speakers, loudest first
+//   dominant peer | null                       the dominant speaker changed
+//   slot     {slot, mid, peer, source}         whose voice plays in a slot
+//   connected                                   media (ICE + DTLS) is up
+//   error    {code, message, request}          a refusal from the server
+//   shutdown {reason, deadline_ms}             the server drains; we leave
+//   left     {reason}                          no longer in the channel: "left"
+//            (leave()), "shutdown", "disconnected" (socket lost), or the
+//            server's member_left reason ("timeout", "failed", ...)
+
+/** Receive slots offered: the server's default `slots`. It may grant fewer. */
+const DEFAULT_SLOTS = 3;
+
+export class VoiceClient extends EventTarget {
+  /**
+   * @param {{url?: string, slots?: number}} [opts] `url` defaults to /ws on
+   *   the page's own host (wss on https pages).
+   */
+  constructor({ url, slots = DEFAULT_SLOTS } = {}) {
+    super();
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    this.url = url ?? `${proto}//${location.host}/ws`;
+    this.slotCount = slots;
+    this.ws = null;
+    /** @type {RTCPeerConnection|null} exposed for diagnostics and tests */
+    this.pc = null;
+    this.mic = null; // MediaStream from getUserMedia
+    this.peer = null; // our peer id once joined
+    this.members = new Map(); // peer id -> member object
+    this.speakers = [];
+    this.dominant = null;
+    this.micMuted = false;
+    this.audio = []; // <audio> elements we created
+  }
+
+  get joined() {
+    return this.peer !== null;
+  }
+
+  /** Joins a channel. Resolves with the `joined` message; rejects on refusal. */
+  async join({ channel, token, identity, role = "speaker" }) {
+    if (this.ws) throw new Error("already joined or joining: leave first");
+    const ws = (this.ws = new WebSocket(this.url));
+    try {
+      await new Promise((resolve, reject) => {
+        ws.onopen = resolve;
+        ws.onerror = () => reject(new Error(`cannot connect to ${this.url}`));
+      });
+      // From here on socket problems surface as a `left` event.
+      ws.onerror = null;
+      ws.onclose = () => this.#teardown("disconnected");
+
+      const pc = (this.pc = new RTCPeerConnection({ iceServers: [] }));
+      if (role !== "listener") {
+        this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+        const track = this.mic.getAudioTracks()[0];
+        track.enabled = !this.micMuted;
+        // First m-line: our voice. The server takes the first m-line it can
+        // receive on as the microphone, so it must come before the slots.
+        pc.addTransceiver(track, { direction: "sendonly", streams: [this.mic] });
+      }
+      // A listener offers no mic m-line at all (and is never asked for the
+      // microphone); a moderator's set_role to speaker then needs a rejoin.
+      // One recvonly m-line per slot: the server rewrites whichever voices it
+      // selects into these fixed streams, so no renegotiation ever happens.
+      for (let i = 0; i < this.slotCount; i++) {
+        pc.addTransceiver("audio", { direction: "recvonly" });
+      }
+      pc.ontrack = (e) => this.#play(e.track);
+
+      // No need to wait for ICE gathering: the server is ICE-lite and learns
+      // our address from our connectivity checks, so the offer may carry no
+      // candidates at all (and trickled ones are simply not sent).
+      await pc.setLocalDescription(await pc.createOffer());
+      const msg = { type: "join", channel, offer: pc.localDescription.sdp };
+      if (token) msg.token = token;
+      if (role) msg.role = role;
+      if (identity) msg.identity = identity;
+
+      const reply = await this.#request(msg, "joined", "join");
+      await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+      return reply;
+    } catch (err) {
+      this.#teardown(null);
+      throw err;
+    }
+  }
+
+  /** Leaves the channel and releases the microphone. */
+  leave() {
+    this.#leave("left");
+  }
+
+  #leave(reason) {
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      // Closing the socket alone would also make the server remove us; the
+      // explicit `leave` says it was on purpose and arrives first.
+      this.ws.send(JSON.stringify({ type: "leave" }));
+    }
+    this.#teardown(reason);
+  }
+
+  /** Local mute: the mic track is disabled (the browser then sends silence). */
+  setMicMuted(muted) {
+    this.micMuted = !!muted;
+    for (const t of this.mic?.getAudioTracks() ?? []) t.enabled = !this.micMuted;
+  }
+
+  /** Server-side moderation (needs the `can_moderate` grant). */
+  moderate(action, peer, role) {
+    const msg = { type: "moderate", action, peer };
+    if (role) msg.role = role;
+    this.#send(msg);
+  }
+
+  #send(msg) {
+    if (this.ws?.readyState !== WebSocket.OPEN) throw new Error("not connected");
+    this.ws.send(JSON.stringify(msg));
+  }
+
+  /** Sends `msg` and waits for the reply of type `ok` or an error for `request`. */
+  #request(msg, ok, request) {
+    return new Promise((resolve, reject) => {
+      this.ws.onmessage = (ev) => {
+        let m;
+        try {
+          m = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        if (m.type === ok) {
+          this.ws.onmessage = (e) => this.#onMessage(e);
+          this.#onMessage(ev);
+          resolve(m);
+        } else if (m.type === "error" && m.request === request) {
+          reject(Object.assign(new Error(m.message), { code: m.code }));
+        } else {
+          this.#onMessage(ev);
+        }
+      };
+      this.ws.onclose = () => reject(new Error("the server closed the connection"));
+      this.#send(msg);
+    }).finally(() => {
+      if (this.ws) this.ws.onclose = () => this.#teardown("disconnected");
+    });
+  }
+
+  #onMessage(ev) {
+    let m;
+    try {
+      m = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    switch (m.type) {
+      case "joined":
+        this.peer = m.peer;
+        this.members = new Map(m.members.map((x) => [x.peer, x]));
+        this.#emit("joined", { peer: m.peer, source: m.source, slots: m.slots, members: m.members });
+        this.#emitMembers();
+        break;
+      case "member_joined":
+      case "member_updated":
+        this.members.set(m.member.peer, m.member);
+        this.#emitMembers();
+        break;
+      case "member_left":
+        // Our own departure (ICE lost, timeout) ends the membership too.
+        if (m.peer === this.peer) return this.#teardown(m.reason);
+        this.members.delete(m.peer);
+        this.speakers = this.speakers.filter((p) => p !== m.peer);
+        this.#emitMembers();
+        break;
+      case "active_speakers":
+        this.speakers = m.speakers;
+        this.#emit("speakers", m.speakers);
+        break;
+      case "dominant_speaker":
+        this.dominant = m.peer;
+        this.#emit("dominant", m.peer);
+        break;
+      case "slot":
+        this.#emit("slot", { slot: m.slot, mid: m.mid, peer: m.peer, source: m.source });
+        break;
+      case "connected":
+        this.#emit("connected", null);
+        break;
+      case "error":
+        this.#emit("error", { code: m.code, message: m.message, request: m.request });
+        break;
+      case "shutdown":
+        this.#emit("shutdown", { reason: m.reason, deadline_ms: m.deadline_ms });
+        // An app may rejoin elsewhere from its `shutdown` handler; either way
+        // this membership ends now rather than at the deadline.
+        this.#leave("shutdown");
+        break;
+    }
+  }
+
+  #play(track) {
+    const el = document.createElement("audio");
+    el.autoplay = true;
+    el.srcObject = new MediaStream([track]);
+    // Chrome only pulls (and measures) remote audio that is rendered, so the
+    // element must exist even if the page shows nothing for it.
+    el.hidden = true;
+    document.body.append(el);
+    el.play().catch(() => {}); // autoplay may need a gesture; Join was one
+    this.audio.push(el);
+  }
+
+  /** Releases everything; emits `left` when we were in a channel (reason set). */
+  #teardown(reason) {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onopen = ws.onclose = ws.onmessage = ws.onerror = null;
+      if (ws.readyState <= WebSocket.OPEN) ws.close();
+    }
+    this.pc?.close();
+    this.pc = null;
+    for (const t of this.mic?.getTracks() ?? []) t.stop();
+    this.mic = null;
+    for (const el of this.audio) el.remove();
+    this.audio = [];
+    const wasJoined = this.peer !== null;
+    this.peer = null;
+    this.members.clear();
+    this.speakers = [];
+    this.dominant = null;
+    if (wasJoined) this.#emitMembers();
+    if (wasJoined && reason) this.#emit("left", { reason });
+  }
+
+  #emitMembers() {
+    this.#emit("members", [...this.members.values()]);
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

@@ -112,7 +112,19 @@ pub(crate) async fn ws_member(
     spec: ClientSpec,
     extra: Value,
 ) -> (Ws, UdpPeer, Value) {
-    let mut ws = Ws::connect(server).await;
+    let base = format!("http://{}", server.http_addr());
+    ws_member_at(&base, channel, name, spec, extra).await
+}
+
+/// [`ws_member`] against a server at `base` (`http://host:port`).
+pub(crate) async fn ws_member_at(
+    base: &str,
+    channel: &str,
+    name: &str,
+    spec: ClientSpec,
+    extra: Value,
+) -> (Ws, UdpPeer, Value) {
+    let mut ws = Ws::connect_addr(base).await;
     let (mut peer, offer) = UdpPeer::new(name, &spec).expect("peer");
     let mut join = json!({"type": "join", "channel": channel, "offer": offer, "identity": name});
     if let (Some(j), Some(e)) = (join.as_object_mut(), extra.as_object()) {

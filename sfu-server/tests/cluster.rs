@@ -1,0 +1,269 @@
+//! A cluster of real `sfu-server` processes on 127.0.0.1: one core (plus a
+//! standby), two edges, real QUIC between them, real WebRTC clients on the
+//! edges. Cores are killed (SIGKILL) and restarted; edges are killed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use media_core::harness::client::ClientSpec;
+use media_core::harness::udp::UdpPeer;
+use serde_json::json;
+
+const SECRET: &str = "cluster-test-secret";
+
+/// A free UDP port on 127.0.0.1 (for a core that must come back on it).
+fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// An `sfu-server` process; killed when dropped.
+struct Node {
+    child: Child,
+    http: String,
+}
+
+impl Node {
+    fn start(args: &[String]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sfu-server"))
+            .args(["--http", "127.0.0.1:0", "--log", "warn"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sfu-server starts");
+        // The server prints its URL when it listens.
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + LIMIT;
+        let http = loop {
+            assert!(Instant::now() < deadline, "no URL printed");
+            let line = lines.next().expect("output").expect("line");
+            if let Some(rest) = line.split("open http://").nth(1) {
+                break format!("http://{}", rest.split('/').next().unwrap());
+            }
+        };
+        // Keep draining stdout so the process never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Node { child, http }
+    }
+
+    fn core(port: u16) -> Node {
+        Node::start(&[
+            "--role".into(),
+            "core".into(),
+            "--cluster-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--cluster-secret".into(),
+            SECRET.into(),
+        ])
+    }
+
+    fn edge(cores: &[u16], secret: &str) -> Node {
+        let mut args = vec![
+            "--role".into(),
+            "edge".into(),
+            "--cluster-secret".into(),
+            secret.into(),
+        ];
+        for p in cores {
+            args.push("--cluster-core".into());
+            args.push(format!("127.0.0.1:{p}"));
+        }
+        Node::start(&args)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `peer` hears `tone` in a frame that arrived after `after`;
+/// returns when.
+fn heard_after(peer: &UdpPeer, tone: usize, after: Instant, limit: Duration) -> Option<Instant> {
+    let ok = peer.wait_until(after + limit, |c| c.first_heard(tone, after).is_some());
+    ok.then(|| peer.lock().first_heard(tone, after).unwrap())
+}
+
+/// Each incoming stream stays one stream (no renegotiation), and its
+/// sequence numbers and timestamps only move as time does: an outage shows
+/// as the packets it lost (or, past 250 ms, as a new talkspurt at +1), never
+/// as a reset or a jump back.
+fn assert_continuous(peer: &UdpPeer, streams_before: usize) {
+    let c = peer.lock();
+    assert_eq!(
+        c.streams.len(),
+        streams_before,
+        "{}: a new stream means renegotiation",
+        c.name
+    );
+    for log in c.streams.values() {
+        for w in log.packets.windows(2) {
+            let d = w[1].seq as i64 - w[0].seq as i64;
+            let gap_ms = (w[1].at - w[0].at).as_millis() as i64;
+            let ok = d != 0 && d >= -3 && d <= gap_ms / 20 + 3;
+            assert!(
+                ok,
+                "{}: seq {} → {} over {gap_ms} ms",
+                c.name, w[0].seq, w[1].seq
+            );
+            let dt = w[1].ts.wrapping_sub(w[0].ts);
+            assert!(
+                d < 0 || dt < u32::MAX / 2,
+                "{}: timestamp went back",
+                c.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_hear_each_other_through_the_core_and_survive_its_restart() {
+    let port = free_udp_port();
+    let mut core = Node::core(port);
+    let e1 = Node::edge(&[port], SECRET);
+    let mut e2 = Node::edge(&[port], SECRET);
+
+    let (_wa, a, _) =
+        ws_member_at(&e1.http, "town", "alice", ClientSpec::speaker(0), json!({})).await;
+    let (_wb, b, _) =
+        ws_member_at(&e2.http, "town", "bob", ClientSpec::speaker(1), json!({})).await;
+    let listen = json!({"role": "listener"});
+    let (_w1, l1, _) = ws_member_at(
+        &e1.http,
+        "town",
+        "l1",
+        ClientSpec::listener(),
+        listen.clone(),
+    )
+    .await;
+    let (_w2, l2, joined2) =
+        ws_member_at(&e2.http, "town", "l2", ClientSpec::listener(), listen).await;
+    a.set_talking(true);
+    b.set_talking(true);
+    assert!(
+        hears(&l1, &[0, 1], 25),
+        "edge 1 hears its own speaker and edge 2's"
+    );
+    assert!(hears(&l2, &[0, 1], 25), "edge 2 likewise");
+    assert!(hears(&a, &[1], 25), "alice hears bob across the core");
+    // Edge 2's members learn alice's name from the core.
+    let voices = joined2["voices"].as_array().unwrap();
+    assert!(voices.iter().any(|v| v["identity"] == "alice"), "{joined2}");
+
+    let streams = (l1.lock().streams.len(), l2.lock().streams.len());
+    // Kill the core and start it again on the same port.
+    core.kill();
+    let killed = Instant::now();
+    core = Node::core(port);
+    let restarted = Instant::now();
+    let back1 = heard_after(&l1, 1, restarted, LIMIT).expect("edge 1 hears bob again");
+    let back2 = heard_after(&l2, 0, restarted, LIMIT).expect("edge 2 hears alice again");
+    let worst = back1.max(back2) - restarted;
+    eprintln!(
+        "core restart: audio back after {worst:?} ({:?} after the kill)",
+        back1.max(back2) - killed
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "audio resumed after {worst:?}"
+    );
+    assert_continuous(&l1, streams.0);
+    assert_continuous(&l2, streams.1);
+
+    // Kill edge 2: edge 1 and the core carry on (alice still heard locally).
+    e2.kill();
+    let t = Instant::now() + Duration::from_millis(500);
+    assert!(
+        l1.wait_until(t + LIMIT, |c| Instant::now() > t + Duration::from_secs(1)
+            && c.tones_heard(t, Instant::now(), 25).contains(&0))
+    );
+    let r = reqwest::get(format!("{}/healthz", core.http))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(core);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_fail_over_to_the_standby_core() {
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let mut primary = Node::core(p1);
+    let _standby = Node::core(p2);
+    let e1 = Node::edge(&[p1, p2], SECRET);
+    let e2 = Node::edge(&[p1, p2], SECRET);
+    let (_wa, a, _) =
+        ws_member_at(&e1.http, "hall", "alice", ClientSpec::speaker(2), json!({})).await;
+    let (_wl, l, _) = ws_member_at(
+        &e2.http,
+        "hall",
+        "l",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    a.set_talking(true);
+    assert!(hears(&l, &[2], 25));
+    let streams = l.lock().streams.len();
+
+    primary.kill();
+    let killed = Instant::now();
+    let back = heard_after(&l, 2, killed + Duration::from_millis(50), LIMIT)
+        .expect("audio resumes through the standby");
+    let gap = back - killed;
+    eprintln!("failover to standby: audio back {gap:?} after the primary died");
+    // Detecting a dead core takes the QUIC idle timeout (1.5 s); then the
+    // standby is dialled first and the channel subscribed again.
+    // (Measured here: 1.9 s; the bound leaves room for a loaded CI machine.)
+    assert!(gap < Duration::from_secs(3), "{gap:?}");
+    assert_continuous(&l, streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_with_the_wrong_secret_gets_nothing() {
+    let port = free_udp_port();
+    let core = Node::core(port);
+    let good = Node::edge(&[port], SECRET);
+    let bad = Node::edge(&[port], "not-the-secret");
+    let (_wa, a, _) =
+        ws_member_at(&good.http, "c", "alice", ClientSpec::speaker(0), json!({})).await;
+    let (_wl, l, _) = ws_member_at(
+        &bad.http,
+        "c",
+        "l",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    let (_wg, g, _) = ws_member_at(
+        &good.http,
+        "c",
+        "g",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    a.set_talking(true);
+    assert!(hears(&g, &[0], 25), "the authenticated edge works");
+    let t = Instant::now();
+    assert!(l.wait_until(t + Duration::from_secs(3), |_| Instant::now()
+        > t + Duration::from_secs(2)));
+    assert!(
+        l.lock().tones_heard(t, Instant::now(), 1).is_empty(),
+        "nothing crossed to the bad edge"
+    );
+    drop(core);
+}
