@@ -18,6 +18,24 @@ use tokio::sync::mpsc;
 use crate::config::{Config, NodeRole};
 use crate::worker::Worker;
 
+/// Where the cores are: the seam for the cluster directory. Static (the
+/// configured list) today; a Redis-backed directory (node registry, channel
+/// placement claimed atomically) implements the same trait later.
+pub trait Directory: Send + Sync + std::fmt::Debug {
+    /// The cores an edge should dial, in order of preference.
+    fn cores(&self) -> Vec<SocketAddr>;
+}
+
+/// The cores from the configuration (`--cluster-core`, primary first).
+#[derive(Debug, Clone)]
+pub struct StaticDirectory(pub Vec<SocketAddr>);
+
+impl Directory for StaticDirectory {
+    fn cores(&self) -> Vec<SocketAddr> {
+        self.0.clone()
+    }
+}
+
 /// The link an edge's channels follow (there is one upstream at a time; a
 /// failover rebuilds it under the same id).
 pub const UPSTREAM: LinkId = LinkId(1);
@@ -62,8 +80,20 @@ async fn send_out(mut out: RelayOut, links: Links) {
     }
 }
 
-/// Starts the cluster side for `config.role` (nothing for standalone).
+/// Starts the cluster side for `config.role` (nothing for standalone), with
+/// the static directory of the configuration.
 pub async fn start(config: &Config, worker: Worker, out: RelayOut) -> io::Result<Cluster> {
+    let directory = StaticDirectory(config.cluster_cores.clone());
+    start_with(config, &directory, worker, out).await
+}
+
+/// [`start`] with any [`Directory`].
+pub async fn start_with(
+    config: &Config,
+    directory: &dyn Directory,
+    worker: Worker,
+    out: RelayOut,
+) -> io::Result<Cluster> {
     let links: Links = Arc::new(Mutex::new(HashMap::new()));
     let mut tasks = vec![tokio::spawn(send_out(out, links.clone()))];
     let mut listen_addr = None;
@@ -105,7 +135,7 @@ pub async fn start(config: &Config, worker: Worker, out: RelayOut) -> io::Result
             }));
         }
         NodeRole::Edge => {
-            let mut dialer = Dialer::spawn(config.cluster_cores.clone(), link_config(config)?)
+            let mut dialer = Dialer::spawn(directory.cores(), link_config(config)?)
                 .map_err(|e| io::Error::other(e.to_string()))?;
             tasks.push(tokio::spawn(async move {
                 while let Some(ev) = dialer.next_event().await {

@@ -518,10 +518,12 @@ impl Task {
         });
         if let Err(e) = res {
             self.snapshot.joins_refused += 1;
+            tracing::info!(channel = %j.channel, identity = %j.identity, error = %e, "join refused");
             let _ = reply.send(Err(JoinError::Refused(e)));
             return;
         }
         self.snapshot.joins_ok += 1;
+        tracing::info!(%peer, channel = %j.channel, identity = %j.identity, role = role_name(j.role), "member joined");
         self.members.insert(
             peer,
             MemberState {
@@ -667,6 +669,7 @@ impl Task {
                 );
             }
             Event::PeerConnected { peer } => {
+                tracing::debug!(%peer, "media connected");
                 if let Some(m) = self.members.get(&peer) {
                     m.send(ServerMsg::Connected);
                 }
@@ -675,6 +678,7 @@ impl Task {
                 let Some(m) = self.members.remove(&peer) else {
                     return;
                 };
+                tracing::info!(%peer, channel = %m.channel, identity = %m.identity, ?reason, "member left");
                 let reason = match reason {
                     LeaveReason::Left => "left",
                     LeaveReason::Disconnected => "disconnected",
