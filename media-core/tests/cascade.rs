@@ -221,3 +221,66 @@ fn edge_resubscribes_after_a_link_failure_and_slots_continue() {
     }
     assert_eq!(c.decode_errors(), 0);
 }
+
+/// A relay message from a link that is neither the channel's origin nor one
+/// of its subscribers (or for a channel this engine does not carry) is
+/// dropped and counted; listeners hear nothing of it.
+#[test]
+fn relay_messages_from_strangers_are_dropped_and_counted() {
+    use media_core::{Input, LinkId, RelayMsg, SourceId};
+    let (mut sim, e) = cluster(1, "c");
+    let l = sim.join_on(e[0], "l", "c", Role::Listener, ClientSpec::listener());
+    let s = sim.join_on(0, "s", "c", Role::Speaker, ClientSpec::speaker(0));
+    assert!(sim.run_until_connected(Duration::from_secs(5)));
+    sim.set_talking(s, true);
+    sim.run_for(Duration::from_millis(500));
+    let before = sim.engine.stats().dropped_relay;
+    let now = sim.now;
+    let stranger = LinkId(999);
+    for (i, channel) in ["c", "unknown"].iter().enumerate() {
+        let msgs = [
+            RelayMsg::Media {
+                channel: (*channel).into(),
+                source: SourceId(4242),
+                seq: i as u64,
+                rtp_ts: 0,
+                level: 10,
+                vad: Some(true),
+                payload: bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            },
+            RelayMsg::Speakers {
+                channel: (*channel).into(),
+                selected: vec![SourceId(4242)],
+                active: vec![],
+                dominant: None,
+            },
+            RelayMsg::SourceInfo {
+                channel: (*channel).into(),
+                source: SourceId(4242),
+                identity: "intruder".into(),
+            },
+        ];
+        for msg in msgs {
+            sim.engine
+                .handle_input(Input::Relay {
+                    now,
+                    link: stranger,
+                    msg,
+                })
+                .unwrap();
+        }
+    }
+    assert_eq!(sim.engine.stats().dropped_relay, before + 6);
+    assert!(!sim
+        .engine
+        .selected_speakers("c")
+        .unwrap()
+        .contains(&SourceId(4242)));
+    sim.run_for(Duration::from_millis(500));
+    // The edge's listener still hears exactly the real speaker.
+    let c = &sim.clients[l];
+    assert_eq!(
+        c.tones_heard(sim.now - Duration::from_millis(400), sim.now, 10),
+        set(&[0])
+    );
+}

@@ -581,24 +581,7 @@ impl Engine {
             return;
         };
         let (source, ch_key) = (peer.source, peer.channel);
-        let Some(ch) = self.channels.get_mut(ch_key) else {
-            return;
-        };
-        let was_dominant = ch.dominant.dominant() == Some(source);
-        ch.dominant.remove_source(source);
-        if ch.selector.remove(source) {
-            self.stats.speaker_switches += 1;
-        }
-        ch.release_source(source, &mut self.peers, &mut self.events);
-        ch.reassign_all(&mut self.peers, &mut self.events);
-        self.speakers_dirty.push(ch_key);
-        if was_dominant {
-            self.events.push(Event::DominantSpeaker {
-                channel: ch.name.clone(),
-                speaker: None,
-            });
-        }
-        self.flush_events();
+        self.release_voice(ch_key, source);
     }
 
     fn remove_peer(&mut self, key: PeerKey, reason: LeaveReason, now: Instant) {

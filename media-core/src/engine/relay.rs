@@ -15,6 +15,21 @@ impl Engine {
         self.outputs.push_back(Output::Relay { link, msg });
     }
 
+    /// The channel a relayed message is for, if `link` may speak for it:
+    /// its origin (`Some((k, true))`) or one of its subscribers
+    /// (`Some((k, false))`). Anything else is dropped and counted.
+    fn admit(&mut self, channel: &str, link: LinkId) -> Option<(u32, bool)> {
+        let admitted = self.channel_keys.get(channel).and_then(|&k| {
+            let ch = self.channels.get(k)?;
+            let from_origin = ch.upstream == Some(link);
+            (from_origin || ch.relays.contains(&link)).then_some((k, from_origin))
+        });
+        if admitted.is_none() {
+            self.stats.dropped_relay += 1;
+        }
+        admitted
+    }
+
     /// One message from another engine.
     pub(super) fn on_relay(&mut self, now: Instant, link: LinkId, msg: RelayMsg) {
         self.stats.relay_in += 1;
@@ -65,20 +80,13 @@ impl Engine {
                 vad,
                 payload,
             } => {
-                let Some(&k) = self.channel_keys.get(&channel) else {
-                    self.stats.dropped_relay += 1;
+                let Some((k, from_origin)) = self.admit(&channel, link) else {
                     return;
                 };
-                let Some(ch) = self.channels.get_mut(k) else {
-                    return;
-                };
-                let from_origin = ch.upstream == Some(link);
                 if !from_origin {
-                    if !ch.relays.contains(&link) {
-                        self.stats.dropped_relay += 1;
-                        return;
+                    if let Some(ch) = self.channels.get_mut(k) {
+                        ch.remote.insert(source, link);
                     }
-                    ch.remote.insert(source, link);
                 }
                 let frame = SourceFrame {
                     source,
@@ -133,18 +141,12 @@ impl Engine {
                 source,
                 identity,
             } => {
-                let Some(&k) = self.channel_keys.get(&channel) else {
-                    self.stats.dropped_relay += 1;
+                let Some((k, from_origin)) = self.admit(&channel, link) else {
                     return;
                 };
                 let Some(ch) = self.channels.get_mut(k) else {
                     return;
                 };
-                let from_origin = ch.upstream == Some(link);
-                if !from_origin && !ch.relays.contains(&link) {
-                    self.stats.dropped_relay += 1;
-                    return;
-                }
                 if identity.is_empty() {
                     ch.identities.remove(&source);
                     // A relay's voice left: release it here as well.
@@ -259,7 +261,7 @@ impl Engine {
     }
 
     /// A voice is gone from a channel: unselected, undominant, its slots freed.
-    fn release_voice(&mut self, k: u32, source: SourceId) {
+    pub(super) fn release_voice(&mut self, k: u32, source: SourceId) {
         let Some(ch) = self.channels.get_mut(k) else {
             return;
         };
