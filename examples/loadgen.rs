@@ -175,7 +175,7 @@ async fn join(
         .map_err(|_| "websocket: no connection in time".to_string())?
         .map_err(|e| format!("websocket: {e}"))?;
     let checked = spec.decode;
-    let (mut peer, offer) = UdpPeer::new(name, &spec).map_err(|e| e.to_string())?;
+    let (mut peer, offer) = UdpPeer::new(name, &spec, Instant::now).map_err(|e| e.to_string())?;
     let join_sent = Instant::now();
     let msg = json!({"type": "join", "channel": a.channel, "offer": offer, "role": role, "identity": name});
     ws.send(Message::Text(msg.to_string().into()))

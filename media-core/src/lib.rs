@@ -122,13 +122,11 @@ mod timer;
 #[cfg(feature = "harness")]
 pub mod harness;
 
-/// An arbitrary origin for unit tests' simulated time. The engine itself
-/// never reads the clock; tests need some `Instant` to count from, and std
-/// offers no other way to make one.
 #[cfg(test)]
-pub(crate) fn test_epoch() -> std::time::Instant {
-    std::time::Instant::now()
-}
+#[path = "../tests/support/epoch.rs"]
+mod epoch;
+#[cfg(test)]
+pub(crate) use epoch::test_epoch;
 
 pub use config::EngineConfig;
 pub use engine::{Command, Engine, Input, Output, Transmit};

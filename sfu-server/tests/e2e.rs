@@ -89,7 +89,8 @@ async fn whip_publisher_is_heard_by_whep_player() {
     let base = format!("http://{}", server.http_addr());
     let sdp = [("content-type", "application/sdp")];
 
-    let (mut publisher, offer) = UdpPeer::new("obs", &ClientSpec::speaker(3)).unwrap();
+    let (mut publisher, offer) =
+        UdpPeer::new("obs", &ClientSpec::speaker(3), Instant::now).unwrap();
     let r = http(
         reqwest::Method::POST,
         format!("{base}/whip/stage"),
@@ -115,7 +116,7 @@ async fn whip_publisher_is_heard_by_whep_player() {
         slots: 2,
         ..ClientSpec::listener()
     };
-    let (mut player, offer) = UdpPeer::new("player", &spec).unwrap();
+    let (mut player, offer) = UdpPeer::new("player", &spec, Instant::now).unwrap();
     let r = http(
         reqwest::Method::POST,
         format!("{base}/whep/stage"),

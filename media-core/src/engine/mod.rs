@@ -614,15 +614,7 @@ impl Engine {
                     source: peer.source,
                     identity: "".into(),
                 };
-                let links: Vec<LinkId> = ch
-                    .upstream
-                    .iter()
-                    .chain(ch.relays.iter())
-                    .copied()
-                    .collect();
-                for link in links {
-                    self.relay_out(link, msg.clone());
-                }
+                self.relay_to_all(peer.channel, msg);
             }
         }
         self.remove_if_unused(peer.channel);

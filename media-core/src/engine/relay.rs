@@ -15,6 +15,23 @@ impl Engine {
         self.outputs.push_back(Output::Relay { link, msg });
     }
 
+    /// Sends `msg` to every engine that shares channel `k`: its origin, if
+    /// it follows one, and its subscribers.
+    pub(super) fn relay_to_all(&mut self, k: u32, msg: RelayMsg) {
+        let Some(ch) = self.channels.get(k) else {
+            return;
+        };
+        let links: Vec<LinkId> = ch
+            .upstream
+            .iter()
+            .chain(ch.relays.iter())
+            .copied()
+            .collect();
+        for link in links {
+            self.relay_out(link, msg.clone());
+        }
+    }
+
     /// The channel a relayed message is for, if `link` may speak for it:
     /// its origin (`Some((k, true))`) or one of its subscribers
     /// (`Some((k, false))`). Anything else is dropped and counted.
@@ -301,15 +318,7 @@ impl Engine {
             source,
             identity,
         };
-        let links: Vec<LinkId> = ch
-            .upstream
-            .iter()
-            .chain(ch.relays.iter())
-            .copied()
-            .collect();
-        for l in links {
-            self.relay_out(l, msg.clone());
-        }
+        self.relay_to_all(k, msg);
     }
 
     /// Sends the origin's selection to one relay, or to all when `None`.

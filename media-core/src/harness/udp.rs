@@ -1,6 +1,9 @@
 //! The harness [`Client`] on a real loopback UDP socket and real time, for
 //! end-to-end tests against a running server. Each peer runs on its own
 //! thread; it waits on its socket until its next deadline, never longer.
+//!
+//! Even here media-core reads no clock: the caller hands in one
+//! (`Instant::now` in tests and the load generator).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,19 +26,24 @@ pub struct UdpPeer {
     pub addr: SocketAddr,
     /// When the peer was created (for [`Client::tones_heard`] windows).
     pub created: Instant,
+    clock: fn() -> Instant,
 }
 
 impl UdpPeer {
     /// Binds a socket on 127.0.0.1 and makes an offer. Returns the peer
     /// (not yet running) and the offer SDP.
-    pub fn new(name: &str, spec: &ClientSpec) -> std::io::Result<(UdpPeer, String)> {
+    pub fn new(
+        name: &str,
+        spec: &ClientSpec,
+        clock: fn() -> Instant,
+    ) -> std::io::Result<(UdpPeer, String)> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         let addr = socket.local_addr()?;
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("DTLS certificate generation failed"))?;
-        let now = Instant::now();
+        let now = clock();
         let (client, offer) = Client::new(name, addr, spec, &TONES, &cert, now);
         Ok((
             UdpPeer {
@@ -45,6 +53,7 @@ impl UdpPeer {
                 thread: None,
                 addr,
                 created: now,
+                clock,
             },
             offer,
         ))
@@ -52,10 +61,13 @@ impl UdpPeer {
 
     /// Applies the server's answer and starts the peer's thread.
     pub fn start(&mut self, answer: &str) {
-        self.lock().accept_answer(answer, Instant::now());
+        let clock = self.clock;
+        self.lock().accept_answer(answer, clock());
         let (client, socket, stop) = (self.client.clone(), self.socket.clone(), self.stop.clone());
         let local = self.addr;
-        self.thread = Some(thread::spawn(move || run(client, socket, stop, local)));
+        self.thread = Some(thread::spawn(move || {
+            run(client, socket, stop, local, clock)
+        }));
     }
 
     /// The client's state (hold the guard briefly: the peer's thread waits).
@@ -75,7 +87,7 @@ impl UdpPeer {
             if cond(&self.lock()) {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if (self.clock)() >= deadline {
                 return false;
             }
             // The peer's thread makes progress on its own; look again soon.
@@ -103,12 +115,13 @@ fn run(
     socket: Arc<UdpSocket>,
     stop: Arc<AtomicBool>,
     local: SocketAddr,
+    clock: fn() -> Instant,
 ) {
     let mut buf = vec![0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         let wake = {
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
+            let now = clock();
             if c.next_wakeup() <= now {
                 c.handle_timeout(now);
                 c.send_due_frames(now);
@@ -121,7 +134,7 @@ fn run(
         // Wait for a datagram or the next deadline; at most 50 ms so that a
         // stop request is noticed.
         let wait = wake
-            .saturating_duration_since(Instant::now())
+            .saturating_duration_since(clock())
             .clamp(Duration::from_millis(1), Duration::from_millis(50));
         let _ = socket.set_read_timeout(Some(wait));
         if let Ok((n, source)) = socket.recv_from(&mut buf) {
@@ -131,7 +144,7 @@ fn run(
                 contents: buf[..n].to_vec(),
             };
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-            c.receive(Instant::now(), &d);
+            c.receive(clock(), &d);
         }
     }
 }

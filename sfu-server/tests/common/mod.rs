@@ -125,7 +125,7 @@ pub(crate) async fn ws_member_at(
     extra: Value,
 ) -> (Ws, UdpPeer, Value) {
     let mut ws = Ws::connect_addr(base).await;
-    let (mut peer, offer) = UdpPeer::new(name, &spec).expect("peer");
+    let (mut peer, offer) = UdpPeer::new(name, &spec, Instant::now).expect("peer");
     let mut join = json!({"type": "join", "channel": channel, "offer": offer, "identity": name});
     if let (Some(j), Some(e)) = (join.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
