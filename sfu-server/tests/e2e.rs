@@ -89,6 +89,15 @@ async fn whip_publisher_is_heard_by_whep_player() {
     let base = format!("http://{}", server.http_addr());
     let sdp = [("content-type", "application/sdp")];
 
+    // WebSocket clients get the same ICE servers in their `hello`.
+    let ws = Ws::connect(&server).await;
+    assert_eq!(
+        ws.seen[0]["ice_servers"][0]["urls"][0], "stun:127.0.0.1:3478",
+        "{}",
+        ws.seen[0]
+    );
+    drop(ws);
+
     let (mut publisher, offer) =
         UdpPeer::new("obs", &ClientSpec::speaker(3), Instant::now).unwrap();
     let r = http(

@@ -52,15 +52,25 @@ export class VoiceClient extends EventTarget {
     if (this.ws) throw new Error("already joined or joining: leave first");
     const ws = (this.ws = new WebSocket(this.url));
     try {
-      await new Promise((resolve, reject) => {
-        ws.onopen = resolve;
+      // The server's first message, `hello`, carries the STUN/TURN servers
+      // (TURN with ephemeral credentials) the connection must be made with.
+      const iceServers = await new Promise((resolve, reject) => {
+        ws.onmessage = (ev) => {
+          try {
+            const m = JSON.parse(ev.data);
+            if (m.type === "hello") resolve(m.ice_servers ?? []);
+          } catch {
+            reject(new Error("the server sent something that is not JSON"));
+          }
+        };
         ws.onerror = () => reject(new Error(`cannot connect to ${this.url}`));
+        ws.onclose = () => reject(new Error(`${this.url} closed before its hello`));
       });
       // From here on socket problems surface as a `left` event.
       ws.onerror = null;
       ws.onclose = () => this.#teardown("disconnected");
 
-      const pc = (this.pc = new RTCPeerConnection({ iceServers: [] }));
+      const pc = (this.pc = new RTCPeerConnection({ iceServers }));
       if (role !== "listener") {
         this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
         const track = this.mic.getAudioTracks()[0];
