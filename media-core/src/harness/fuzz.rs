@@ -69,7 +69,12 @@ fn offer(now: Instant) -> &'static str {
 /// `now` is any instant (the shim passes the current time).
 pub fn sdp_offer(data: &[u8], now: Instant) {
     let mut e = engine(now);
-    let offer = String::from_utf8_lossy(data).into_owned();
+    join(&mut e, now, String::from_utf8_lossy(data).into_owned());
+    drain(&mut e);
+}
+
+/// Member `PeerId(1)` joins channel "fuzz" with `offer` (refusals ignored).
+fn join(e: &mut Engine, now: Instant, offer: String) {
     let _ = e.handle_input(Input::Command {
         now,
         command: Command::Join {
@@ -80,7 +85,6 @@ pub fn sdp_offer(data: &[u8], now: Instant) {
             offer,
         },
     });
-    drain(&mut e);
 }
 
 /// A sequence of datagrams, timeouts and commands against an engine with one
@@ -89,16 +93,7 @@ pub fn sdp_offer(data: &[u8], now: Instant) {
 pub fn datagrams(data: &[u8], start: Instant) {
     let mut now = start;
     let mut e = engine(now);
-    let _ = e.handle_input(Input::Command {
-        now,
-        command: Command::Join {
-            peer: PeerId(1),
-            channel: "fuzz".into(),
-            identity: "fuzz".into(),
-            role: Role::Speaker,
-            offer: offer(start).to_string(),
-        },
-    });
+    join(&mut e, now, offer(start).to_string());
     e.learn_address(PeerId(1), CLIENT_ADDR, ENGINE_ADDR);
     drain(&mut e);
     let stranger: SocketAddr = "127.0.0.1:40000".parse().expect("address");
