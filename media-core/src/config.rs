@@ -40,6 +40,16 @@ pub struct EngineConfig {
     /// The DTLS certificate presented to every peer. Generated once per engine
     /// when not given (generation costs about a millisecond).
     pub dtls_cert: Option<DtlsCert>,
+    /// Send forwarded audio with the engine's own RTP writer and SRTP
+    /// sealing, using the keys of each peer's DTLS handshake, instead of
+    /// str0m's per-stream send path: about an order of magnitude less work
+    /// per (packet, listener) (BENCHMARKS.md). `false` keeps everything in
+    /// str0m (for comparison; behaviour is the same).
+    pub direct_srtp: bool,
+    /// The wall-clock time at the `now` given to `Engine::new`, for the NTP
+    /// timestamps of RTCP sender reports. Without it they count from
+    /// 1970-01-01 at that instant (receivers only use differences).
+    pub wallclock_at_start: Option<std::time::SystemTime>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +66,8 @@ impl Default for EngineConfig {
             connect_timeout: Duration::from_secs(15),
             max_addrs_per_peer: 8,
             dtls_cert: None,
+            direct_srtp: true,
+            wallclock_at_start: None,
         }
     }
 }
@@ -73,6 +85,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_addrs_per_peer", &self.max_addrs_per_peer)
             .field("dtls_cert", &self.dtls_cert.is_some())
+            .field("direct_srtp", &self.direct_srtp)
+            .field("wallclock_at_start", &self.wallclock_at_start)
             .finish()
     }
 }

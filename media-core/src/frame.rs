@@ -24,6 +24,10 @@ pub(crate) struct SourceFrame {
     pub(crate) vad: Option<bool>,
     /// The Opus payload, shared by every listener it is forwarded to.
     pub(crate) payload: Arc<[u8]>,
+    /// When the sender captured it (`abs-capture-time`, forwarded unchanged
+    /// so that receivers can measure end-to-end delay). Local members only:
+    /// relay messages do not carry it.
+    pub(crate) capture: Option<str0m::rtp::AbsCaptureTime>,
 }
 
 impl SourceFrame {

@@ -116,6 +116,7 @@ mod rng;
 mod selection;
 mod slab;
 mod slot;
+mod srtp;
 mod stats;
 mod timer;
 

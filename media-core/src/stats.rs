@@ -53,4 +53,14 @@ pub struct EngineStats {
     pub peers_connected: u64,
     /// Peers that failed or timed out.
     pub peers_failed: u64,
+    /// Connected peers whose slots the engine sends itself, sealing with
+    /// their SRTP keys (the fast path; see `EngineConfig::direct_srtp`).
+    pub peers_direct: u64,
+    /// Connected peers whose slots go through str0m's send path.
+    pub peers_str0m_send: u64,
+    /// RTCP sender reports the engine sent for slots it sends itself.
+    pub sender_reports: u64,
+    /// Packets the engine could not seal (a crypto library error; never
+    /// expected).
+    pub dropped_seal: u64,
 }

@@ -22,7 +22,19 @@ fn source(sim: &Sim, idx: usize) -> SourceId {
 /// speakers' tones, a speaker never hears itself, and nothing fails to decode.
 #[test]
 fn three_speakers_twenty_listeners_hear_exactly_the_talkers() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    // The engine's own RTP writer and SRTP sealing (the default), then
+    // str0m's send path: the same listeners must hear the same voices.
+    for direct_srtp in [true, false] {
+        three_speakers_twenty_listeners(EngineConfig {
+            direct_srtp,
+            ..EngineConfig::default()
+        });
+    }
+}
+
+fn three_speakers_twenty_listeners(config: EngineConfig) {
+    let direct = config.direct_srtp;
+    let mut sim = Sim::new(config, Instant::now());
     let speakers: Vec<usize> = (0..3)
         .map(|i| {
             sim.join(
@@ -46,6 +58,13 @@ fn three_speakers_twenty_listeners_hear_exactly_the_talkers() {
         })
         .collect();
     assert!(sim.run_until_connected(Duration::from_secs(5)));
+    let stats = sim.engine.stats();
+    let (fast, slow) = if direct { (24, 0) } else { (0, 24) };
+    assert_eq!(
+        (stats.peers_direct, stats.peers_str0m_send),
+        (fast, slow),
+        "which send path the engine took (direct_srtp = {direct})"
+    );
     for &s in &speakers {
         sim.set_talking(s, true);
     }

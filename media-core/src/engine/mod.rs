@@ -17,7 +17,7 @@ use crate::config::EngineConfig;
 use crate::demux::{Demux, PeerKey, Route};
 use crate::frame::{level_from_ext, SourceFrame};
 use crate::level::OpusLevelMeter;
-use crate::peer::{Peer, PeerSetup, Signal};
+use crate::peer::{NtpClock, Peer, PeerSetup, Signal, TxSink};
 use crate::rng::Rng;
 use crate::slab::Slab;
 use crate::stats::EngineStats;
@@ -192,6 +192,8 @@ pub struct Engine {
     stats: EngineStats,
     next_source: u32,
     last_now: Instant,
+    /// The engine's clock mapped to NTP time, for sender reports.
+    ntp: NtpClock,
 }
 
 impl std::fmt::Debug for Engine {
@@ -217,6 +219,11 @@ impl Engine {
         // Sources of different engines should not collide; start each engine
         // at its own seeded point, away from 0 (CSRC 0 confuses some stacks).
         let next_source = (rng.next_u32() & 0x7fff_ffff).max(1);
+        let config_ntp = config
+            .wallclock_at_start
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default()
+            + Duration::from_secs(2_208_988_800);
         Engine {
             config,
             rng,
@@ -235,6 +242,10 @@ impl Engine {
             stats: EngineStats::default(),
             next_source,
             last_now: now,
+            ntp: NtpClock {
+                at: now,
+                ntp: config_ntp,
+            },
         }
     }
 
@@ -722,6 +733,11 @@ impl Engine {
                     if !peer.connected {
                         peer.connected = true;
                         self.stats.peers_connected += 1;
+                        if peer.start_direct() {
+                            self.stats.peers_direct += 1;
+                        } else {
+                            self.stats.peers_str0m_send += 1;
+                        }
                         let id = peer.id;
                         self.outputs
                             .push_back(Output::Event(Event::PeerConnected { peer: id }));
@@ -776,6 +792,7 @@ impl Engine {
             level,
             vad: p.header.ext_vals.voice_activity,
             payload: p.payload,
+            capture: p.header.ext_vals.abs_capture_time,
         };
         let ch = peer.channel;
         self.route(ch, &frame, now, None);
@@ -794,6 +811,7 @@ impl Engine {
             events,
             config,
             speakers_dirty,
+            ntp,
             ..
         } = self;
         let Some(ch) = channels.get_mut(ch_key) else {
@@ -835,12 +853,20 @@ impl Engine {
                 if !peer.connected {
                     continue;
                 }
-                if peer.write_slot(slot as usize, frame, now) {
+                let mut sink = TxSink {
+                    outputs,
+                    stats,
+                    ntp: *ntp,
+                };
+                if peer.write_slot(slot as usize, frame, now, &mut sink) {
                     stats.rtp_forwarded += 1;
                 } else {
                     stats.dropped_stale += 1;
                 }
-                settle_peer(peer, key, now, outputs, signals, stats, timers);
+                // A peer the engine sends for itself has nothing new in str0m.
+                if !peer.is_direct() {
+                    settle_peer(peer, key, now, outputs, signals, stats, timers);
+                }
             }
         } else if !selected {
             stats.not_selected += 1;

@@ -113,6 +113,7 @@ impl Engine {
                     vad,
                     // One copy per frame and node: str0m wants `Arc<[u8]>`.
                     payload: Arc::from(&payload[..]),
+                    capture: None,
                 };
                 self.route(k, &frame, now, Some(link));
             }
