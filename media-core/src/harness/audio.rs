@@ -13,6 +13,7 @@
 //! frames of settling after any switch.
 
 use crate::level::level_from_pcm;
+use crate::rng::Rng;
 
 /// Samples per 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
@@ -147,6 +148,174 @@ impl ToneSpeaker {
             level,
             voiced: level <= VOICED_MAX_LEVEL,
         }
+    }
+}
+
+impl ToneSpeaker {
+    /// Turns Opus DTX (discontinuous transmission) on or off in the encoder
+    /// (`OPUS_SET_DTX`). With DTX on, libopus codes a silent frame after
+    /// about 200 ms of silence as a 1-byte packet (the TOC only) that need
+    /// not be sent, except one real frame (comfort noise; here a 3-byte CELT
+    /// silence frame) every 400 ms; [`DtxGate`] decides, as WebRTC does,
+    /// which of them to send. Returns whether DTX is on now.
+    pub fn set_dtx(&mut self, on: bool) -> bool {
+        self.encoder.set_dtx(on).is_ok() && self.encoder.get_dtx().unwrap_or(false)
+    }
+}
+
+/// Which encoded frames an Opus sender with DTX puts on the wire, as
+/// WebRTC's `WebRtcOpus_Encode` (`modules/audio_coding/codecs/opus/
+/// opus_interface.cc`) decides: a packet of at most 2 bytes is a DTX frame
+/// (TOC only); the first one after a run of real frames is sent, to let the
+/// decoder know the encoder entered DTX, the following ones are not; every
+/// real frame (libopus makes one every 400 ms during silence, coding the
+/// background noise) is sent. So during a long silence two packets go out
+/// about every 400 ms (the real frame and the DTX frame after it) instead
+/// of twenty. Without DTX every frame is sent.
+#[derive(Debug, Clone, Default)]
+pub struct DtxGate {
+    in_dtx: bool,
+}
+
+impl DtxGate {
+    /// Largest Opus packet that is a DTX frame (TOC byte and at most one
+    /// more).
+    pub const DTX_MAX_BYTES: usize = 2;
+
+    /// Whether to send a frame whose Opus packet has `len` bytes.
+    pub fn should_send(&mut self, len: usize) -> bool {
+        if len <= Self::DTX_MAX_BYTES {
+            let first = !self.in_dtx;
+            self.in_dtx = true;
+            first
+        } else {
+            self.in_dtx = false;
+            true
+        }
+    }
+
+    /// Whether the sender is in DTX (its last frame was a DTX frame).
+    pub fn in_dtx(&self) -> bool {
+        self.in_dtx
+    }
+}
+
+/// When a speaker talks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TalkPattern {
+    /// Talks all the time (while its amplitude is above 0).
+    #[default]
+    Continuous,
+    /// Alternates talk spurts and pauses of exponentially distributed
+    /// lengths (in whole 20 ms frames, at least one frame, at most
+    /// [`TalkSchedule::MAX_FRAMES`]), drawn from a SplitMix64 seeded with
+    /// `seed`: the same seed gives the same frame-by-frame schedule.
+    Conversation {
+        /// Seed of the schedule.
+        seed: u64,
+        /// Mean length of a talk spurt in milliseconds.
+        spurt_mean_ms: u32,
+        /// Mean length of a pause in milliseconds.
+        pause_mean_ms: u32,
+    },
+}
+
+impl TalkPattern {
+    /// A conversational talker: spurts of 1.0 s and pauses of 1.5 s on
+    /// average, so it talks 40% of the time (ITU-T P.59's artificial
+    /// conversational speech has exponential talkspurts of 1.004 s and
+    /// pauses of 1.587 s on average).
+    pub fn conversation(seed: u64) -> Self {
+        TalkPattern::Conversation {
+            seed,
+            spurt_mean_ms: 1000,
+            pause_mean_ms: 1500,
+        }
+    }
+}
+
+/// A [`TalkPattern`] unrolled frame by frame.
+#[derive(Debug, Clone)]
+pub struct TalkSchedule {
+    pattern: TalkPattern,
+    rng: Rng,
+    talking: bool,
+    /// Frames left in the current spurt or pause.
+    left: u32,
+}
+
+impl TalkSchedule {
+    /// Longest spurt or pause, in frames (60 s).
+    pub const MAX_FRAMES: u32 = 3000;
+
+    /// The schedule of `pattern` from its start.
+    pub fn new(pattern: TalkPattern) -> Self {
+        let mut s = TalkSchedule {
+            pattern,
+            rng: Rng::new(0),
+            talking: true,
+            left: u32::MAX,
+        };
+        if let TalkPattern::Conversation {
+            seed,
+            spurt_mean_ms,
+            pause_mean_ms,
+        } = pattern
+        {
+            s.rng = Rng::new(seed);
+            // Start in a spurt or a pause with their long-run shares.
+            let total = f64::from(spurt_mean_ms) + f64::from(pause_mean_ms);
+            let p_talk = if total > 0.0 {
+                f64::from(spurt_mean_ms) / total
+            } else {
+                1.0
+            };
+            s.talking = s.uniform() < p_talk;
+            s.left = s.draw();
+        }
+        s
+    }
+
+    /// A uniform number in `[0, 1)`.
+    fn uniform(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Length in frames of a new spurt (`self.talking`) or pause.
+    fn draw(&mut self) -> u32 {
+        let TalkPattern::Conversation {
+            spurt_mean_ms,
+            pause_mean_ms,
+            ..
+        } = self.pattern
+        else {
+            return u32::MAX;
+        };
+        let mean = f64::from(if self.talking {
+            spurt_mean_ms
+        } else {
+            pause_mean_ms
+        });
+        let ms = -mean * (1.0 - self.uniform()).ln();
+        let frames = (ms / 20.0).round();
+        if frames.is_finite() {
+            (frames as u32).clamp(1, Self::MAX_FRAMES)
+        } else {
+            1
+        }
+    }
+
+    /// Whether the next 20 ms frame is in a talk spurt.
+    pub fn next_frame(&mut self) -> bool {
+        if matches!(self.pattern, TalkPattern::Continuous) {
+            return true;
+        }
+        if self.left == 0 {
+            self.talking = !self.talking;
+            self.left = self.draw();
+        }
+        self.left -= 1;
+        self.talking
     }
 }
 
@@ -472,6 +641,112 @@ mod tests {
         assert_eq!(speaker.amplitude(), 1.0);
         speaker.set_amplitude(f32::NAN);
         assert_eq!(speaker.amplitude(), 0.0);
+    }
+
+    #[test]
+    fn dtx_sends_one_frame_in_twenty_during_silence() {
+        let mut speaker = ToneSpeaker::new(TONES[0], 0.5);
+        assert!(speaker.set_dtx(true));
+        let mut gate = DtxGate::default();
+        for _ in 0..50 {
+            let f = speaker.next_frame();
+            assert!(f.payload.len() > DtxGate::DTX_MAX_BYTES);
+            assert!(gate.should_send(f.payload.len()));
+        }
+        speaker.set_amplitude(0.0);
+        let mut sent = Vec::new();
+        let mut lens = Vec::new();
+        for i in 0..250 {
+            let f = speaker.next_frame();
+            assert_eq!(f.level, 127);
+            assert!(!f.voiced);
+            lens.push(f.payload.len());
+            if gate.should_send(f.payload.len()) {
+                sent.push(i);
+            }
+        }
+        // Hangover (about 200 ms of real frames), then one DTX frame; then
+        // libopus codes a real frame about every 400 ms, and the DTX frame
+        // after it is sent too (it is the first after a real frame).
+        let first_dtx = lens.iter().position(|&l| l <= DtxGate::DTX_MAX_BYTES);
+        let first_dtx = first_dtx.unwrap_or_else(|| panic!("no DTX frame: {lens:?}"));
+        assert!(first_dtx <= 20, "{lens:?}");
+        assert_eq!(sent[..=first_dtx], (0..=first_dtx).collect::<Vec<_>>());
+        let real: Vec<usize> = sent
+            .iter()
+            .copied()
+            .filter(|&i| i > first_dtx && lens[i] > DtxGate::DTX_MAX_BYTES)
+            .collect();
+        assert!(real.len() >= 8, "{sent:?} {lens:?}");
+        for w in real.windows(2) {
+            assert!((18..=22).contains(&(w[1] - w[0])), "{sent:?} {lens:?}");
+        }
+        let dtx_sent = sent.len() - (first_dtx + 1) - real.len();
+        assert!(dtx_sent <= real.len() + 1, "{sent:?} {lens:?}");
+        assert!(gate.in_dtx() || lens[249] > DtxGate::DTX_MAX_BYTES);
+        // Talking again: every frame is real and sent.
+        speaker.set_amplitude(0.5);
+        let mut listener = ToneListener::new(&TONES);
+        for i in 0..10 {
+            let f = speaker.next_frame();
+            assert!(gate.should_send(f.payload.len()));
+            let heard = listener.decode(&f.payload).unwrap();
+            if i >= 2 {
+                assert_eq!(heard, Some(0));
+            }
+        }
+    }
+
+    #[test]
+    fn conversation_schedule_is_seeded_and_has_the_right_means() {
+        let frames = |seed| {
+            let mut s = TalkSchedule::new(TalkPattern::conversation(seed));
+            (0..100_000).map(|_| s.next_frame()).collect::<Vec<bool>>()
+        };
+        let a = frames(7);
+        assert_eq!(a, frames(7));
+        assert_ne!(a, frames(8));
+        // Runs of talk and pause, in frames (the first and last cut off).
+        let mut runs: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+        let mut start = 0;
+        for i in 1..a.len() {
+            if a[i] != a[i - 1] {
+                if start > 0 {
+                    runs[usize::from(a[i - 1])].push(i - start);
+                }
+                start = i;
+            }
+        }
+        let mean = |v: &Vec<usize>| v.iter().sum::<usize>() as f64 / v.len() as f64 * 20.0;
+        let (pause, talk) = (mean(&runs[0]), mean(&runs[1]));
+        assert!((900.0..1100.0).contains(&talk), "talk spurts {talk} ms");
+        assert!((1350.0..1650.0).contains(&pause), "pauses {pause} ms");
+        let share = a.iter().filter(|&&t| t).count() as f64 / a.len() as f64;
+        assert!((0.35..0.45).contains(&share), "talking {share}");
+        let mut c = TalkSchedule::new(TalkPattern::Continuous);
+        assert!((0..1000).all(|_| c.next_frame()));
+        // Degenerate means never panic nor stall.
+        let mut z = TalkSchedule::new(TalkPattern::Conversation {
+            seed: 1,
+            spurt_mean_ms: 0,
+            pause_mean_ms: u32::MAX,
+        });
+        for _ in 0..10_000 {
+            let _ = z.next_frame();
+        }
+    }
+
+    #[test]
+    fn dtx_gate_follows_webrtc() {
+        let mut g = DtxGate::default();
+        assert!(g.should_send(80));
+        assert!(g.should_send(1));
+        assert!(!g.should_send(1));
+        assert!(!g.should_send(2));
+        assert!(g.should_send(40));
+        assert!(!g.in_dtx());
+        assert!(g.should_send(0));
+        assert!(g.in_dtx());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The harness [`Client`] on a real loopback UDP socket and real time, for
 //! end-to-end tests against a running server. Each peer runs on its own
-//! thread; it waits on its socket until its next deadline, never longer.
+//! thread; it waits until its next deadline, never longer (a sender sleeps
+//! to it precisely and then reads its socket; a receiver waits on its
+//! socket).
 //!
 //! Even here media-core reads no clock: the caller hands in one
 //! (`Instant::now` in tests and the load generator).
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use super::audio::TONES;
 use super::client::{Client, ClientSpec};
-use super::net::Datagram;
 
 /// A WebRTC client on a real socket bound to 127.0.0.1.
 #[derive(Debug)]
@@ -60,19 +61,43 @@ impl UdpPeer {
     }
 
     /// Applies the server's answer and starts the peer's thread.
+    ///
+    /// # Panics
+    /// If the answer does not fit the offer; see [`try_start`](Self::try_start).
     pub fn start(&mut self, answer: &str) {
+        if let Err(e) = self.try_start(answer) {
+            panic!("server answer: {e}");
+        }
+    }
+
+    /// Applies the server's answer and starts the peer's thread; an error
+    /// (and no thread) when the answer does not fit the offer.
+    pub fn try_start(&mut self, answer: &str) -> Result<(), String> {
         let clock = self.clock;
-        self.lock().accept_answer(answer, clock());
+        self.lock().try_accept_answer(answer, clock())?;
         let (client, socket, stop) = (self.client.clone(), self.socket.clone(), self.stop.clone());
         let local = self.addr;
         self.thread = Some(thread::spawn(move || {
             run(client, socket, stop, local, clock)
         }));
+        Ok(())
     }
 
     /// The client's state (hold the guard briefly: the peer's thread waits).
     pub fn lock(&self) -> MutexGuard<'_, Client> {
         self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client, shared with the peer's thread (hold its lock briefly).
+    pub fn client(&self) -> Arc<Mutex<Client>> {
+        self.client.clone()
+    }
+
+    /// Asks the peer's thread to stop without waiting for it (it notices
+    /// within 50 ms); [`stop`](Self::stop) or dropping the peer joins it.
+    /// Stopping many peers: signal them all first, then drop them.
+    pub fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Starts or stops talking.
@@ -110,6 +135,9 @@ impl Drop for UdpPeer {
     }
 }
 
+/// Datagrams a sender's thread reads in a row after it woke.
+const BURST: usize = 256;
+
 fn run(
     client: Arc<Mutex<Client>>,
     socket: Arc<UdpSocket>,
@@ -118,6 +146,17 @@ fn run(
     clock: fn() -> Instant,
 ) {
     let mut buf = vec![0u8; 2048];
+    // A socket read timeout (SO_RCVTIMEO) counts in kernel ticks: on a
+    // 250 Hz kernel a 3 ms timeout returns after 8 ms, which would send a
+    // speaker's 20 ms frames up to 8 ms late and show as jitter at every
+    // listener. A sender therefore sleeps to its deadline (a high-resolution
+    // timer) and then reads what arrived meanwhile without blocking; a
+    // receiver waits on its socket, to read each datagram the moment it
+    // arrives (its own deadlines are str0m's, and lenient).
+    let sender = client.lock().unwrap_or_else(|e| e.into_inner()).sends();
+    if sender && socket.set_nonblocking(true).is_err() {
+        return;
+    }
     while !stop.load(Ordering::Relaxed) {
         let wake = {
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,20 +170,26 @@ fn run(
             }
             c.next_wakeup()
         };
-        // Wait for a datagram or the next deadline; at most 50 ms so that a
+        // Wait for the next deadline, or a datagram; at most 50 ms so that a
         // stop request is noticed.
         let wait = wake
             .saturating_duration_since(clock())
-            .clamp(Duration::from_millis(1), Duration::from_millis(50));
-        let _ = socket.set_read_timeout(Some(wait));
-        if let Ok((n, source)) = socket.recv_from(&mut buf) {
-            let d = Datagram {
-                source,
-                destination: local,
-                contents: buf[..n].to_vec(),
-            };
+            .min(Duration::from_millis(50));
+        if sender {
+            thread::sleep(wait);
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-            c.receive(clock(), &d);
+            for _ in 0..BURST {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, source)) => c.receive_bytes(clock(), source, local, &buf[..n]),
+                    Err(_) => break,
+                }
+            }
+            continue;
+        }
+        let _ = socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
+        if let Ok((n, source)) = socket.recv_from(&mut buf) {
+            let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
+            c.receive_bytes(clock(), source, local, &buf[..n]);
         }
     }
 }
