@@ -74,11 +74,24 @@
 //!   without latency (then `mos_without_network_latency` leaves the latency
 //!   out of the delay, labelled as such);
 //! - CPU of each `--pid` (user + system from /proc over the window), their
-//!   sum and the sum per listener, and the load generator's own CPU.
+//!   sum and the sum per listener, the load generator's own CPU, and how
+//!   busy each CPU of the machine was (`machine_cpu_busy`, all processes:
+//!   on a shared machine a pinned server can be starved, not saturated).
+//!
+//! **Steps** (`--steps 500,1000,2000 [--stop-loss 0.001] [--stop-cpu 0.95]`):
+//! listeners join up to each count in turn, and each step is measured and
+//! reported on its own line of JSON (join times of that step's listeners);
+//! the ramp stops after the first step with more loss than `--stop-loss` or
+//! more server CPU (the `--pid`s together) than `--stop-cpu` cores, and
+//! says so in `stopped_because`. With `--pid`, each report also has the
+//! processes' resident memory (`memory_by_process`) and its growth since
+//! before the first listener per listener (`server_rss_kib_per_listener`).
+//! `scripts/bench-node.sh` ramps a pinned server this way.
 //!
 //! Bounded: every join waits at most `--join-timeout`, the first audio of all
-//! listeners at most `--join-timeout` more, the measurement lasts
-//! `--seconds`, leaving at most 5 s; then the process exits.
+//! listeners at most `--join-timeout` more, each measurement lasts
+//! `--seconds` (at most 64 steps), leaving at most 5 s; then the process
+//! exits.
 
 #[path = "loadgen/limits.rs"]
 mod limits;
@@ -109,7 +122,7 @@ const USAGE: &str =
     "usage: loadgen [--url URL]... [--edges URL,URL,...] [--channel C] [--speakers N] \
 [--listeners M] [--seconds S] [--join-timeout S] [--pattern continuous|conversation] [--seed N] \
 [--no-dtx] [--threads N] [--full-srtp] [--join-parallel N] [--pid [NAME=]PID]... \
-[--decode | --decode-every N]";
+[--decode | --decode-every N] [--steps N,N,... [--stop-loss F] [--stop-cpu CORES]]";
 
 /// Joins that may fail in a row before the ramp stops (each may take the
 /// join timeout).
@@ -159,6 +172,12 @@ struct Args {
     full_srtp: bool,
     /// Joins in flight at once.
     join_parallel: usize,
+    /// Listener counts to measure at, in turn (empty: just `listeners`).
+    steps: Vec<usize>,
+    /// With steps: stop after a step with more loss than this (0..=1).
+    stop_loss: f64,
+    /// With steps: stop after a step where the `--pid`s used more cores.
+    stop_cpu: f64,
 }
 
 /// A flag's numeric value.
@@ -186,6 +205,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         threads: 1,
         full_srtp: false,
         join_parallel: 1,
+        steps: Vec::new(),
+        stop_loss: 1.0,
+        stop_cpu: f64::INFINITY,
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -232,12 +254,28 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--threads" => a.threads = num(&flag, val()?)?,
             "--full-srtp" => a.full_srtp = true,
             "--join-parallel" => a.join_parallel = num(&flag, val()?)?,
+            "--steps" => {
+                a.steps = val()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| num(&flag, v.to_string()))
+                    .collect::<Result<_, _>>()?;
+                if a.steps.is_empty() || a.steps.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("--steps: increasing listener counts, e.g. 100,200,400".into());
+                }
+            }
+            "--stop-loss" => a.stop_loss = num(&flag, val()?)?,
+            "--stop-cpu" => a.stop_cpu = num(&flag, val()?)?,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
     if a.urls.is_empty() {
         a.urls.push("http://127.0.0.1:8080".into());
+    }
+    if let Some(&last) = a.steps.last() {
+        a.listeners = last;
     }
     let threaded = if a.threads == 0 || a.decode {
         a.listeners
@@ -258,11 +296,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         || a.threads > 64
         || a.join_parallel == 0
         || a.join_parallel > 256
+        || a.steps.len() > 64
+        || !(0.0..=1.0).contains(&a.stop_loss)
+        || a.stop_cpu.is_nan()
+        || a.stop_cpu <= 0.0
     {
         return Err(format!(
             "bounds: 1..=3600 s, join timeout 1..=600 s, at most {MAX_LISTENERS} listeners \
              ({MAX_THREADED} with a thread each: decoding, or --threads 0), 16 speakers, \
-             64 URLs, 64 pids, 64 threads, join-parallel 1..=256"
+             64 URLs, 64 pids, 64 threads, join-parallel 1..=256, 64 steps, \
+             stop-loss 0..=1, stop-cpu above 0"
         ));
     }
     Ok(a)
@@ -588,6 +631,8 @@ async fn run(a: Args) -> i32 {
     for s in &speakers {
         lock(&s.client).set_talking(0.5);
     }
+    // Memory of the measured processes before any listener joined.
+    let rss_base: Vec<Option<u64>> = a.pids.iter().map(|(_, p)| rss_kib(*p)).collect();
 
     let prog = Arc::new(Progress {
         listeners: Mutex::new(Vec::new()),
@@ -597,72 +642,157 @@ async fn run(a: Args) -> i32 {
     });
     let progress_task = tokio::spawn(progress(prog.clone(), start));
 
-    // Listeners: `join_parallel` joins in flight, stopped after too many
-    // failures in a row.
-    let mut listeners: Vec<(usize, Member)> = Vec::new();
+    let steps = if a.steps.is_empty() {
+        vec![a.listeners]
+    } else {
+        a.steps.clone()
+    };
+    let mut listeners: Vec<Member> = Vec::new();
     let mut per_url = vec![0usize; a.urls.len()];
-    let ramp = Instant::now();
-    {
-        let (a, cert) = (&a, &cert);
-        let mut joins = futures_util::stream::iter(0..a.listeners)
-            .map(|i| async move {
-                let decode = a.decode || (a.decode_every > 0 && i % a.decode_every == 0);
-                let spec = ClientSpec {
-                    decode,
-                    log_packets: decode,
-                    raw_media: !decode && !a.full_srtp,
-                    capture_clock,
-                    ..ClientSpec::listener()
-                };
-                let setup = Setup {
-                    cert,
-                    pooled: !decode && a.threads > 0,
-                };
-                let u = i % a.urls.len();
-                let r = join(
-                    a,
-                    &a.urls[u],
-                    &format!("listener-{i}"),
-                    spec,
-                    "listener",
-                    &setup,
-                )
-                .await;
-                (i, u, r)
-            })
-            .buffer_unordered(a.join_parallel);
-        let mut failed_in_a_row = 0;
-        while let Some((i, u, r)) = joins.next().await {
-            match r {
-                Ok(m) => {
-                    prog.listeners
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(m.client.clone());
-                    listeners.push((i, m));
-                    per_url[u] += 1;
-                    failed_in_a_row = 0;
-                }
-                Err(e) => {
-                    eprintln!("loadgen: listener {i} at {}: {e}", a.urls[u]);
-                    prog.failed.fetch_add(1, Ordering::Relaxed);
-                    failed_in_a_row += 1;
-                    if failed_in_a_row >= MAX_FAILED_JOINS_IN_A_ROW {
-                        eprintln!(
-                            "loadgen: {failed_in_a_row} joins failed in a row; no more listeners"
-                        );
-                        break;
+    let mut failed_in_a_row = 0;
+    for (step, &target) in steps.iter().enumerate() {
+        // Listeners up to `target`: `join_parallel` joins in flight,
+        // stopped after too many failures in a row.
+        let ramp = Instant::now();
+        let first_new = listeners.len();
+        let mut joined: Vec<(usize, Member)> = Vec::new();
+        {
+            let (a, cert) = (&a, &cert);
+            let mut joins = futures_util::stream::iter(first_new..target)
+                .map(|i| async move {
+                    let decode = a.decode || (a.decode_every > 0 && i % a.decode_every == 0);
+                    let spec = ClientSpec {
+                        decode,
+                        log_packets: decode,
+                        raw_media: !decode && !a.full_srtp,
+                        capture_clock,
+                        ..ClientSpec::listener()
+                    };
+                    let setup = Setup {
+                        cert,
+                        pooled: !decode && a.threads > 0,
+                    };
+                    let u = i % a.urls.len();
+                    let name = format!("listener-{i}");
+                    let r = join(a, &a.urls[u], &name, spec, "listener", &setup).await;
+                    (i, u, r)
+                })
+                .buffer_unordered(a.join_parallel);
+            while let Some((i, u, r)) = joins.next().await {
+                match r {
+                    Ok(m) => {
+                        prog.listeners
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(m.client.clone());
+                        joined.push((i, m));
+                        per_url[u] += 1;
+                        failed_in_a_row = 0;
+                    }
+                    Err(e) => {
+                        eprintln!("loadgen: listener {i} at {}: {e}", a.urls[u]);
+                        prog.failed.fetch_add(1, Ordering::Relaxed);
+                        failed_in_a_row += 1;
+                        if failed_in_a_row >= MAX_FAILED_JOINS_IN_A_ROW {
+                            break;
+                        }
                     }
                 }
             }
         }
+        joined.sort_by_key(|(i, _)| *i);
+        listeners.extend(joined.into_iter().map(|(_, m)| m));
+        let join_ramp = ramp.elapsed();
+        let mut report = measure(
+            &a,
+            &speakers,
+            &listeners,
+            first_new,
+            &rss_base,
+            Instant::now() + Duration::from_secs(a.join_timeout),
+        )
+        .await;
+        report.insert("listeners_per_url", json!(per_url));
+        report.insert("join_ramp_seconds", json!(join_ramp.as_secs_f64()));
+        report.insert("dtx", json!(dtx));
+        let value = |k: &str| report.get(k).and_then(Value::as_f64);
+        let stop = if failed_in_a_row >= MAX_FAILED_JOINS_IN_A_ROW {
+            Some(format!("{failed_in_a_row} joins failed in a row"))
+        } else if value("loss").unwrap_or(1.0) > a.stop_loss {
+            Some(format!("loss above {}", a.stop_loss))
+        } else if value("server_cpu_cores").is_some_and(|c| c > a.stop_cpu) {
+            Some(format!("server CPU above {} cores", a.stop_cpu))
+        } else {
+            None
+        };
+        report.insert("step", json!(step));
+        report.insert("stopped_because", json!(stop));
+        if a.steps.is_empty() {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            // One line per step (NDJSON), as soon as the step is measured.
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            if let Some(why) = &stop {
+                eprintln!(
+                    "loadgen: stopping after {} listeners: {why}",
+                    listeners.len()
+                );
+            }
+        }
+        let last = stop.is_some() || step + 1 == steps.len();
+        if last {
+            break;
+        }
     }
-    listeners.sort_by_key(|(i, _)| *i);
-    let listeners: Vec<Member> = listeners.into_iter().map(|(_, m)| m).collect();
-    let join_ramp = ramp.elapsed();
+    prog.done.store(true, Ordering::Relaxed);
+    progress_task.abort();
+    leave(speakers.into_iter().chain(listeners).collect()).await;
+    0
+}
 
-    // Join time: until each listener's first audio packet, waiting at most
-    // the join timeout for all of them.
+/// Busy and total time of each CPU (clock ticks), from /proc/stat.
+fn cpu_ticks() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            let total: u64 = f.iter().take(8).sum();
+            // idle and iowait
+            let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+            (total.saturating_sub(idle), total)
+        })
+        .collect()
+}
+
+/// Resident memory of a process in KiB (VmRSS), from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits (at most until `first_audio_by`) for every listener to hear its
+/// first packet, measures one window of `--seconds`, and reports. Join
+/// times are of the listeners from `first_new` on (those of this step).
+async fn measure(
+    a: &Args,
+    speakers: &[Member],
+    listeners: &[Member],
+    first_new: usize,
+    rss_base: &[Option<u64>],
+    first_audio_by: Instant,
+) -> BTreeMap<&'static str, Value> {
+    // Join time: until each listener's first audio packet.
     let first_packet = |m: &Member| -> Option<Instant> {
         lock(&m.client)
             .streams
@@ -670,15 +800,19 @@ async fn run(a: Args) -> i32 {
             .filter_map(|s| s.stats.first_at)
             .min()
     };
-    let deadline = Instant::now() + Duration::from_secs(a.join_timeout);
-    while Instant::now() < deadline && !listeners.iter().all(|m| first_packet(m).is_some()) {
+    let new = listeners.get(first_new..).unwrap_or_default();
+    while Instant::now() < first_audio_by && !new.iter().all(|m| first_packet(m).is_some()) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut join_times: Vec<Duration> = listeners
+    let mut join_times: Vec<Duration> = new
         .iter()
         .filter_map(|m| Some(first_packet(m)?.saturating_duration_since(m.join_sent)))
         .collect();
     join_times.sort();
+    let without_audio = listeners
+        .iter()
+        .filter(|m| first_packet(m).is_none())
+        .count();
 
     // The measurement window.
     let cpu = |pids: &[(String, u32)]| -> Vec<Option<Duration>> {
@@ -694,7 +828,8 @@ async fn run(a: Args) -> i32 {
     };
     let cpu0 = cpu(&a.pids);
     let self0 = cpu_time("self");
-    let spk0 = speaker_counts(&speakers);
+    let machine0 = cpu_ticks();
+    let spk0 = speaker_counts(speakers);
     let snaps0: Vec<Snapshot> = listeners
         .iter()
         .map(|m| snapshot(&lock(&m.client)))
@@ -706,11 +841,12 @@ async fn run(a: Args) -> i32 {
         .iter()
         .map(|m| snapshot(&lock(&m.client)))
         .collect();
-    let spk1 = speaker_counts(&speakers);
+    let spk1 = speaker_counts(speakers);
     let self1 = cpu_time("self");
     let cpu1 = cpu(&a.pids);
-    let elapsed = t1 - t0;
-    let secs = elapsed.as_secs_f64();
+    let machine1 = cpu_ticks();
+    let rss: Vec<Option<u64>> = a.pids.iter().map(|(_, p)| rss_kib(*p)).collect();
+    let secs = (t1 - t0).as_secs_f64();
 
     let (mut received, mut lost) = (0u64, 0u64);
     let mut latency = LatencyHistogram::default();
@@ -820,7 +956,6 @@ async fn run(a: Args) -> i32 {
         }),
     );
     report.insert("seed", json!(a.seed));
-    report.insert("dtx", json!(dtx));
     report.insert(
         "listener_mode",
         json!(if a.full_srtp { "srtp" } else { "raw-header" }),
@@ -829,12 +964,7 @@ async fn run(a: Args) -> i32 {
     report.insert("listeners", json!(listeners.len()));
     report.insert("listeners_requested", json!(a.listeners));
     report.insert("listeners_connected", json!(connected));
-    report.insert("listeners_per_url", json!(per_url));
-    report.insert(
-        "listeners_without_audio",
-        json!(listeners.len() - join_times.len()),
-    );
-    report.insert("join_ramp_seconds", json!(join_ramp.as_secs_f64()));
+    report.insert("listeners_without_audio", json!(without_audio));
     report.insert("seconds", json!(secs));
     report.insert("packets_per_second", json!(received as f64 / secs));
     report.insert(
@@ -888,9 +1018,14 @@ async fn run(a: Args) -> i32 {
         }
     }
     let mut by_process = BTreeMap::new();
+    let mut rss_by_process = BTreeMap::new();
     let mut total = Duration::ZERO;
     let mut all = !a.pids.is_empty();
-    for (((label, _), c0), c1) in a.pids.iter().zip(&cpu0).zip(&cpu1) {
+    for (i, (((label, _), c0), c1)) in a.pids.iter().zip(&cpu0).zip(&cpu1).enumerate() {
+        rss_by_process.insert(
+            label.clone(),
+            json!({"rss_kib": rss[i], "rss_kib_before_listeners": rss_base.get(i).copied().flatten()}),
+        );
         match (c0, c1) {
             (Some(c0), Some(c1)) => {
                 let used = c1.saturating_sub(*c0);
@@ -906,6 +1041,17 @@ async fn run(a: Args) -> i32 {
     }
     if !a.pids.is_empty() {
         report.insert("cpu_cores_by_process", json!(by_process));
+        report.insert("memory_by_process", json!(rss_by_process));
+        let sum = |v: &[Option<u64>]| -> Option<u64> { v.iter().copied().sum() };
+        if let (Some(r1), Some(r0)) = (sum(&rss), sum(rss_base)) {
+            report.insert("server_rss_kib", json!(r1));
+            if !listeners.is_empty() {
+                report.insert(
+                    "server_rss_kib_per_listener",
+                    json!(r1.saturating_sub(r0) as f64 / listeners.len() as f64),
+                );
+            }
+        }
     }
     if all {
         let cpu = total.as_secs_f64() / secs;
@@ -915,22 +1061,42 @@ async fn run(a: Args) -> i32 {
                 "server_cpu_per_listener_percent",
                 json!(cpu * 100.0 / listeners.len() as f64),
             );
+            if cpu > 0.0 {
+                report.insert(
+                    "listeners_per_server_core",
+                    json!(listeners.len() as f64 / cpu),
+                );
+            }
+        }
+        if received > 0 {
+            report.insert(
+                "server_cpu_us_per_received_packet",
+                json!(cpu * 1e6 / (received as f64 / secs)),
+            );
         }
     }
+    // How busy each CPU of the machine was (every process): on a shared
+    // machine a pinned server may be starved rather than saturated.
+    let busy: Vec<Value> = machine1
+        .iter()
+        .zip(&machine0)
+        .map(|((b1, t1), (b0, t0))| {
+            let total = t1.saturating_sub(*t0);
+            json!(if total > 0 {
+                b1.saturating_sub(*b0) as f64 / total as f64
+            } else {
+                0.0
+            })
+        })
+        .collect();
+    report.insert("machine_cpu_busy", json!(busy));
     if let (Some(s0), Some(s1)) = (self0, self1) {
         report.insert(
             "loadgen_cpu_cores",
             json!(s1.saturating_sub(s0).as_secs_f64() / secs),
         );
     }
-    prog.done.store(true, Ordering::Relaxed);
-    progress_task.abort();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
-    leave(speakers.into_iter().chain(listeners).collect()).await;
-    0
+    report
 }
 
 /// Leaves politely, but spends at most a few seconds on it (a server too
@@ -986,6 +1152,20 @@ mod tests {
             assert!(args(bad).is_err(), "{bad}");
         }
         assert!(args("--threads 1 --listeners 20000").is_ok());
+        let s =
+            args("--steps 100,200,400 --listeners 5 --stop-loss 0.001 --stop-cpu 0.95").unwrap();
+        assert_eq!((s.steps.clone(), s.listeners), (vec![100, 200, 400], 400));
+        assert_eq!((s.stop_loss, s.stop_cpu), (0.001, 0.95));
+        for bad in [
+            "--steps 200,100",
+            "--steps ,",
+            "--steps 1,x",
+            "--stop-loss 2",
+            "--stop-cpu 0",
+            "--steps 100,30000",
+        ] {
+            assert!(args(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,10 +14,21 @@ use sfu_server::{Config, Server};
 /// seconds; the load generator bounds itself, this bounds the test.
 const LIMIT: Duration = Duration::from_secs(120);
 
-async fn run_loadgen(args: Vec<String>) -> (Value, String) {
+async fn server() -> Server {
+    Server::start(Config {
+        http: "127.0.0.1:0".parse().unwrap(),
+        udp: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .await
+    .expect("server starts")
+}
+
+/// Runs the load generator to its end; its stdout and stderr.
+async fn run_loadgen(args: String) -> (String, String) {
     let run = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args(&args)
+            .args(args.split_whitespace())
             .output()
             .expect("loadgen runs")
     });
@@ -27,27 +38,21 @@ async fn run_loadgen(args: Vec<String>) -> (Value, String) {
         .expect("join");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "loadgen failed: {stderr}");
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("report is JSON ({e}): {stderr}"));
-    (report, stderr)
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_with_cheap_and_decoding_listeners() {
-    let server = Server::start(Config {
-        http: "127.0.0.1:0".parse().unwrap(),
-        udp: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    })
-    .await
-    .expect("server starts");
-    let url = format!("http://{}", server.http_addr());
+    let server = server().await;
     let args = format!(
-        "--url {url} --speakers 3 --listeners 12 --seconds 3 --pattern conversation \
+        "--url http://{} --speakers 3 --listeners 12 --seconds 3 --pattern conversation \
          --seed 7 --decode-every 6 --threads 1 --join-parallel 4 --pid {}",
+        server.http_addr(),
         std::process::id()
     );
-    let (r, stderr) = run_loadgen(args.split_whitespace().map(String::from).collect()).await;
+    let (stdout, stderr) = run_loadgen(args).await;
+    let r: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("report is JSON ({e}): {stderr}"));
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r:#}"));
     assert_eq!(r["pattern"], "conversation");
     assert_eq!(r["dtx"], true);
@@ -92,6 +97,36 @@ async fn conversation_with_cheap_and_decoding_listeners() {
         stderr.contains("packets/s") && stderr.contains("loss so far"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_report_one_line_each() {
+    let server = server().await;
+    let args = format!(
+        "--url http://{} --speakers 2 --steps 3,6 --seconds 1 --pid server={}",
+        server.http_addr(),
+        std::process::id()
+    );
+    let (stdout, stderr) = run_loadgen(args).await;
+    let steps: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(steps.len(), 2, "{stderr}");
+    for (i, (r, n)) in steps.iter().zip([3, 6]).enumerate() {
+        assert_eq!(r["step"], i);
+        assert_eq!(r["listeners"], n, "{r:#}");
+        assert_eq!(r["listeners_connected"], n, "{r:#}");
+        assert!(r["stopped_because"].is_null());
+        assert!(
+            r["memory_by_process"]["server"]["rss_kib"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert!(r["server_rss_kib_per_listener"].as_f64().is_some());
+        assert!(!r["machine_cpu_busy"].as_array().unwrap().is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
