@@ -1,5 +1,5 @@
 //! Cost of the engine per forwarded (packet, listener), SRTP included, for one
-//! speaker and 10, 100 and 1000 listeners, next to a baseline that only
+//! speaker and 10, 100, 1000 and 5000 listeners, next to a baseline that only
 //! copies and AES-256-GCM-seals the same packets (`BENCHMARKS.md`).
 //!
 //! `cargo bench -p benches --bench forward`
@@ -9,7 +9,7 @@ use std::time::Duration;
 use benches::{Baseline, ForwardRig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-const LISTENERS: [usize; 3] = [10, 100, 1000];
+const LISTENERS: [usize; 4] = [10, 100, 1000, 5000];
 
 fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward");

@@ -1,10 +1,15 @@
 //! Rigs for the criterion benchmarks in `benches/`: the engine forwarding one
 //! speaker's real SRTP packets to N listeners, and a baseline that does only
-//! the unavoidable work per (packet, listener): a copy and AES-256-GCM.
+//! the unavoidable work per (packet, listener): a copy and AES-256-GCM;
+//! speaker selection per packet ([`selection`]); datagram demultiplexing with
+//! 10,000 peers ([`demux`]).
 //!
-//! Both time only what they measure and report it with
+//! They time only what they measure and report it with
 //! [`criterion::Bencher::iter_custom`], so setup and the regeneration of
 //! packets stay out of the figures.
+
+pub mod demux;
+pub mod selection;
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -43,7 +48,9 @@ impl Timed {
         100.0 * self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
     }
 
-    fn measure<R>(&mut self, f: impl FnOnce() -> R) -> (R, Duration) {
+    /// Runs `f`, adding its wall time and the thread's CPU time meanwhile.
+    /// Returns what `f` returned and its wall time.
+    pub fn measure<R>(&mut self, f: impl FnOnce() -> R) -> (R, Duration) {
         let cpu0 = thread_cpu_ns();
         let start = Instant::now();
         let r = f();
@@ -53,6 +60,65 @@ impl Timed {
         }
         self.wall += wall;
         (r, wall)
+    }
+}
+
+/// What an empty timed window costs (two `Instant::now()` and a
+/// subtraction), the mean over a million: the overhead in a figure timed
+/// call by call.
+pub fn clock_overhead() -> Duration {
+    const N: u32 = 1_000_000;
+    let mut total = Duration::ZERO;
+    for _ in 0..N {
+        let start = Instant::now();
+        total += black_box(start).elapsed();
+    }
+    total / N
+}
+
+/// Two costs measured in alternation, so that both see the same load of a
+/// shared machine: see [`paired`].
+#[derive(Debug, Clone, Copy)]
+pub struct Paired {
+    /// Median of the per-round ratios `a / b`.
+    pub median: f64,
+    /// First quartile of the per-round ratios.
+    pub q1: f64,
+    /// Third quartile of the per-round ratios.
+    pub q3: f64,
+    /// The fastest round of `a` over the fastest round of `b`: the ratio
+    /// least disturbed by other processes.
+    pub fastest: f64,
+}
+
+/// `rounds` rounds of `a` then `b` (every other round `b` then `a`), each
+/// timed once (wall).
+pub fn paired(rounds: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> Paired {
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64().max(1e-12)
+    };
+    let times: Vec<(f64, f64)> = (0..rounds)
+        .map(|round| {
+            if round % 2 == 0 {
+                let ta = time(&mut a);
+                (ta, time(&mut b))
+            } else {
+                let tb = time(&mut b);
+                (time(&mut a), tb)
+            }
+        })
+        .collect();
+    let mut ratios: Vec<f64> = times.iter().map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    let fastest = |t: fn(&(f64, f64)) -> f64| times.iter().map(t).fold(f64::INFINITY, f64::min);
+    Paired {
+        median: at(0.5),
+        q1: at(0.25),
+        q3: at(0.75),
+        fastest: fastest(|t| t.0) / fastest(|t| t.1),
     }
 }
 

@@ -123,6 +123,10 @@ mod timer;
 #[cfg(feature = "harness")]
 pub mod harness;
 
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_api;
+
 #[cfg(test)]
 #[path = "../tests/support/epoch.rs"]
 mod epoch;
