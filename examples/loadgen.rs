@@ -19,12 +19,12 @@
 //! `--pattern continuous` (the default) talks all the time;
 //! `--pattern conversation` alternates talk spurts and pauses of
 //! exponentially distributed lengths, 1.0 s and 1.5 s on average, from a
-//! SplitMix64 seeded with `--seed` (and the speaker's index): the same seed
-//! gives every speaker the same frame-by-frame schedule. During pauses
-//! conversation speakers use Opus DTX as WebRTC does (libopus DTX; of the
-//! frames of at most 2 bytes only the first after a real frame is sent),
+//! SplitMix64 seeded with `--seed` and the speaker's index: a given seed
+//! gives each speaker the same frame-by-frame schedule on every run. During
+//! pauses conversation speakers use Opus DTX as WebRTC does (libopus DTX;
+//! of the frames of at most 2 bytes only the first after a real frame is sent),
 //! so after a 200 ms hangover a pause costs two small packets per 400 ms
-//! instead of fifty; silent packets carry RFC 6464 level 127 with the VAD
+//! instead of twenty; silent packets carry RFC 6464 level 127 with the VAD
 //! bit clear (`--no-dtx` sends every frame). Every packet carries the
 //! `abs-capture-time` header extension.
 //!
