@@ -170,7 +170,17 @@ impl ForwardRig {
     /// # Panics
     /// When the peers do not connect or the engine does not forward.
     pub fn new(listeners: usize) -> Self {
-        let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+        Self::with_config(listeners, EngineConfig::default())
+    }
+
+    /// [`ForwardRig::new`] with an engine configuration of one's own (e.g.
+    /// `direct_srtp: false`, str0m's send path, for comparison).
+    ///
+    /// # Panics
+    /// When the peers do not connect or the engine does not forward.
+    pub fn with_config(listeners: usize, config: EngineConfig) -> Self {
+        let direct = config.direct_srtp;
+        let mut sim = Sim::new(config, Instant::now());
         let speaker = sim.join("speaker", "bench", Role::Speaker, ClientSpec::speaker(0));
         for i in 0..listeners {
             let spec = ClientSpec {
@@ -182,6 +192,12 @@ impl ForwardRig {
         assert!(
             sim.run_until_connected(Duration::from_secs(30)),
             "not every client connected"
+        );
+        let stats = sim.engine.stats();
+        let on_direct_path = if direct { listeners as u64 + 1 } else { 0 };
+        assert_eq!(
+            stats.peers_direct, on_direct_path,
+            "peers on the engine's own send path"
         );
         sim.set_talking(speaker, true);
         sim.run_for(Duration::from_millis(500));
