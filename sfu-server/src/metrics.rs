@@ -111,6 +111,22 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
     let _ = writeln!(o, "sfu_bytes_total{{direction=\"out\"}} {}", st.bytes_out);
     metric(
         &mut o,
+        "sfu_udp_syscalls_total",
+        "counter",
+        "System calls that moved datagrams (recvmmsg, sendmmsg: a batch each), by direction.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_udp_syscalls_total{{direction=\"in\"}} {}",
+        s.recv_calls
+    );
+    let _ = writeln!(
+        o,
+        "sfu_udp_syscalls_total{{direction=\"out\"}} {}",
+        s.send_calls
+    );
+    metric(
+        &mut o,
         "sfu_rtp_received_total",
         "counter",
         "Audio packets received from members.",
@@ -145,7 +161,8 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         ("not_allowed", st.dropped_not_allowed),
         ("wrong_codec", st.dropped_wrong_codec),
         ("stale", st.dropped_stale),
-        ("send_buffer_full", s.send_errors),
+        ("send_buffer_full", s.send_drops.buffer_full),
+        ("send_failed", s.send_drops.failed),
     ] {
         let _ = writeln!(o, "sfu_dropped_total{{reason=\"{reason}\"}} {n}");
     }
@@ -209,7 +226,10 @@ pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
         total.members += s.members;
         total.joins_ok += s.joins_ok;
         total.joins_refused += s.joins_refused;
-        total.send_errors += s.send_errors;
+        total.send_drops.buffer_full += s.send_drops.buffer_full;
+        total.send_drops.failed += s.send_drops.failed;
+        total.send_calls += s.send_calls;
+        total.recv_calls += s.recv_calls;
         let (ha, hb) = (&mut total.forward_latency, &s.forward_latency);
         for (x, y) in ha.counts.iter_mut().zip(hb.counts.iter()) {
             *x += y;

@@ -6,6 +6,10 @@
 //! deadline `poll_output` returned, unless a datagram or a request comes
 //! first. There is no periodic tick.
 //!
+//! Datagrams move in batches (`udp`): one wake-up reads what the socket has
+//! queued with `recvmmsg`, and the copies the engine makes of them leave
+//! with `sendmmsg`, up to 32 per system call.
+//!
 //! One worker carries every channel today. The seam for more is
 //! [`Workers`](crate::server::Workers): a channel maps to one worker; a
 //! channel spanning workers would link them with relay messages.
@@ -26,8 +30,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Histogram;
 use crate::protocol::{Member, ServerMsg, Voice};
 
-/// Datagrams read per wake-up before the engine's outputs are flushed.
-const RECV_BATCH: usize = 64;
+mod udp;
+
+pub use udp::SendDrops;
+
+/// `recvmmsg` calls per wake-up at most (each up to [`udp::BATCH`]
+/// datagrams) before requests and timers get their turn.
+const RECV_CALLS_PER_WAKE: usize = 4;
 
 /// A join, as signaling hands it to the worker.
 #[derive(Debug)]
@@ -124,8 +133,12 @@ pub struct Snapshot {
     pub joins_ok: u64,
     /// Joins refused by the engine (bad offer…).
     pub joins_refused: u64,
-    /// Datagrams the socket would not take (buffer full).
-    pub send_errors: u64,
+    /// Datagrams the socket did not take, by reason.
+    pub send_drops: SendDrops,
+    /// System calls that sent datagrams (`sendmmsg`, up to a batch each).
+    pub send_calls: u64,
+    /// System calls that returned datagrams (`recvmmsg`).
+    pub recv_calls: u64,
     /// Time from a datagram's arrival to the last forwarded copy handed to
     /// the socket, for datagrams that were forwarded.
     pub forward_latency: Histogram,
@@ -187,6 +200,8 @@ impl Worker {
             relay_out,
             upstream,
             snapshot: Snapshot::default(),
+            outbox: udp::Outbox::default(),
+            forwarded_arrivals: Vec::new(),
         };
         tokio::spawn(task.run());
         Ok(Worker { tx, udp_addr })
@@ -334,6 +349,10 @@ struct Task {
     relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
     upstream: Option<LinkId>,
     snapshot: Snapshot,
+    /// Transmits of the engine waiting for the next `sendmmsg`.
+    outbox: udp::Outbox,
+    /// Arrival times of the datagrams forwarded since the last flush.
+    forwarded_arrivals: Vec<Instant>,
 }
 
 impl Task {
@@ -342,74 +361,100 @@ impl Task {
             Ok(a) => a,
             Err(_) => return,
         };
-        let mut buf = vec![0u8; 2048];
-        let mut deadline = self.flush(None);
+        let mut inbox = udp::Inbox::new();
+        let mut deadline = self.flush();
+        // One timer, moved only when the engine's deadline moves.
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let mut armed = Some(deadline);
         loop {
-            let sleep = tokio::time::sleep_until(deadline.into());
             tokio::select! {
                 biased;
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
                     self.request(req);
-                    deadline = self.flush(None);
+                    deadline = self.flush();
                 }
-                r = self.socket.recv_from(&mut buf) => {
-                    let arrived = Instant::now();
-                    if let Ok((n, source)) = r {
-                        self.receive(arrived, source, local, &buf[..n]);
-                        // Drain what else is queued before flushing, so one
-                        // wake-up serves a burst.
-                        for _ in 1..RECV_BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => {
-                                    let now = Instant::now();
-                                    self.receive(now, source, local, &buf[..n]);
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                ready = self.socket.readable() => {
+                    if ready.is_err() {
+                        // The runtime's I/O driver is gone.
+                        return;
                     }
-                    deadline = self.flush(Some(arrived));
+                    self.receive(&mut inbox, local);
+                    deadline = self.flush();
                 }
-                _ = sleep => {
+                () = &mut sleep => {
+                    armed = None;
                     let _ = self.engine.handle_input(Input::Timeout(Instant::now()));
-                    deadline = self.flush(None);
+                    deadline = self.flush();
                 }
+            }
+            if armed != Some(deadline) {
+                sleep.as_mut().reset(deadline.into());
+                armed = Some(deadline);
             }
         }
     }
 
-    fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        let _ = self.engine.handle_input(Input::Receive {
-            now,
-            source,
-            destination,
-            datagram: data,
-        });
-        // Send as we go: the engine's queue stays short and the first
-        // listeners get their copy without waiting for the whole burst.
-        self.drain_outputs();
+    /// Reads what the socket has queued (a few batches at most) and hands it
+    /// to the engine.
+    fn receive(&mut self, inbox: &mut udp::Inbox, local: SocketAddr) {
+        for _ in 0..RECV_CALLS_PER_WAKE {
+            // `Ok(None)`: drained (readiness cleared); an error (an ICMP
+            // report surfacing, say) ends this wake-up too.
+            let Ok(Some(n)) = inbox.recv(&self.socket) else {
+                break;
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                let Some((source, datagram)) = inbox.datagram(i) else {
+                    continue;
+                };
+                let forwarded = self.engine.stats().rtp_forwarded;
+                let _ = self.engine.handle_input(Input::Receive {
+                    now,
+                    source,
+                    destination: local,
+                    datagram,
+                });
+                // Queue the copies as we go: the engine's queue stays short
+                // and full batches leave before the next datagram is read.
+                self.drain_outputs();
+                if self.engine.stats().rtp_forwarded > forwarded {
+                    self.forwarded_arrivals.push(now);
+                }
+            }
+        }
+        self.snapshot.recv_calls = inbox.calls;
     }
 
     /// Sends what the engine queued, handles its events; returns when to
-    /// wake it next. `arrived` is when the datagrams being answered came in.
-    fn flush(&mut self, arrived: Option<Instant>) -> Instant {
-        let forwarded_before = self.snapshot.stats.rtp_forwarded;
+    /// wake it next. Each datagram forwarded since the last flush counts in
+    /// the latency histogram: from its arrival to now, when its last copy
+    /// has been handed to the socket.
+    fn flush(&mut self) -> Instant {
         let deadline = self.drain_outputs();
-        self.snapshot.stats = self.engine.stats().clone();
-        if let Some(at) = arrived {
-            if self.snapshot.stats.rtp_forwarded > forwarded_before {
-                self.snapshot.forward_latency.observe(at.elapsed());
+        self.outbox.flush(&self.socket);
+        if !self.forwarded_arrivals.is_empty() {
+            let sent = Instant::now();
+            for at in self.forwarded_arrivals.drain(..) {
+                self.snapshot
+                    .forward_latency
+                    .observe(sent.saturating_duration_since(at));
             }
         }
+        self.snapshot.send_drops = self.outbox.drops;
+        self.snapshot.send_calls = self.outbox.calls;
+        self.snapshot.stats = self.engine.stats().clone();
         deadline
     }
 
-    /// Drains the engine until its next timeout.
+    /// Drains the engine until its next timeout. Datagrams go to the outbox
+    /// (sent whenever a batch is full; the caller flushes the rest).
     fn drain_outputs(&mut self) -> Instant {
         loop {
             match self.engine.poll_output() {
-                Output::Transmit(t) => self.send(&t.contents, t.destination),
+                Output::Transmit(t) => self.outbox.push(&self.socket, t.destination, t.contents),
                 Output::Relay { link, msg } => {
                     if let Some(tx) = &self.relay_out {
                         let _ = tx.send((link, msg));
@@ -418,14 +463,6 @@ impl Task {
                 Output::Event(e) => self.event(e),
                 Output::Timeout(t) => return t,
             }
-        }
-    }
-
-    fn send(&mut self, data: &[u8], to: SocketAddr) {
-        // Real-time audio: a datagram the socket cannot take now is dropped,
-        // not queued behind newer ones.
-        if self.socket.try_send_to(data, to).is_err() {
-            self.snapshot.send_errors += 1;
         }
     }
 

@@ -1,0 +1,298 @@
+//! The worker's datagram I/O, batched: the engine's transmits are queued in
+//! an [`Outbox`] and leave `BATCH` at a time in one `sendmmsg` call; incoming
+//! datagrams are read up to `BATCH` at a time with one `recvmmsg` call
+//! ([`Inbox`]). Elsewhere than Linux the same types fall back to one system
+//! call per datagram.
+//!
+//! Real-time audio is never queued behind newer audio: a datagram the socket
+//! cannot take now is dropped and counted, by reason ([`SendDrops`]).
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagrams per `sendmmsg` / `recvmmsg` call.
+pub(super) const BATCH: usize = 32;
+
+/// Largest datagram read; a longer one is cut to this (as `recv_from` into a
+/// buffer of this size would), and the engine then refuses it.
+pub(super) const DATAGRAM_MAX: usize = 2048;
+
+/// Datagrams the socket did not take, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendDrops {
+    /// The socket's send buffer was full (`EAGAIN`/`EWOULDBLOCK`).
+    pub buffer_full: u64,
+    /// Any other error of the send call (`ENOBUFS`, unreachable network,
+    /// refused by a firewall rule, …).
+    pub failed: u64,
+}
+
+/// Transmits waiting for the next `sendmmsg`.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    queue: Vec<(SocketAddr, Vec<u8>)>,
+    /// System calls made to send.
+    pub(super) calls: u64,
+    /// What was dropped.
+    pub(super) drops: SendDrops,
+}
+
+impl Outbox {
+    /// Queues one datagram; sends the batch once it is full.
+    pub(super) fn push(&mut self, socket: &UdpSocket, to: SocketAddr, datagram: Vec<u8>) {
+        if self.queue.capacity() == 0 {
+            self.queue.reserve_exact(BATCH);
+        }
+        self.queue.push((to, datagram));
+        if self.queue.len() >= BATCH {
+            self.flush(socket);
+        }
+    }
+
+    /// Sends everything queued (or drops and counts what the socket refuses).
+    pub(super) fn flush(&mut self, socket: &UdpSocket) {
+        let mut start = 0;
+        while start < self.queue.len() {
+            self.calls += 1;
+            match send_batch(socket, &self.queue[start..]) {
+                // The kernel took a prefix; the rest goes in the next call
+                // (which reports the error that stopped this one, if any).
+                Ok(n) if n > 0 => start += n,
+                Ok(_) => {
+                    // Nothing taken and no error: never seen; do not spin.
+                    self.drops.failed += (self.queue.len() - start) as u64;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The send buffer is full: so it is for the rest too.
+                    self.drops.buffer_full += (self.queue.len() - start) as u64;
+                    break;
+                }
+                Err(e) => {
+                    // The first datagram of the slice failed for a reason of
+                    // its own (its destination): skip it, send the others.
+                    tracing::debug!(to = %self.queue[start].0, error = %e, "datagram not sent");
+                    self.drops.failed += 1;
+                    start += 1;
+                }
+            }
+        }
+        // Keeps the capacity: no allocation per batch.
+        self.queue.clear();
+    }
+}
+
+/// Sends a prefix of `batch`; returns how many datagrams the kernel took.
+/// An error means the first one was not sent.
+#[cfg(target_os = "linux")]
+fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
+    let batch = &batch[..batch.len().min(BATCH)];
+    let iovs: [[IoSlice<'_>; 1]; BATCH] =
+        std::array::from_fn(|i| [IoSlice::new(batch.get(i).map_or(&[][..], |d| &d.1))]);
+    let addrs: [Option<SockaddrStorage>; BATCH] =
+        std::array::from_fn(|i| batch.get(i).map(|d| SockaddrStorage::from(d.0)));
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
+    // Not through tokio's readiness: nothing ever waits for this socket to
+    // become writable (a full buffer drops), so the kernel is always asked.
+    let sent = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        &iovs[..batch.len()],
+        &addrs[..batch.len()],
+        [],
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    Ok(sent.count())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
+    let Some((to, datagram)) = batch.first() else {
+        return Ok(0);
+    };
+    socket.try_send_to(datagram, *to)?;
+    Ok(1)
+}
+
+/// Receive buffers for one `recvmmsg` call, reused.
+pub(super) struct Inbox {
+    buf: Vec<u8>,
+    /// `(buffer index, length, source)` of each datagram of the last batch.
+    got: Vec<(usize, usize, SocketAddr)>,
+    /// System calls that returned datagrams.
+    pub(super) calls: u64,
+}
+
+impl Inbox {
+    pub(super) fn new() -> Inbox {
+        Inbox {
+            buf: vec![0; BATCH * DATAGRAM_MAX],
+            got: Vec::with_capacity(BATCH),
+            calls: 0,
+        }
+    }
+
+    /// Reads what the socket has queued, up to `BATCH` datagrams, without
+    /// waiting. `Ok(None)`: nothing was queued (tokio's readiness is
+    /// cleared, so the next `readable().await` waits for new data).
+    pub(super) fn recv(&mut self, socket: &UdpSocket) -> io::Result<Option<usize>> {
+        self.got.clear();
+        let Inbox { buf, got, .. } = self;
+        match socket.try_io(Interest::READABLE, || recv_batch(socket, buf, got)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        self.calls += 1;
+        Ok(Some(self.got.len()))
+    }
+
+    /// The `i`th datagram of the last batch and its source.
+    pub(super) fn datagram(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        let (chunk, len, source) = *self.got.get(i)?;
+        let at = chunk * DATAGRAM_MAX;
+        Some((source, self.buf.get(at..at + len.min(DATAGRAM_MAX))?))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn recv_batch(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    got: &mut Vec<(usize, usize, SocketAddr)>,
+) -> io::Result<()> {
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
+    let mut chunks = buf.chunks_exact_mut(DATAGRAM_MAX);
+    let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+        std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let msgs = recvmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        iovs.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    for (chunk, m) in msgs.enumerate() {
+        let source = m.address.and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|a| SocketAddr::from(*a))
+                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::from(*a)))
+        });
+        // A datagram without an IP source cannot be answered: skip it.
+        if let Some(source) = source {
+            got.push((chunk, m.bytes, source));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv_batch(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    got: &mut Vec<(usize, usize, SocketAddr)>,
+) -> io::Result<()> {
+    let (n, source) = socket.try_recv_from(&mut buf[..DATAGRAM_MAX])?;
+    got.push((0, n, source));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reads until `want` datagrams came (or a bound passed).
+    async fn read_all(socket: &UdpSocket, inbox: &mut Inbox, want: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < want {
+            let ready = tokio::time::timeout_at(deadline, socket.readable()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                break;
+            }
+            while let Ok(Some(n)) = inbox.recv(socket) {
+                for i in 0..n {
+                    if let Some((_, d)) = inbox.datagram(i) {
+                        got.push(d.to_vec());
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn batches_arrive_whole_and_in_order() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut outbox = Outbox::default();
+        // Two full batches leave on their own, the rest on flush.
+        let n = 2 * BATCH + 5;
+        for i in 0..n {
+            outbox.push(&tx, to, vec![i as u8; 1 + i]);
+        }
+        assert_eq!(outbox.calls, 2);
+        outbox.flush(&tx);
+        assert_eq!(outbox.calls, 3);
+        assert_eq!(outbox.drops, SendDrops::default());
+
+        let mut inbox = Inbox::new();
+        let got = read_all(&rx, &mut inbox, n).await;
+        assert_eq!(got.len(), n);
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d, &vec![i as u8; 1 + i]);
+        }
+        // Fewer calls than datagrams: they came in batches.
+        assert!(inbox.calls < n as u64, "{} calls", inbox.calls);
+    }
+
+    #[tokio::test]
+    async fn a_refused_destination_is_counted_and_the_rest_still_go() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        // An IPv6 destination from an IPv4 socket: the kernel refuses it.
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let mut outbox = Outbox::default();
+        outbox.push(&tx, to, b"first".to_vec());
+        outbox.push(&tx, v6, b"refused".to_vec());
+        outbox.push(&tx, to, b"last".to_vec());
+        outbox.flush(&tx);
+        assert_eq!(outbox.drops.failed, 1);
+        assert_eq!(outbox.drops.buffer_full, 0);
+
+        let mut inbox = Inbox::new();
+        let got = read_all(&rx, &mut inbox, 2).await;
+        assert_eq!(got, vec![b"first".to_vec(), b"last".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_socket_reads_nothing() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut inbox = Inbox::new();
+        assert!(matches!(inbox.recv(&rx), Ok(None)));
+        assert!(inbox.datagram(0).is_none());
+        let mut outbox = Outbox::default();
+        outbox.flush(&rx);
+        assert_eq!(outbox.calls, 0);
+    }
+}
