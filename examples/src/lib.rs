@@ -106,6 +106,8 @@ pub fn serve(config: Config) -> io::Result<Handle> {
         EngineConfig {
             host_candidates: vec![udp],
             seed: config.seed,
+            // For the NTP times of RTCP sender reports.
+            wallclock_at_start: Some(std::time::SystemTime::now()),
             ..Default::default()
         },
         Instant::now(),

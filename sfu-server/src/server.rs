@@ -167,6 +167,9 @@ impl Server {
         let engine_config = EngineConfig {
             slots_per_listener: config.slots,
             seed: unix_now() ^ u64::from(std::process::id()) << 32,
+            // The engine starts a moment later (in `Worker::spawn`): its
+            // sender reports' NTP times are off by that much, consistently.
+            wallclock_at_start: Some(std::time::SystemTime::now()),
             ..Default::default()
         };
         let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
