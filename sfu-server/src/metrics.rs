@@ -84,6 +84,29 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "Peers that failed, timed out or vanished.",
     );
     let _ = writeln!(o, "sfu_peers_failed_total {}", st.peers_failed);
+    metric(
+        &mut o,
+        "sfu_peers_send_path_total",
+        "counter",
+        "Connected peers by how their audio is sent: the engine's own SRTP (direct) or str0m's send path (a fallback).",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_peers_send_path_total{{path=\"direct\"}} {}",
+        st.peers_direct
+    );
+    let _ = writeln!(
+        o,
+        "sfu_peers_send_path_total{{path=\"str0m\"}} {}",
+        st.peers_str0m_send
+    );
+    metric(
+        &mut o,
+        "sfu_sender_reports_total",
+        "counter",
+        "RTCP sender reports the engine sent on listeners' slots.",
+    );
+    let _ = writeln!(o, "sfu_sender_reports_total {}", st.sender_reports);
 
     metric(
         &mut o,
@@ -161,6 +184,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         ("not_allowed", st.dropped_not_allowed),
         ("wrong_codec", st.dropped_wrong_codec),
         ("stale", st.dropped_stale),
+        ("seal_failed", st.dropped_seal),
         ("send_buffer_full", s.send_drops.buffer_full),
         ("send_failed", s.send_drops.failed),
     ] {
@@ -220,6 +244,10 @@ pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
         a.peers_joined += b.peers_joined;
         a.peers_connected += b.peers_connected;
         a.peers_failed += b.peers_failed;
+        a.peers_direct += b.peers_direct;
+        a.peers_str0m_send += b.peers_str0m_send;
+        a.sender_reports += b.sender_reports;
+        a.dropped_seal += b.dropped_seal;
         total.channels += s.channels;
         total.speakers += s.speakers;
         total.listeners += s.listeners;

@@ -83,8 +83,12 @@ pub enum ServerMsg {
         slots: usize,
         /// SDP answer.
         answer: String,
-        /// Everyone in the channel on this node, this member included.
+        /// The listed members of the channel on this node, this member
+        /// included: every speaker, and listeners while the channel has at
+        /// most `LISTED_LISTENERS_UP_TO` members (docs/PROTOCOL.md).
         members: Vec<Member>,
+        /// All members of the channel on this node, listed or not.
+        member_count: usize,
         /// Voices of members on other nodes of the cluster.
         voices: Vec<Voice>,
         /// Who speaks now (peer ids of this node), loudest first.
@@ -105,6 +109,12 @@ pub enum ServerMsg {
         peer: u64,
         /// `left`, `disconnected`, `timeout` or `failed`.
         reason: String,
+    },
+    /// How many members the channel has on this node (sent at most once a
+    /// second per channel, when it changed).
+    MemberCount {
+        /// Members, listed or not.
+        count: usize,
     },
     /// A member's role or mute changed.
     MemberUpdated {

@@ -66,8 +66,10 @@ pub struct Joined {
     pub slots: usize,
     /// SDP answer.
     pub answer: String,
-    /// The channel's members, the new one included.
+    /// The channel's listed members, the new one included.
     pub members: Vec<Member>,
+    /// All members of the channel on this node.
+    pub member_count: usize,
     /// Named voices of other nodes.
     pub voices: Vec<Voice>,
     /// Speaking now (peers of this node).
@@ -194,6 +196,7 @@ impl Worker {
             members: HashMap::new(),
             channels: HashMap::new(),
             views: HashMap::new(),
+            counts: HashMap::new(),
             pending: HashMap::new(),
             next_peer: 1,
             draining: false,
@@ -291,8 +294,29 @@ impl Worker {
     }
 }
 
+/// Listeners are announced to the others (`member_joined`/`member_left`,
+/// and in a joiner's member list) only while their channel has at most this
+/// many members on the node; speakers always are. Announcing every listener
+/// of a 10,000-member hall to every other would be 10^8 messages, and a
+/// member list nobody can read. `member_count` tells everyone how many there
+/// are.
+pub const LISTED_LISTENERS_UP_TO: usize = 100;
+
+/// Least time between two `member_count` messages of a channel.
+const MEMBER_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `member_count` state of a channel.
+#[derive(Default)]
+struct CountState {
+    last_sent: Option<Instant>,
+    dirty: bool,
+}
+
 struct MemberState {
     channel: String,
+    /// The others were told about this member (`member_joined`), so they
+    /// are told when it leaves.
+    listed: bool,
     identity: String,
     role: Role,
     muted: bool,
@@ -343,6 +367,8 @@ struct Task {
     channels: HashMap<String, BTreeMap<PeerId, ()>>,
     /// What a member joining now needs to know of each channel.
     views: HashMap<String, ChannelView>,
+    /// `member_count` throttling per channel.
+    counts: HashMap<String, CountState>,
     pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
     next_peer: u64,
     draining: bool,
@@ -433,7 +459,9 @@ impl Task {
     /// the latency histogram: from its arrival to now, when its last copy
     /// has been handed to the socket.
     fn flush(&mut self) -> Instant {
-        let deadline = self.drain_outputs();
+        let deadline = self
+            .drain_outputs()
+            .min(self.send_member_counts(Instant::now()));
         self.outbox.flush(&self.socket);
         if !self.forwarded_arrivals.is_empty() {
             let sent = Instant::now();
@@ -565,6 +593,7 @@ impl Task {
             peer,
             MemberState {
                 channel: j.channel.clone(),
+                listed: false,
                 identity: j.identity,
                 role: j.role,
                 muted: false,
@@ -627,7 +656,17 @@ impl Task {
             Moderation::SetRole(role) => m.role = role,
         }
         let view = m.view(target);
-        self.broadcast(&channel, None, ServerMsg::MemberUpdated { member: view });
+        // An unlisted listener made a speaker is announced now.
+        let msg = if m.listed {
+            ServerMsg::MemberUpdated { member: view }
+        } else if m.role == Role::Speaker {
+            m.listed = true;
+            ServerMsg::MemberJoined { member: view }
+        } else {
+            m.send(ServerMsg::MemberUpdated { member: view });
+            return Ok(());
+        };
+        self.broadcast(&channel, None, msg);
         Ok(())
     }
 
@@ -645,16 +684,56 @@ impl Task {
         }
     }
 
-    fn members_of(&self, channel: &str) -> Vec<Member> {
+    /// The listed members of `channel` and `also` (the joiner).
+    fn members_of(&self, channel: &str, also: PeerId) -> Vec<Member> {
         self.channels
             .get(channel)
             .map(|peers| {
                 peers
                     .keys()
-                    .filter_map(|p| self.members.get(p).map(|m| m.view(*p)))
+                    .filter_map(|p| {
+                        let m = self.members.get(p)?;
+                        (m.listed || *p == also).then(|| m.view(*p))
+                    })
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    fn channel_len(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |p| p.len())
+    }
+
+    /// Marks `channel`'s member count as changed.
+    fn count_changed(&mut self, channel: &str) {
+        self.counts.entry(channel.to_string()).or_default().dirty = true;
+    }
+
+    /// Sends the member counts that changed and whose interval passed;
+    /// returns when the next one is due (far away when none is).
+    fn send_member_counts(&mut self, now: Instant) -> Instant {
+        let mut next = now + std::time::Duration::from_secs(3600);
+        let mut due = Vec::new();
+        self.counts.retain(|channel, c| {
+            if !c.dirty {
+                // Forget channels that went quiet for a while.
+                return c.last_sent.is_some_and(|t| now < t + MEMBER_COUNT_INTERVAL);
+            }
+            match c.last_sent.map(|t| t + MEMBER_COUNT_INTERVAL) {
+                Some(at) if at > now => next = next.min(at),
+                _ => {
+                    c.dirty = false;
+                    c.last_sent = Some(now);
+                    due.push(channel.clone());
+                }
+            }
+            true
+        });
+        for channel in due {
+            let count = self.channel_len(&channel);
+            self.broadcast(&channel, None, ServerMsg::MemberCount { count });
+        }
+        next
     }
 
     fn peer_of(&self, source: SourceId) -> Option<u64> {
@@ -674,8 +753,14 @@ impl Task {
                 };
                 m.source = Some(source);
                 let channel = m.channel.clone();
+                let role = m.role;
                 let view = m.view(peer);
-                let members = self.members_of(&channel);
+                let member_count = self.channel_len(&channel);
+                let listed = role == Role::Speaker || member_count <= LISTED_LISTENERS_UP_TO;
+                if let Some(m) = self.members.get_mut(&peer) {
+                    m.listed = listed;
+                }
+                let members = self.members_of(&channel, peer);
                 let cv = self.views.entry(channel.clone()).or_default();
                 let (active, dominant) = (cv.active.clone(), cv.dominant);
                 let voices = cv
@@ -693,17 +778,21 @@ impl Task {
                         slots,
                         answer: sdp,
                         members,
+                        member_count,
                         voices,
                         active_speakers: active.iter().filter_map(|s| self.peer_of(*s)).collect(),
                         dominant_speaker: dominant.and_then(|s| self.peer_of(s)),
                         dominant_source: dominant.map(|s| s.0),
                     }));
                 }
-                self.broadcast(
-                    &channel,
-                    Some(peer),
-                    ServerMsg::MemberJoined { member: view },
-                );
+                if listed {
+                    self.broadcast(
+                        &channel,
+                        Some(peer),
+                        ServerMsg::MemberJoined { member: view },
+                    );
+                }
+                self.count_changed(&channel);
             }
             Event::PeerConnected { peer } => {
                 tracing::debug!(%peer, "media connected");
@@ -732,9 +821,15 @@ impl Task {
                     if peers.is_empty() {
                         self.channels.remove(&m.channel);
                         self.views.remove(&m.channel);
+                        self.counts.remove(&m.channel);
                     }
                 }
-                self.broadcast(&m.channel, None, msg);
+                if m.listed {
+                    self.broadcast(&m.channel, None, msg);
+                }
+                if self.channels.contains_key(&m.channel) {
+                    self.count_changed(&m.channel);
+                }
             }
             Event::SlotChanged {
                 peer,

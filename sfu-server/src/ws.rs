@@ -24,7 +24,11 @@ pub async fn upgrade(
 ) -> Response {
     // Frames up to 1 MiB are read so that an oversized one gets an error
     // message (and the socket stays usable) rather than a dropped connection.
+    // The read buffer grows to the largest frame when one comes; tungstenite's
+    // default starts it at 128 KiB, which was half of a listener's memory.
     ws.max_message_size(1024 * 1024)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
         .on_upgrade(move |socket| Session::new(state, remote).run(socket))
 }
 
@@ -231,6 +235,7 @@ impl Session {
                     slots: j.slots,
                     answer: j.answer,
                     members: j.members,
+                    member_count: j.member_count,
                     voices: j.voices,
                     active_speakers: j.active_speakers,
                     dominant_speaker: j.dominant_speaker,

@@ -211,3 +211,75 @@ async fn whip_publisher_is_heard_by_whep_player() {
         "{allow}"
     );
 }
+
+/// A hall larger than `LISTED_LISTENERS_UP_TO` (100): listeners past it are
+/// not announced one by one (no `member_joined`/`member_left`, not in a
+/// joiner's list) but counted (`member_count`); speakers always are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_channel_lists_speakers_and_counts_listeners() {
+    let server = server(config()).await;
+    let listener = || ClientSpec {
+        decode: false,
+        ..ClientSpec::listener()
+    };
+    let as_listener = json!({"role": "listener"});
+    let (mut host, _host_peer, _) =
+        ws_member(&server, "hall", "host", ClientSpec::speaker(0), json!({})).await;
+    // Members 2..=105: listeners l0..l103; l99 (the 101st member) onwards
+    // are not listed.
+    let mut members = Vec::new();
+    for i in 0..104 {
+        let (ws, peer, joined) = ws_member(
+            &server,
+            "hall",
+            &format!("l{i}"),
+            listener(),
+            as_listener.clone(),
+        )
+        .await;
+        members.push((ws, peer, joined));
+    }
+    let last = &members[103].2;
+    assert_eq!(last["member_count"], 105);
+    let listed = last["members"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        101,
+        "100 listed members and the joiner itself"
+    );
+    assert!(listed.iter().any(|m| m["identity"] == "l103"));
+    assert!(!listed.iter().any(|m| m["identity"] == "l99"));
+
+    // The host hears of l0..l98 one by one, and of the count.
+    let mut joined_seen = Vec::new();
+    loop {
+        let m = host.recv().await;
+        match m["type"].as_str() {
+            Some("member_joined") => joined_seen.push(m["member"]["identity"].clone()),
+            Some("member_count") if m["count"] == 105 => break,
+            _ => {}
+        }
+    }
+    let expected: Vec<_> = (0..99).map(|i| json!(format!("l{i}"))).collect();
+    assert_eq!(joined_seen, expected);
+
+    // A speaker is always announced.
+    let (_late, _late_peer, _) =
+        ws_member(&server, "hall", "late", ClientSpec::speaker(1), json!({})).await;
+    let m = host.recv_type("member_joined").await;
+    assert_eq!(m["member"]["identity"], "late");
+
+    // An unlisted listener leaves: only the count changes...
+    members[100].0.send(json!({"type": "leave"})).await;
+    loop {
+        let m = host.recv().await;
+        assert_ne!(m["type"], "member_left", "{m}");
+        if m["type"] == "member_count" && m["count"] == 105 {
+            break;
+        }
+    }
+    // ...a listed one leaves: announced.
+    members[5].0.send(json!({"type": "leave"})).await;
+    let m = host.recv_type("member_left").await;
+    assert_eq!(m["peer"], members[5].2["peer"]);
+}

@@ -7,7 +7,9 @@
 //
 // Events (CustomEvent, payload in `detail`):
 //   joined   {peer, source, slots, members}   the join succeeded
-//   members  [member, ...]                     the member list changed
+//   members  [member, ...]                     the member list changed (large
+//                                              channels list speakers only)
+//   member_count  n                            members in the channel, listed or not
 //   speakers [peer, ...]                       active speakers, loudest first
 //   dominant peer | null                       the dominant speaker changed
 //   slot     {slot, mid, peer, source}         whose voice plays in a slot
@@ -176,8 +178,15 @@ export class VoiceClient extends EventTarget {
       case "joined":
         this.peer = m.peer;
         this.members = new Map(m.members.map((x) => [x.peer, x]));
+        this.memberCount = m.member_count ?? m.members.length;
         this.#emit("joined", { peer: m.peer, source: m.source, slots: m.slots, members: m.members });
+        this.#emit("member_count", this.memberCount);
         this.#emitMembers();
+        break;
+      case "member_count":
+        // Large channels list speakers only; this is everyone.
+        this.memberCount = m.count;
+        this.#emit("member_count", m.count);
         break;
       case "member_joined":
       case "member_updated":

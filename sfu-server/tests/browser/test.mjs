@@ -257,6 +257,18 @@ try {
     );
   });
 
+  await check("send path: the server sealed every page's audio itself (direct SRTP, no str0m fallback)", async () => {
+    const text = await (await fetch(BASE + "/metrics")).text();
+    const value = (path) => {
+      const m = text.match(new RegExp(`^sfu_peers_send_path_total\\{path="${path}"\\} (\\d+)$`, "m"));
+      if (!m) throw new Error(`no sfu_peers_send_path_total{path="${path}"} in /metrics`);
+      return Number(m[1]);
+    };
+    const [direct, str0m] = [value("direct"), value("str0m")];
+    log(`send path: direct ${direct}, str0m ${str0m}`);
+    if (direct < PAGES || str0m !== 0) throw new Error(`direct ${direct}, str0m ${str0m}; want ${PAGES} and 0`);
+  });
+
   await check("speakers: the fake mics' beeps highlight speaking members", async () => {
     await Promise.all(
       pages.map((p) =>
