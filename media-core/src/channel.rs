@@ -97,7 +97,7 @@ impl Channel {
 
     /// After a change of selection: re-map every member's slots and rebuild
     /// the fan-out table. Work proportional to members, done only on changes.
-    pub(crate) fn reassign_all(&mut self, peers: &mut Slab<Peer>, events: &mut Vec<Event>) {
+    pub(crate) fn reassign_all(&mut self, peers: &mut Slab<Box<Peer>>, events: &mut Vec<Event>) {
         self.fanout.clear();
         for &key in &self.members {
             let Some(peer) = peers.get_mut(key) else {
@@ -177,7 +177,7 @@ impl Channel {
     pub(crate) fn release_source(
         &mut self,
         source: SourceId,
-        peers: &mut Slab<Peer>,
+        peers: &mut Slab<Box<Peer>>,
         events: &mut Vec<Event>,
     ) {
         self.fanout.remove(&source);

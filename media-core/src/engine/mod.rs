@@ -176,7 +176,9 @@ pub struct Engine {
     config: EngineConfig,
     rng: Rng,
     dtls_cert: DtlsCert,
-    peers: Slab<Peer>,
+    // Boxed: a `Peer` holds its str0m `Rtc` inline (kilobytes); the slab
+    // stays a dense table of pointers that grows without moving peers.
+    peers: Slab<Box<Peer>>,
     peer_keys: HashMap<PeerId, PeerKey>,
     sources: HashMap<SourceId, PeerKey>,
     channels: Slab<Channel>,
@@ -515,7 +517,7 @@ impl Engine {
         let slots = peer.slots.len();
         let key = self.peers.insert_with(|_, gen| {
             peer.gen = gen;
-            peer
+            Box::new(peer)
         });
         self.peer_keys.insert(id, key);
         self.sources.insert(source, key);
