@@ -62,7 +62,7 @@ command -v python3 >/dev/null || { echo "bench-node: python3 is missing" >&2; ex
 command -v curl >/dev/null || { echo "bench-node: curl is missing" >&2; exit 2; }
 if [ "${NO_BUILD:-0}" != 1 ]; then
   scripts/setup.sh
-  cargo build --release -p sfu-server -p examples --bin loadgen >&2
+  cargo build --release -p sfu-server -p examples --bin sfu-server --bin loadgen >&2
 fi
 # A WebSocket (both sides) and a UDP socket (load generator) per member.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
