@@ -1171,7 +1171,7 @@ mod tests {
 
     #[test]
     fn conversation_speaker_with_dtx_stamps_capture_time() {
-        let start = Instant::now();
+        let start = crate::test_epoch();
         let spec = ClientSpec {
             talk: TalkPattern::conversation(3),
             dtx: true,
@@ -1244,7 +1244,7 @@ mod tests {
     }
 
     fn listener_hears(raw_media: bool) -> Client {
-        let start = Instant::now();
+        let start = crate::test_epoch();
         let spec = ClientSpec {
             capture_clock: Some((start, wall())),
             raw_media,
