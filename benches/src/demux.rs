@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use aws_lc_rs::hmac;
-use media_core::bench_api::{Demux, DemuxRoute};
+use media_core::bench_api::{hmac_sha1, Demux, DemuxRoute};
 use str0m::ice::{StunMessage, TransId};
 
 /// Peers registered in the rig.
@@ -46,17 +46,6 @@ impl XorShift {
             .map(|_| ICE_ALPHABET[(self.next() % ICE_ALPHABET.len() as u64) as usize] as char)
             .collect()
     }
-}
-
-fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
-    let mut ctx = hmac::Context::with_key(&key);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 20];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
 }
 
 /// Offset of the MESSAGE-INTEGRITY attribute (type 0x0008) in a STUN message.

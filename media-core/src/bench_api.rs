@@ -134,3 +134,9 @@ impl Demux {
         }
     }
 }
+
+/// The engine's HMAC-SHA1 (STUN MESSAGE-INTEGRITY), for building requests
+/// and for the baseline of the STUN demux bench.
+pub fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
+    demux::hmac_sha1(key, parts)
+}

@@ -19,7 +19,8 @@ fn is_stun(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| *b < 4)
 }
 
-fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
+/// HMAC-SHA1 over `parts` (STUN MESSAGE-INTEGRITY, RFC 5389 §15.4).
+pub(crate) fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
     use aws_lc_rs::hmac;
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
     let mut ctx = hmac::Context::with_key(&key);

@@ -79,8 +79,6 @@ impl SlotExts {
 struct SlotReport {
     packets: u32,
     octets: u32,
-    /// RTP timestamp of the last packet sent.
-    last_ts: u32,
     next_report: Option<Instant>,
 }
 
@@ -595,12 +593,11 @@ fn send_direct(
     let r = &mut s.report;
     r.packets = r.packets.wrapping_add(1);
     r.octets = r.octets.wrapping_add(payload.len() as u32);
-    r.last_ts = rw.ts;
     if r.next_report.is_some_and(|t| t > now) {
         return;
     }
     r.next_report = Some(now + SENDER_REPORT_INTERVAL);
-    let sr = sender_report(*s.ssrc, sink.ntp.q32(now), r, cname);
+    let sr = sender_report(*s.ssrc, sink.ntp.q32(now), s.rewriter.last_ts(), r, cname);
     let mut pkt = sr;
     if direct.tx.seal_rtcp(&mut pkt).is_err() {
         sink.stats.dropped_seal += 1;
@@ -623,13 +620,13 @@ fn push_transmit(direct: &Direct, contents: Vec<u8>, sink: &mut TxSink<'_>) {
 /// A compound RTCP packet: a sender report (RFC 3550 §6.4.1, sent right
 /// after a packet, so the RTP timestamp is that packet's) and an SDES with
 /// the CNAME (§6.5).
-fn sender_report(ssrc: u32, ntp: u64, r: &SlotReport, cname: &str) -> Vec<u8> {
+fn sender_report(ssrc: u32, ntp: u64, rtp_ts: u32, r: &SlotReport, cname: &str) -> Vec<u8> {
     let cname = &cname.as_bytes()[..cname.len().min(255)];
     let mut p = Vec::with_capacity(28 + 12 + cname.len() + SRTCP_OVERHEAD + 4);
     p.extend_from_slice(&[0x80, 200, 0, 6]);
     p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(&ntp.to_be_bytes());
-    p.extend_from_slice(&r.last_ts.to_be_bytes());
+    p.extend_from_slice(&rtp_ts.to_be_bytes());
     p.extend_from_slice(&r.packets.to_be_bytes());
     p.extend_from_slice(&r.octets.to_be_bytes());
     let sdes = p.len();

@@ -68,6 +68,12 @@ pub(crate) struct SlotRewriter {
 }
 
 impl SlotRewriter {
+    /// RTP timestamp of the highest packet sent on the slot (for sender
+    /// reports).
+    pub(crate) fn last_ts(&self) -> u32 {
+        self.last_ts
+    }
+
     /// A slot whose first packet gets sequence number `first_seq` (below 32768,
     /// so a long call does not roll over early) and timestamp `first_ts`.
     pub(crate) fn new(first_seq: u16, first_ts: u32) -> Self {
