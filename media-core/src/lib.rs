@@ -134,7 +134,7 @@ mod epoch;
 pub(crate) use epoch::test_epoch;
 
 pub use config::EngineConfig;
-pub use engine::{Command, Engine, Input, Output, Transmit};
+pub use engine::{Command, Engine, Input, Output, Transmit, MAX_SLOTS};
 pub use error::Error;
 pub use event::{Event, LeaveReason};
 pub use ids::{PeerId, Role, SourceId};

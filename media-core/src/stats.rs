@@ -64,3 +64,135 @@ pub struct EngineStats {
     /// expected).
     pub dropped_seal: u64,
 }
+
+impl std::ops::AddAssign<&EngineStats> for EngineStats {
+    /// Adds another engine's counters (several workers of one node).
+    fn add_assign(&mut self, rhs: &EngineStats) {
+        // Destructured without `..`: a counter added to the struct and
+        // forgotten here is a compile error, not a metric silently missing.
+        let EngineStats {
+            datagrams_in,
+            bytes_in,
+            datagrams_out,
+            bytes_out,
+            rtp_in,
+            rtp_forwarded,
+            dropped_unknown_source,
+            dropped_malformed,
+            dropped_rejected,
+            dropped_address_limit,
+            dropped_not_allowed,
+            dropped_wrong_codec,
+            not_selected,
+            dropped_stale,
+            level_decode_errors,
+            relay_in,
+            relay_out,
+            dropped_relay,
+            speaker_switches,
+            peers_joined,
+            peers_connected,
+            peers_failed,
+            peers_direct,
+            peers_str0m_send,
+            sender_reports,
+            dropped_seal,
+        } = *rhs;
+        self.datagrams_in += datagrams_in;
+        self.bytes_in += bytes_in;
+        self.datagrams_out += datagrams_out;
+        self.bytes_out += bytes_out;
+        self.rtp_in += rtp_in;
+        self.rtp_forwarded += rtp_forwarded;
+        self.dropped_unknown_source += dropped_unknown_source;
+        self.dropped_malformed += dropped_malformed;
+        self.dropped_rejected += dropped_rejected;
+        self.dropped_address_limit += dropped_address_limit;
+        self.dropped_not_allowed += dropped_not_allowed;
+        self.dropped_wrong_codec += dropped_wrong_codec;
+        self.not_selected += not_selected;
+        self.dropped_stale += dropped_stale;
+        self.level_decode_errors += level_decode_errors;
+        self.relay_in += relay_in;
+        self.relay_out += relay_out;
+        self.dropped_relay += dropped_relay;
+        self.speaker_switches += speaker_switches;
+        self.peers_joined += peers_joined;
+        self.peers_connected += peers_connected;
+        self.peers_failed += peers_failed;
+        self.peers_direct += peers_direct;
+        self.peers_str0m_send += peers_str0m_send;
+        self.sender_reports += sender_reports;
+        self.dropped_seal += dropped_seal;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineStats;
+
+    #[test]
+    fn add_assign_sums_every_counter() {
+        let one = EngineStats {
+            datagrams_in: 1,
+            bytes_in: 2,
+            datagrams_out: 3,
+            bytes_out: 4,
+            rtp_in: 5,
+            rtp_forwarded: 6,
+            dropped_unknown_source: 7,
+            dropped_malformed: 8,
+            dropped_rejected: 9,
+            dropped_address_limit: 10,
+            dropped_not_allowed: 11,
+            dropped_wrong_codec: 12,
+            not_selected: 13,
+            dropped_stale: 14,
+            level_decode_errors: 15,
+            relay_in: 16,
+            relay_out: 17,
+            dropped_relay: 18,
+            speaker_switches: 19,
+            peers_joined: 20,
+            peers_connected: 21,
+            peers_failed: 22,
+            peers_direct: 23,
+            peers_str0m_send: 24,
+            sender_reports: 25,
+            dropped_seal: 26,
+        };
+        let mut total = EngineStats::default();
+        total += &one;
+        total += &one;
+        assert_eq!(total.relay_in, 2 * one.relay_in);
+        assert_eq!(total.dropped_relay, 2 * one.dropped_relay);
+        let mut doubled = one.clone();
+        doubled.datagrams_in *= 2;
+        doubled.bytes_in *= 2;
+        doubled.datagrams_out *= 2;
+        doubled.bytes_out *= 2;
+        doubled.rtp_in *= 2;
+        doubled.rtp_forwarded *= 2;
+        doubled.dropped_unknown_source *= 2;
+        doubled.dropped_malformed *= 2;
+        doubled.dropped_rejected *= 2;
+        doubled.dropped_address_limit *= 2;
+        doubled.dropped_not_allowed *= 2;
+        doubled.dropped_wrong_codec *= 2;
+        doubled.not_selected *= 2;
+        doubled.dropped_stale *= 2;
+        doubled.level_decode_errors *= 2;
+        doubled.relay_in *= 2;
+        doubled.relay_out *= 2;
+        doubled.dropped_relay *= 2;
+        doubled.speaker_switches *= 2;
+        doubled.peers_joined *= 2;
+        doubled.peers_connected *= 2;
+        doubled.peers_failed *= 2;
+        doubled.peers_direct *= 2;
+        doubled.peers_str0m_send *= 2;
+        doubled.sender_reports *= 2;
+        doubled.dropped_seal *= 2;
+        assert_eq!(total, doubled);
+    }
+}

@@ -6,8 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// The most receive slots per listener that [`Config::validate`] accepts.
-pub const MAX_SLOTS: usize = 32;
+use media_core::MAX_SLOTS;
 
 /// Server configuration: built-in defaults, then a TOML file, then `SFU_*`
 /// environment variables, then command-line flags (each overrides the

@@ -224,30 +224,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
 pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
     let mut total = Snapshot::default();
     for s in snapshots {
-        let (a, b) = (&mut total.stats, &s.stats);
-        a.datagrams_in += b.datagrams_in;
-        a.bytes_in += b.bytes_in;
-        a.datagrams_out += b.datagrams_out;
-        a.bytes_out += b.bytes_out;
-        a.rtp_in += b.rtp_in;
-        a.rtp_forwarded += b.rtp_forwarded;
-        a.dropped_unknown_source += b.dropped_unknown_source;
-        a.dropped_malformed += b.dropped_malformed;
-        a.dropped_rejected += b.dropped_rejected;
-        a.dropped_address_limit += b.dropped_address_limit;
-        a.dropped_not_allowed += b.dropped_not_allowed;
-        a.dropped_wrong_codec += b.dropped_wrong_codec;
-        a.not_selected += b.not_selected;
-        a.dropped_stale += b.dropped_stale;
-        a.level_decode_errors += b.level_decode_errors;
-        a.speaker_switches += b.speaker_switches;
-        a.peers_joined += b.peers_joined;
-        a.peers_connected += b.peers_connected;
-        a.peers_failed += b.peers_failed;
-        a.peers_direct += b.peers_direct;
-        a.peers_str0m_send += b.peers_str0m_send;
-        a.sender_reports += b.sender_reports;
-        a.dropped_seal += b.dropped_seal;
+        total.stats += &s.stats;
         total.channels += s.channels;
         total.speakers += s.speakers;
         total.listeners += s.listeners;

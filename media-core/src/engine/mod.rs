@@ -27,8 +27,9 @@ use crate::{Error, Event, LeaveReason, LinkId, PeerId, RelayMsg, Role, SourceId}
 /// How far ahead an idle engine (no peers, no channels) asks to be woken.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 
-/// Most receive slots a listener can have.
-pub(crate) const MAX_SLOTS: usize = 32;
+/// Most receive slots a listener can have ([`EngineConfig::slots_per_listener`]
+/// is clamped to it).
+pub const MAX_SLOTS: usize = 32;
 
 /// Longest channel name accepted, in bytes.
 const MAX_CHANNEL_NAME: usize = 256;
