@@ -14,7 +14,7 @@ use media_core::Role;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::protocol::ServerMsg;
-use crate::server::{AppState, Need, Resource};
+use crate::state::{unix_now, AppState, Need, Resource};
 use crate::worker::{JoinError, JoinRequest};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -120,7 +120,7 @@ fn resource_id() -> String {
     if aws_lc_rs::rand::fill(&mut b).is_err() {
         // The OS RNG failing is not recoverable in any useful way; fall back
         // to the clock so the server stays up (ids remain unique).
-        let t = crate::server::unix_now() as u128 ^ (std::process::id() as u128) << 64;
+        let t = unix_now() as u128 ^ (std::process::id() as u128) << 64;
         b = t.to_le_bytes();
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -232,7 +232,7 @@ async fn media_session(
     if let Ok(v) = HeaderValue::from_str(&format!("/resources/{id}")) {
         h.insert(header::LOCATION, v);
     }
-    let servers = crate::turn::ice_servers(&state.config, &grants.sub, crate::server::unix_now());
+    let servers = crate::turn::ice_servers(&state.config, &grants.sub, unix_now());
     for link in crate::turn::link_headers(&servers) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             h.append(HeaderName::from_static("link"), v);

@@ -7,9 +7,11 @@
 //! | [`config`] | defaults ← TOML file ← `SFU_*` env ← CLI |
 //! | [`auth`] | JWT (HS256) grants |
 //! | [`turn`] | ICE servers, ephemeral TURN credentials |
-//! | [`worker`] | one engine + its UDP socket on a task |
+//! | [`rooms`] | the room layer: members, listing, member counts, moderation rules (sans-IO) |
+//! | [`worker`] | one engine + its UDP socket on a task, carrying the rooms' messages |
 //! | [`cluster`] | core/edge: cascade links ⇄ the worker's relay messages |
-//! | [`server`] | workers, HTTP listener, drain |
+//! | [`state`] | what the handlers share: workers, drain flag, resources, `authorize` |
+//! | [`server`] | start-up, HTTP listener, drain |
 //! | [`http`] | WHIP/WHEP, demo page, metrics, health |
 //! | [`ws`] | the WebSocket room protocol |
 //! | [`protocol`] | its JSON messages |
@@ -23,7 +25,9 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod rooms;
 pub mod server;
+pub mod state;
 pub mod turn;
 pub mod worker;
 pub mod ws;

@@ -1,9 +1,14 @@
 //! Prometheus text exposition (format 0.0.4) of the workers' counters.
+//!
+//! The counters a worker reports ([`Snapshot`], with its [`Histogram`] and
+//! [`SendDrops`]) are defined here and filled by the worker: the worker
+//! depends on this file, never the other way round.
 
 use std::fmt::Write;
+use std::ops::AddAssign;
 use std::time::Duration;
 
-use crate::worker::Snapshot;
+use media_core::EngineStats;
 
 /// Upper bounds of the forwarding latency buckets, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -32,6 +37,88 @@ impl Histogram {
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count
+    }
+}
+
+impl AddAssign<&Histogram> for Histogram {
+    /// Adds another worker's observations (same buckets).
+    fn add_assign(&mut self, rhs: &Histogram) {
+        for (x, y) in self.counts.iter_mut().zip(rhs.counts.iter()) {
+            *x += y;
+        }
+        self.count += rhs.count;
+        self.sum += rhs.sum;
+    }
+}
+
+/// Datagrams the socket did not take, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendDrops {
+    /// The socket's send buffer was full (`EAGAIN`/`EWOULDBLOCK`).
+    pub buffer_full: u64,
+    /// Any other error of the send call (`ENOBUFS`, unreachable network,
+    /// refused by a firewall rule, …).
+    pub failed: u64,
+}
+
+/// What `/metrics` reports of a worker.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Engine counters (joins accepted are its `peers_joined`).
+    pub stats: EngineStats,
+    /// Channels with members.
+    pub channels: usize,
+    /// Members by role.
+    pub speakers: usize,
+    /// Members by role.
+    pub listeners: usize,
+    /// Joins refused by the engine (bad offer…).
+    pub joins_refused: u64,
+    /// Datagrams the socket did not take, by reason.
+    pub send_drops: SendDrops,
+    /// System calls that sent datagrams (`sendmmsg`, up to a batch each).
+    pub send_calls: u64,
+    /// System calls that returned datagrams (`recvmmsg`).
+    pub recv_calls: u64,
+    /// Time from a datagram's arrival to the last forwarded copy handed to
+    /// the socket, for datagrams that were forwarded.
+    pub forward_latency: Histogram,
+    /// Members still joined (for the drain).
+    pub members: usize,
+}
+
+impl AddAssign<&Snapshot> for Snapshot {
+    /// Adds another worker's snapshot (several workers of one node).
+    fn add_assign(&mut self, rhs: &Snapshot) {
+        // Destructured without `..`: a field added to the snapshot and
+        // forgotten here is a compile error, not a metric silently missing.
+        let Snapshot {
+            stats,
+            channels,
+            speakers,
+            listeners,
+            joins_refused,
+            send_drops:
+                SendDrops {
+                    buffer_full,
+                    failed,
+                },
+            send_calls,
+            recv_calls,
+            forward_latency,
+            members,
+        } = rhs;
+        self.stats += stats;
+        self.channels += channels;
+        self.speakers += speakers;
+        self.listeners += listeners;
+        self.joins_refused += joins_refused;
+        self.send_drops.buffer_full += buffer_full;
+        self.send_drops.failed += failed;
+        self.send_calls += send_calls;
+        self.recv_calls += recv_calls;
+        self.forward_latency += forward_latency;
+        self.members += members;
     }
 }
 
@@ -64,7 +151,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
     let _ = writeln!(o, "sfu_draining {}", u8::from(draining));
 
     metric(&mut o, "sfu_joins_total", "counter", "Joins by outcome.");
-    let _ = writeln!(o, "sfu_joins_total{{outcome=\"ok\"}} {}", s.joins_ok);
+    let _ = writeln!(o, "sfu_joins_total{{outcome=\"ok\"}} {}", st.peers_joined);
     let _ = writeln!(
         o,
         "sfu_joins_total{{outcome=\"refused\"}} {}",
@@ -169,6 +256,33 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "Audio packets of voices not selected as active speakers.",
     );
     let _ = writeln!(o, "sfu_rtp_not_selected_total {}", st.not_selected);
+    metric(
+        &mut o,
+        "sfu_level_decode_errors_total",
+        "counter",
+        "Opus payloads without an audio-level extension that failed to decode when their level was measured.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_level_decode_errors_total {}",
+        st.level_decode_errors
+    );
+    metric(
+        &mut o,
+        "sfu_relay_messages_total",
+        "counter",
+        "Relay messages (media and control) exchanged with other nodes of the cluster, by direction.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_relay_messages_total{{direction=\"in\"}} {}",
+        st.relay_in
+    );
+    let _ = writeln!(
+        o,
+        "sfu_relay_messages_total{{direction=\"out\"}} {}",
+        st.relay_out
+    );
 
     metric(
         &mut o,
@@ -185,6 +299,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         ("wrong_codec", st.dropped_wrong_codec),
         ("stale", st.dropped_stale),
         ("seal_failed", st.dropped_seal),
+        ("relay_rejected", st.dropped_relay),
         ("send_buffer_full", s.send_drops.buffer_full),
         ("send_failed", s.send_drops.failed),
     ] {
@@ -224,23 +339,210 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
 pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
     let mut total = Snapshot::default();
     for s in snapshots {
-        total.stats += &s.stats;
-        total.channels += s.channels;
-        total.speakers += s.speakers;
-        total.listeners += s.listeners;
-        total.members += s.members;
-        total.joins_ok += s.joins_ok;
-        total.joins_refused += s.joins_refused;
-        total.send_drops.buffer_full += s.send_drops.buffer_full;
-        total.send_drops.failed += s.send_drops.failed;
-        total.send_calls += s.send_calls;
-        total.recv_calls += s.recv_calls;
-        let (ha, hb) = (&mut total.forward_latency, &s.forward_latency);
-        for (x, y) in ha.counts.iter_mut().zip(hb.counts.iter()) {
-            *x += y;
-        }
-        ha.count += hb.count;
-        ha.sum += hb.sum;
+        total += s;
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> prometheus_parse::Scrape {
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("valid Prometheus text")
+    }
+
+    /// `"name"` or `"name label=value"`: that sample's value in `scrape`.
+    fn series(scrape: &prometheus_parse::Scrape, spec: &str) -> f64 {
+        let (name, label) = match spec.split_once(' ') {
+            Some((name, label)) => (name, label.split_once('=')),
+            None => (spec, None),
+        };
+        let found = scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)));
+        match found.map(|x| &x.value) {
+            Some(
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v),
+            ) => *v,
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
+
+    /// Every engine counter is rendered, each under its own series: the
+    /// counters get distinct values and each value must come out where it
+    /// belongs. A counter added to `EngineStats` fails the field count
+    /// (from its `Debug` form) until it is rendered and listed here.
+    #[test]
+    fn every_engine_counter_is_rendered() {
+        let mut st = EngineStats::default();
+        let fields: [(&mut u64, &str); 26] = [
+            (&mut st.datagrams_in, "sfu_datagrams_total direction=in"),
+            (&mut st.bytes_in, "sfu_bytes_total direction=in"),
+            (&mut st.datagrams_out, "sfu_datagrams_total direction=out"),
+            (&mut st.bytes_out, "sfu_bytes_total direction=out"),
+            (&mut st.rtp_in, "sfu_rtp_received_total"),
+            (&mut st.rtp_forwarded, "sfu_rtp_forwarded_total"),
+            (
+                &mut st.dropped_unknown_source,
+                "sfu_dropped_total reason=unknown_source",
+            ),
+            (
+                &mut st.dropped_malformed,
+                "sfu_dropped_total reason=malformed",
+            ),
+            (
+                &mut st.dropped_rejected,
+                "sfu_dropped_total reason=rejected",
+            ),
+            (
+                &mut st.dropped_address_limit,
+                "sfu_dropped_total reason=address_limit",
+            ),
+            (
+                &mut st.dropped_not_allowed,
+                "sfu_dropped_total reason=not_allowed",
+            ),
+            (
+                &mut st.dropped_wrong_codec,
+                "sfu_dropped_total reason=wrong_codec",
+            ),
+            (&mut st.not_selected, "sfu_rtp_not_selected_total"),
+            (&mut st.dropped_stale, "sfu_dropped_total reason=stale"),
+            (&mut st.level_decode_errors, "sfu_level_decode_errors_total"),
+            (&mut st.relay_in, "sfu_relay_messages_total direction=in"),
+            (&mut st.relay_out, "sfu_relay_messages_total direction=out"),
+            (
+                &mut st.dropped_relay,
+                "sfu_dropped_total reason=relay_rejected",
+            ),
+            (&mut st.speaker_switches, "sfu_speaker_switches_total"),
+            (&mut st.peers_joined, "sfu_joins_total outcome=ok"),
+            (&mut st.peers_connected, "sfu_peers_connected_total"),
+            (&mut st.peers_failed, "sfu_peers_failed_total"),
+            (
+                &mut st.peers_direct,
+                "sfu_peers_send_path_total path=direct",
+            ),
+            (
+                &mut st.peers_str0m_send,
+                "sfu_peers_send_path_total path=str0m",
+            ),
+            (&mut st.sender_reports, "sfu_sender_reports_total"),
+            (&mut st.dropped_seal, "sfu_dropped_total reason=seal_failed"),
+        ];
+        let mut expected = Vec::new();
+        for (i, (field, spec)) in fields.into_iter().enumerate() {
+            *field = 1000 + i as u64;
+            expected.push((spec, 1000 + i as u64));
+        }
+        let debug = format!("{st:?}");
+        assert_eq!(
+            debug.matches(": ").count(),
+            expected.len(),
+            "EngineStats has a counter this test does not know: render it, then list it here: {debug}"
+        );
+        let snapshot = Snapshot {
+            stats: st,
+            ..Snapshot::default()
+        };
+        let scrape = parse(&render(&snapshot, false));
+        for (spec, value) in expected {
+            assert_eq!(series(&scrape, spec), value as f64, "{spec}");
+        }
+    }
+
+    /// The server's own counters next to the engine's.
+    #[test]
+    fn server_counters_and_gauges_are_rendered() {
+        let mut snapshot = Snapshot {
+            channels: 2,
+            speakers: 3,
+            listeners: 4,
+            members: 7,
+            joins_refused: 5,
+            send_drops: SendDrops {
+                buffer_full: 6,
+                failed: 8,
+            },
+            send_calls: 9,
+            recv_calls: 10,
+            ..Snapshot::default()
+        };
+        snapshot.forward_latency.observe(Duration::from_micros(30));
+        snapshot.forward_latency.observe(Duration::from_millis(3));
+        let scrape = parse(&render(&snapshot, true));
+        for (spec, value) in [
+            ("sfu_channels", 2.0),
+            ("sfu_members role=speaker", 3.0),
+            ("sfu_members role=listener", 4.0),
+            ("sfu_draining", 1.0),
+            ("sfu_joins_total outcome=refused", 5.0),
+            ("sfu_dropped_total reason=send_buffer_full", 6.0),
+            ("sfu_dropped_total reason=send_failed", 8.0),
+            ("sfu_udp_syscalls_total direction=out", 9.0),
+            ("sfu_udp_syscalls_total direction=in", 10.0),
+        ] {
+            assert_eq!(series(&scrape, spec), value, "{spec}");
+        }
+        let hist = scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == "sfu_forward_latency_seconds")
+            .expect("histogram");
+        let prometheus_parse::Value::Histogram(buckets) = &hist.value else {
+            panic!("not a histogram: {:?}", hist.value);
+        };
+        let le = |bound: f64| buckets.iter().find(|b| b.less_than == bound).unwrap().count;
+        assert_eq!(le(0.000_025), 0.0);
+        assert_eq!(le(0.000_05), 1.0);
+        assert_eq!(le(0.005), 2.0);
+        assert_eq!(le(f64::INFINITY), 2.0);
+    }
+
+    /// Two workers' snapshots add field by field.
+    #[test]
+    fn snapshots_of_workers_sum() {
+        let mut one = Snapshot {
+            channels: 1,
+            speakers: 2,
+            listeners: 3,
+            members: 5,
+            joins_refused: 1,
+            send_drops: SendDrops {
+                buffer_full: 2,
+                failed: 3,
+            },
+            send_calls: 4,
+            recv_calls: 5,
+            ..Snapshot::default()
+        };
+        one.stats.relay_in = 7;
+        one.forward_latency.observe(Duration::from_micros(20));
+        let total = sum(&[one.clone(), one]);
+        assert_eq!(
+            (
+                total.channels,
+                total.speakers,
+                total.listeners,
+                total.members
+            ),
+            (2, 4, 6, 10)
+        );
+        assert_eq!(total.joins_refused, 2);
+        assert_eq!(
+            total.send_drops,
+            SendDrops {
+                buffer_full: 4,
+                failed: 6
+            }
+        );
+        assert_eq!((total.send_calls, total.recv_calls), (8, 10));
+        assert_eq!(total.stats.relay_in, 14);
+        assert_eq!(total.forward_latency.count(), 2);
+    }
 }

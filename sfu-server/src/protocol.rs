@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A member as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
+pub struct MemberInfo {
     /// Peer id (also the WHIP/WHEP resource id).
     pub peer: u64,
     /// Identity from the token.
@@ -86,7 +86,7 @@ pub enum ServerMsg {
         /// The listed members of the channel on this node, this member
         /// included: every speaker, and listeners while the channel has at
         /// most `LISTED_LISTENERS_UP_TO` members (docs/PROTOCOL.md).
-        members: Vec<Member>,
+        members: Vec<MemberInfo>,
         /// All members of the channel on this node, listed or not.
         member_count: usize,
         /// Voices of members on other nodes of the cluster.
@@ -101,7 +101,7 @@ pub enum ServerMsg {
     /// Someone joined.
     MemberJoined {
         /// The new member.
-        member: Member,
+        member: MemberInfo,
     },
     /// Someone left.
     MemberLeft {
@@ -119,7 +119,7 @@ pub enum ServerMsg {
     /// A member's role or mute changed.
     MemberUpdated {
         /// The member now.
-        member: Member,
+        member: MemberInfo,
     },
     /// This member's media is connected.
     Connected,

@@ -5,151 +5,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use media_core::{EngineConfig, PeerId};
+use media_core::EngineConfig;
 use tokio::sync::{Mutex, Notify};
 
-use crate::auth::{self, AuthError, Grants};
 use crate::config::{Config, NodeRole};
-use crate::metrics;
-use crate::worker::{Snapshot, Worker};
-
-/// The media workers. One today; a channel always lives on one worker (the
-/// seam for several: pick by channel, link spanning channels with relays).
-#[derive(Debug, Clone)]
-pub struct Workers(Vec<Worker>);
-
-impl Workers {
-    /// The worker that carries `channel`.
-    pub fn for_channel(&self, channel: &str) -> &Worker {
-        let i = channel
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        &self.0[i % self.0.len()]
-    }
-
-    /// Every worker.
-    pub fn all(&self) -> &[Worker] {
-        &self.0
-    }
-}
-
-/// A WHIP/WHEP session: its unguessable resource id maps to a peer.
-#[derive(Debug, Clone)]
-pub struct Resource {
-    /// The member.
-    pub peer: PeerId,
-    /// Its channel (to find its worker).
-    pub channel: String,
-}
-
-/// Shared state of the HTTP handlers.
-#[derive(Debug)]
-pub struct AppState {
-    /// The configuration in force.
-    pub config: Config,
-    /// Media workers.
-    pub workers: Workers,
-    /// Set when shutdown began: joins are refused.
-    pub draining: AtomicBool,
-    /// WHIP/WHEP resources by id.
-    pub resources: Mutex<HashMap<String, Resource>>,
-}
-
-/// Why a join is not authorized.
-#[derive(Debug)]
-pub struct Denied {
-    /// HTTP status.
-    pub status: u16,
-    /// Protocol code (`unauthorized`, `forbidden`).
-    pub code: &'static str,
-    /// What to tell the client.
-    pub message: String,
-}
-
-impl From<AuthError> for Denied {
-    fn from(e: AuthError) -> Self {
-        Denied {
-            status: e.status(),
-            code: e.code(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// What a join needs to be allowed to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// Send voice.
-    Publish,
-    /// Hear others.
-    Subscribe,
-}
-
-/// Seconds since the Unix epoch (token expiry, TURN credentials).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl AppState {
-    /// Checks a join: a valid token for `channel` with the grant `need`; in
-    /// development mode (no secret) any loopback client, no token needed.
-    pub fn authorize(
-        &self,
-        remote: SocketAddr,
-        token: Option<&str>,
-        channel: &str,
-        need: Need,
-        dev_identity: Option<&str>,
-    ) -> Result<Grants, Denied> {
-        let grants = match &self.config.auth_secret {
-            None => {
-                if !remote.ip().is_loopback() {
-                    return Err(Denied {
-                        status: 401,
-                        code: "unauthorized",
-                        message: "this server has no auth secret configured and admits loopback clients only".into(),
-                    });
-                }
-                let fallback = format!("guest-{}", remote.port());
-                Grants::dev(dev_identity.unwrap_or(&fallback))
-            }
-            Some(secret) => {
-                let token = token.ok_or(AuthError::Missing)?;
-                auth::verify(secret.as_bytes(), token, unix_now())?
-            }
-        };
-        if !grants.admits(channel) {
-            return Err(AuthError::WrongChannel.into());
-        }
-        match need {
-            Need::Publish if !grants.can_publish => {
-                Err(AuthError::NotAllowed("the token does not allow publishing").into())
-            }
-            Need::Subscribe if !grants.can_subscribe => {
-                Err(AuthError::NotAllowed("the token does not allow listening").into())
-            }
-            _ => Ok(grants),
-        }
-    }
-
-    /// Refuses joins from now on.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Counters of all workers, summed.
-    pub async fn snapshot(&self) -> Snapshot {
-        let mut all = Vec::new();
-        for w in self.workers.all() {
-            all.push(w.snapshot().await);
-        }
-        metrics::sum(&all)
-    }
-}
+use crate::state::{unix_now, AppState};
+use crate::worker::{Worker, Workers};
 
 /// A started server.
 #[derive(Debug)]
@@ -180,7 +43,7 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let state = Arc::new(AppState {
             config,
-            workers: Workers(vec![worker]),
+            workers: Workers::new(vec![worker]),
             draining: AtomicBool::new(false),
             resources: Mutex::new(HashMap::new()),
         });

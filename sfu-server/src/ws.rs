@@ -10,8 +10,9 @@ use media_core::{PeerId, Role};
 use tokio::sync::mpsc;
 
 use crate::protocol::{ClientMsg, ServerMsg};
-use crate::server::{AppState, Need};
-use crate::worker::{JoinError, JoinRequest, ModerateError, Moderation, Worker};
+use crate::rooms::{ModerateError, Moderation};
+use crate::state::{unix_now, AppState, Need};
+use crate::worker::{JoinError, JoinRequest, Worker};
 
 /// Largest message a client may send. Offers are a few KiB.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -32,7 +33,9 @@ pub async fn upgrade(
         .on_upgrade(move |socket| Session::new(state, remote).run(socket))
 }
 
-struct Joined {
+/// The channel membership of a session: its peer and the worker that
+/// carries it.
+struct Membership {
     peer: PeerId,
     worker: Worker,
 }
@@ -40,7 +43,7 @@ struct Joined {
 struct Session {
     state: Arc<AppState>,
     remote: SocketAddr,
-    joined: Option<Joined>,
+    membership: Option<Membership>,
     events_tx: mpsc::UnboundedSender<ServerMsg>,
     events_rx: mpsc::UnboundedReceiver<ServerMsg>,
 }
@@ -51,7 +54,7 @@ impl Session {
         Session {
             state,
             remote,
-            joined: None,
+            membership: None,
             events_tx,
             events_rx,
         }
@@ -63,7 +66,7 @@ impl Session {
         let ice_servers = crate::turn::ice_servers(
             &self.state.config,
             &format!("ws-{}", self.remote),
-            crate::server::unix_now(),
+            unix_now(),
         );
         if send(&mut socket, &ServerMsg::Hello { ice_servers })
             .await
@@ -90,9 +93,9 @@ impl Session {
                 ev = self.events_rx.recv() => {
                     let Some(ev) = ev else { break };
                     // Our own departure (ICE lost, removed) ends the membership.
-                    if let (ServerMsg::MemberLeft { peer, .. }, Some(j)) = (&ev, &self.joined) {
+                    if let (ServerMsg::MemberLeft { peer, .. }, Some(j)) = (&ev, &self.membership) {
                         if *peer == j.peer.0 {
-                            self.joined = None;
+                            self.membership = None;
                         }
                     }
                     if send(&mut socket, &ev).await.is_err() {
@@ -105,7 +108,7 @@ impl Session {
     }
 
     async fn leave(&mut self) {
-        if let Some(j) = self.joined.take() {
+        if let Some(j) = self.membership.take() {
             j.worker.leave(j.peer).await;
         }
     }
@@ -131,7 +134,7 @@ impl Session {
         match msg {
             ClientMsg::Ping => Some(ServerMsg::Pong),
             ClientMsg::Leave => {
-                if self.joined.is_none() {
+                if self.membership.is_none() {
                     return Some(ServerMsg::error(
                         "not_joined",
                         "not in a channel",
@@ -161,7 +164,7 @@ impl Session {
         identity: Option<String>,
     ) -> ServerMsg {
         let req = Some("join");
-        if self.joined.is_some() {
+        if self.membership.is_some() {
             return ServerMsg::error("already_joined", "leave first to join another channel", req);
         }
         if self.state.is_draining() {
@@ -225,7 +228,7 @@ impl Session {
             .await;
         match res {
             Ok(j) => {
-                self.joined = Some(Joined {
+                self.membership = Some(Membership {
                     peer: j.peer,
                     worker,
                 });
@@ -257,7 +260,7 @@ impl Session {
         role: Option<String>,
     ) -> Option<ServerMsg> {
         let req = Some("moderate");
-        let Some(j) = &self.joined else {
+        let Some(j) = &self.membership else {
             return Some(ServerMsg::error("not_joined", "join a channel first", req));
         };
         let action = match (action, role.as_deref()) {

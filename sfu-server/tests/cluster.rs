@@ -267,3 +267,64 @@ async fn an_edge_with_the_wrong_secret_gets_nothing() {
     );
     drop(core);
 }
+
+/// Cascade traffic shows in `/metrics`: a speaker on the edge is heard on
+/// the core, one on the core is heard on the edge, and each node counts the
+/// relay messages it received and sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_traffic_shows_in_the_metrics_of_core_and_edge() {
+    let port = free_udp_port();
+    let core = Node::core(port);
+    let edge = Node::edge(&[port], SECRET);
+    let relay = |m: &prometheus_parse::Scrape, direction| {
+        value(
+            m,
+            "sfu_relay_messages_total",
+            Some(("direction", direction)),
+        )
+    };
+    for node in [&core, &edge] {
+        let m = scrape(&node.http).await;
+        assert_eq!((relay(&m, "in"), relay(&m, "out")), (0.0, 0.0));
+    }
+
+    let (_wa, alice, _) = ws_member_at(
+        &edge.http,
+        "relay",
+        "alice",
+        ClientSpec::speaker(0),
+        json!({}),
+    )
+    .await;
+    let (_wb, bob, _) = ws_member_at(
+        &core.http,
+        "relay",
+        "bob",
+        ClientSpec::speaker(1),
+        json!({}),
+    )
+    .await;
+    alice.set_talking(true);
+    bob.set_talking(true);
+    assert!(
+        hears(&bob, &[0], 25),
+        "bob on the core hears alice on the edge"
+    );
+    assert!(
+        hears(&alice, &[1], 25),
+        "alice on the edge hears bob on the core"
+    );
+
+    // Each heard frame crossed the link as one relay message at least.
+    for (node, name) in [(&core, "core"), (&edge, "edge")] {
+        let m = scrape(&node.http).await;
+        let (inbound, outbound) = (relay(&m, "in"), relay(&m, "out"));
+        assert!(
+            inbound >= 25.0 && outbound >= 25.0,
+            "{name}: {inbound} relay messages in, {outbound} out"
+        );
+        // Present (whatever its value: media may race ahead of the
+        // subscription it belongs to).
+        value(&m, "sfu_dropped_total", Some(("reason", "relay_rejected")));
+    }
+}

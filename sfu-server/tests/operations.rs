@@ -9,32 +9,7 @@ use common::*;
 use media_core::harness::client::ClientSpec;
 use serde_json::json;
 use sfu_server::auth::{mint, Grants};
-use sfu_server::server::unix_now;
-
-async fn scrape(base: &str) -> prometheus_parse::Scrape {
-    let body = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
-}
-
-fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let sample = s
-        .samples
-        .iter()
-        .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
-    match sample.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        _ => panic!("{name} is not a number"),
-    }
-}
+use sfu_server::state::unix_now;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_with_traffic() {

@@ -9,7 +9,7 @@ use media_core::harness::client::ClientSpec;
 use media_core::harness::udp::UdpPeer;
 use serde_json::json;
 use sfu_server::auth::{mint, Grants};
-use sfu_server::server::unix_now;
+use sfu_server::state::unix_now;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "test-secret-of-some-length";
@@ -228,18 +228,12 @@ async fn non_loopback_clients_are_refused_in_dev_mode() {
     let state = server.state();
     let remote: std::net::SocketAddr = "192.0.2.10:5000".parse().unwrap();
     let denied = state
-        .authorize(
-            remote,
-            None,
-            "room",
-            sfu_server::server::Need::Publish,
-            None,
-        )
+        .authorize(remote, None, "room", sfu_server::state::Need::Publish, None)
         .unwrap_err();
     assert_eq!(denied.status, 401);
     assert!(denied.message.contains("loopback"));
     let local: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
     assert!(state
-        .authorize(local, None, "room", sfu_server::server::Need::Publish, None)
+        .authorize(local, None, "room", sfu_server::state::Need::Publish, None)
         .is_ok());
 }

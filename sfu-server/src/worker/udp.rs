@@ -13,22 +13,14 @@ use std::net::SocketAddr;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::metrics::SendDrops;
+
 /// Datagrams per `sendmmsg` / `recvmmsg` call.
 pub(super) const BATCH: usize = 32;
 
 /// Largest datagram read; a longer one is cut to this (as `recv_from` into a
 /// buffer of this size would), and the engine then refuses it.
 pub(super) const DATAGRAM_MAX: usize = 2048;
-
-/// Datagrams the socket did not take, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendDrops {
-    /// The socket's send buffer was full (`EAGAIN`/`EWOULDBLOCK`).
-    pub buffer_full: u64,
-    /// Any other error of the send call (`ENOBUFS`, unreachable network,
-    /// refused by a firewall rule, …).
-    pub failed: u64,
-}
 
 /// Transmits waiting for the next `sendmmsg`.
 #[derive(Debug, Default)]

@@ -148,3 +148,30 @@ pub(crate) fn hears(peer: &UdpPeer, tones: &[usize], frames: usize) -> bool {
         c.tones_heard(from, Instant::now() + LIMIT, frames) == want
     })
 }
+
+/// `GET /metrics` of the server at `base`, parsed.
+pub(crate) async fn scrape(base: &str) -> prometheus_parse::Scrape {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
+}
+
+/// The value of the sample `name` (with `label`, if given) of a scrape.
+pub(crate) fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => panic!("{name} is not a number"),
+    }
+}

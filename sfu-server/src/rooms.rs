@@ -1,0 +1,484 @@
+//! The room layer: the channels of this node as people see them, and the
+//! rules about them. Who is in which channel with which role and grants;
+//! who is listed; how often member counts go out; what a member joining
+//! late is told about who speaks; who may moderate whom.
+//!
+//! Sans-IO, like the engine: no clock, no socket, no runtime. Inputs are
+//! method calls (a join the engine accepted, an engine [`Event`], a
+//! moderation, the drain, `now` for the member counts); outputs are
+//! plain data: messages addressed to members by their [`PeerId`]
+//! ([`Rooms::take_messages`]), the engine [`Command`] a rule asks for, the
+//! [`Joined`] answer of a join. The worker carries them: it owns each
+//! member's event channel and hands it the messages addressed to it.
+//!
+//! The methods come in four kinds: getters; `handle_*` (feed input and
+//! queue messages); rules that answer without changing anything
+//! ([`Rooms::moderation`]); `poll_*`/`take_*` (output).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use media_core::{Command, Event, LeaveReason, PeerId, Role, SourceId};
+
+use crate::protocol::{MemberInfo, ServerMsg, Voice};
+
+mod member;
+mod moderation;
+#[cfg(test)]
+mod tests;
+
+pub use member::{role_name, Member};
+pub use moderation::{ModerateError, Moderation};
+
+/// Listeners are announced to the others (`member_joined`/`member_left`,
+/// and in a joiner's member list) only while their channel has at most this
+/// many members on the node; speakers always are. Announcing every listener
+/// of a 10,000-member hall to every other would be 10^8 messages, and a
+/// member list nobody can read. `member_count` tells everyone how many there
+/// are.
+pub const LISTED_LISTENERS_UP_TO: usize = 100;
+
+/// Least time between two `member_count` messages of a channel: a hall
+/// filling at hundreds of joins a second would otherwise send every member
+/// hundreds of counts a second.
+pub const MEMBER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a member is told when the engine answered its join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The new member's peer id.
+    pub peer: PeerId,
+    /// Its voice.
+    pub source: SourceId,
+    /// Receive slots granted.
+    pub slots: usize,
+    /// SDP answer.
+    pub answer: String,
+    /// The channel's listed members, the new one included.
+    pub members: Vec<MemberInfo>,
+    /// All members of the channel on this node.
+    pub member_count: usize,
+    /// Named voices of other nodes.
+    pub voices: Vec<Voice>,
+    /// Speaking now (peers of this node), loudest first.
+    pub active_speakers: Vec<u64>,
+    /// Dominant speaker, if a member here.
+    pub dominant_speaker: Option<u64>,
+    /// Dominant speaker's voice.
+    pub dominant_source: Option<u32>,
+}
+
+/// How many channels and members there are, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Channels with members.
+    pub channels: usize,
+    /// Members.
+    pub members: usize,
+    /// Members who speak.
+    pub speakers: usize,
+    /// Members who listen.
+    pub listeners: usize,
+}
+
+/// One channel on this node.
+#[derive(Debug, Default)]
+struct Room {
+    /// Its members, in the order they joined (peer ids grow).
+    members: BTreeSet<PeerId>,
+    /// Who speaks now (the engine's last `ActiveSpeakers`), for late joiners.
+    active: Vec<SourceId>,
+    /// The dominant speaker now, for late joiners.
+    dominant: Option<SourceId>,
+    /// Voices of other nodes and their identities, for late joiners.
+    voices: BTreeMap<u32, String>,
+    /// When this channel's last `member_count` went out.
+    count_sent_at: Option<Instant>,
+}
+
+/// The channels of a node and their members. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    /// By channel name. A room is made by the first join or engine event
+    /// that names its channel and forgotten when its last member leaves.
+    rooms: HashMap<String, Room>,
+    members: HashMap<PeerId, Member>,
+    /// Local members' voices, to name the peer behind a source.
+    sources: HashMap<SourceId, PeerId>,
+    /// Channels whose member count changed since it was last sent.
+    counts_changed: HashSet<String>,
+    /// Shutting down: joins are refused.
+    draining: bool,
+    /// Messages to members, in the order they were produced.
+    messages: Vec<(PeerId, ServerMsg)>,
+}
+
+impl Rooms {
+    /// No channels, no members.
+    pub fn new() -> Rooms {
+        Rooms::default()
+    }
+
+    /// A member, by its peer id.
+    pub fn member(&self, peer: PeerId) -> Option<&Member> {
+        self.members.get(&peer)
+    }
+
+    /// True once shutdown began: joins are refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Whether `channel` has members on this node.
+    pub fn has_members(&self, channel: &str) -> bool {
+        self.rooms
+            .get(channel)
+            .is_some_and(|r| !r.members.is_empty())
+    }
+
+    /// The channels that have members.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.rooms
+            .iter()
+            .filter(|(_, r)| !r.members.is_empty())
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Channels and members now.
+    pub fn census(&self) -> Census {
+        let members = self.members.len();
+        let speakers = self
+            .members
+            .values()
+            .filter(|m| m.role == Role::Speaker)
+            .count();
+        Census {
+            channels: self.channels().count(),
+            members,
+            speakers,
+            listeners: members - speakers,
+        }
+    }
+
+    /// The engine accepted `peer`'s join of `channel`. Nobody is told yet:
+    /// that waits for the engine's answer ([`Event::Answer`]), when the
+    /// member has a voice.
+    pub fn handle_join(
+        &mut self,
+        peer: PeerId,
+        channel: String,
+        identity: String,
+        role: Role,
+        can_moderate: bool,
+    ) {
+        tracing::info!(%peer, %channel, %identity, role = role_name(role), "member joined");
+        self.rooms
+            .entry(channel.clone())
+            .or_default()
+            .members
+            .insert(peer);
+        self.members.insert(
+            peer,
+            Member {
+                channel,
+                identity,
+                role,
+                muted: false,
+                can_moderate,
+                source: None,
+                listed: false,
+            },
+        );
+    }
+
+    /// An event of the engine. Returns the answer of a join when the event
+    /// completes one (the worker hands it to whoever asked to join).
+    pub fn handle_event(&mut self, event: Event) -> Option<Joined> {
+        match event {
+            Event::Answer {
+                peer,
+                source,
+                slots,
+                sdp,
+            } => return self.answered(peer, source, slots, sdp),
+            Event::PeerConnected { peer } => {
+                tracing::debug!(%peer, "media connected");
+                self.send(peer, ServerMsg::Connected);
+            }
+            Event::PeerLeft { peer, reason } => self.left(peer, reason),
+            Event::SlotChanged {
+                peer,
+                slot,
+                mid,
+                source,
+            } => {
+                let msg = ServerMsg::Slot {
+                    slot,
+                    mid,
+                    peer: source.and_then(|s| self.peer_of(s)),
+                    source: source.map(|s| s.0),
+                };
+                self.send(peer, msg);
+            }
+            Event::ActiveSpeakers { channel, speakers } => {
+                let msg = ServerMsg::ActiveSpeakers {
+                    speakers: speakers.iter().filter_map(|s| self.peer_of(*s)).collect(),
+                    sources: speakers.iter().map(|s| s.0).collect(),
+                };
+                let room = self.rooms.entry(channel.to_string()).or_default();
+                room.active = speakers;
+                tell_room(&mut self.messages, room, None, msg);
+            }
+            Event::DominantSpeaker { channel, speaker } => {
+                let msg = ServerMsg::DominantSpeaker {
+                    peer: speaker.and_then(|s| self.peer_of(s)),
+                    source: speaker.map(|s| s.0),
+                };
+                let room = self.rooms.entry(channel.to_string()).or_default();
+                room.dominant = speaker;
+                tell_room(&mut self.messages, room, None, msg);
+            }
+            Event::RemoteSource {
+                channel,
+                source,
+                identity,
+            } => {
+                let room = self.rooms.entry(channel.to_string()).or_default();
+                if identity.is_empty() {
+                    room.voices.remove(&source.0);
+                } else {
+                    room.voices.insert(source.0, identity.to_string());
+                }
+                let voice = Voice {
+                    source: source.0,
+                    identity: identity.to_string(),
+                };
+                tell_room(&mut self.messages, room, None, ServerMsg::Voice { voice });
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Whether `by` may apply `action` to `target`, and if so the engine
+    /// command that does it. Changes nothing: once the engine accepted the
+    /// command, [`Rooms::handle_moderated`] records and announces it.
+    pub fn moderation(
+        &self,
+        by: PeerId,
+        target: PeerId,
+        action: Moderation,
+    ) -> Result<Command, ModerateError> {
+        let moderator = self.members.get(&by).ok_or(ModerateError::Forbidden)?;
+        if !moderator.can_moderate {
+            return Err(ModerateError::Forbidden);
+        }
+        match self.members.get(&target) {
+            Some(m) if m.channel == moderator.channel => {}
+            _ => return Err(ModerateError::NotFound),
+        }
+        Ok(match action {
+            Moderation::Mute(muted) => Command::SetMuted {
+                peer: target,
+                muted,
+            },
+            Moderation::SetRole(role) => Command::SetRole { peer: target, role },
+        })
+    }
+
+    /// The engine applied a moderation to `target`: record it and tell the
+    /// channel. An unlisted listener made a speaker is announced now, as if
+    /// it joined; a change to an unlisted listener is told to it alone.
+    pub fn handle_moderated(&mut self, target: PeerId, action: Moderation) {
+        let Some(m) = self.members.get_mut(&target) else {
+            return;
+        };
+        match action {
+            Moderation::Mute(muted) => m.muted = muted,
+            Moderation::SetRole(role) => m.role = role,
+        }
+        let member = m.info(target);
+        let msg = if m.listed {
+            ServerMsg::MemberUpdated { member }
+        } else if m.role == Role::Speaker {
+            m.listed = true;
+            ServerMsg::MemberJoined { member }
+        } else {
+            self.messages
+                .push((target, ServerMsg::MemberUpdated { member }));
+            return;
+        };
+        if let Some(room) = self.rooms.get(&m.channel) {
+            tell_room(&mut self.messages, room, None, msg);
+        }
+    }
+
+    /// The server drains for shutdown: refuse joins from now on and tell
+    /// every member to move before `deadline`.
+    pub fn handle_drain(&mut self, deadline: Duration) {
+        self.draining = true;
+        let msg = ServerMsg::Shutdown {
+            reason: "the server is shutting down; join again elsewhere".into(),
+            deadline_ms: deadline.as_millis() as u64,
+        };
+        for peer in self.members.keys() {
+            self.messages.push((*peer, msg.clone()));
+        }
+    }
+
+    /// Queues the member counts that changed and whose channel's interval
+    /// passed, with the count as it is now; returns when the next one is
+    /// due (`None`: none is waiting).
+    pub fn poll_member_counts(&mut self, now: Instant) -> Option<Instant> {
+        let Rooms {
+            rooms,
+            counts_changed,
+            messages,
+            ..
+        } = self;
+        let mut next: Option<Instant> = None;
+        counts_changed.retain(|channel| {
+            let Some(room) = rooms.get_mut(channel) else {
+                return false;
+            };
+            let due = room.count_sent_at.map(|t| t + MEMBER_COUNT_INTERVAL);
+            if let Some(at) = due.filter(|at| *at > now) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                return true;
+            }
+            room.count_sent_at = Some(now);
+            let count = room.members.len();
+            tell_room(messages, room, None, ServerMsg::MemberCount { count });
+            false
+        });
+        next
+    }
+
+    /// The messages queued for members since the last call, in order.
+    pub fn take_messages(&mut self) -> std::vec::Drain<'_, (PeerId, ServerMsg)> {
+        self.messages.drain(..)
+    }
+
+    /// The engine answered `peer`'s join: the member is listed (or not),
+    /// announced to the others, and told the state of its channel.
+    fn answered(
+        &mut self,
+        peer: PeerId,
+        source: SourceId,
+        slots: usize,
+        answer: String,
+    ) -> Option<Joined> {
+        let m = self.members.get_mut(&peer)?;
+        let room = self.rooms.get(&m.channel)?;
+        m.source = Some(source);
+        let member_count = room.members.len();
+        m.listed = m.role == Role::Speaker || member_count <= LISTED_LISTENERS_UP_TO;
+        let (member, listed, channel) = (m.info(peer), m.listed, m.channel.clone());
+        self.sources.insert(source, peer);
+        let members = room
+            .members
+            .iter()
+            .filter_map(|p| {
+                let m = self.members.get(p)?;
+                (m.listed || *p == peer).then(|| m.info(*p))
+            })
+            .collect();
+        let joined = Joined {
+            peer,
+            source,
+            slots,
+            answer,
+            members,
+            member_count,
+            voices: room
+                .voices
+                .iter()
+                .map(|(source, identity)| Voice {
+                    source: *source,
+                    identity: identity.clone(),
+                })
+                .collect(),
+            active_speakers: room
+                .active
+                .iter()
+                .filter_map(|s| self.peer_of(*s))
+                .collect(),
+            dominant_speaker: room.dominant.and_then(|s| self.peer_of(s)),
+            dominant_source: room.dominant.map(|s| s.0),
+        };
+        if listed {
+            let msg = ServerMsg::MemberJoined { member };
+            tell_room(&mut self.messages, room, Some(peer), msg);
+        }
+        self.counts_changed.insert(channel);
+        Some(joined)
+    }
+
+    /// `peer` left: it is told (so that its session ends), the others are
+    /// told if it was listed, and the channel's count changes. The last
+    /// member out forgets the room.
+    fn left(&mut self, peer: PeerId, reason: LeaveReason) {
+        let Some(m) = self.members.remove(&peer) else {
+            return;
+        };
+        tracing::info!(%peer, channel = %m.channel, identity = %m.identity, ?reason, "member left");
+        if let Some(source) = m.source {
+            self.sources.remove(&source);
+        }
+        let msg = ServerMsg::MemberLeft {
+            peer: peer.0,
+            reason: leave_reason_name(reason).to_string(),
+        };
+        self.messages.push((peer, msg.clone()));
+        let Some(room) = self.rooms.get_mut(&m.channel) else {
+            return;
+        };
+        room.members.remove(&peer);
+        if room.members.is_empty() {
+            self.rooms.remove(&m.channel);
+            self.counts_changed.remove(&m.channel);
+            return;
+        }
+        if m.listed {
+            tell_room(&mut self.messages, room, None, msg);
+        }
+        self.counts_changed.insert(m.channel);
+    }
+
+    /// Queues `msg` for `peer` if it is a member.
+    fn send(&mut self, peer: PeerId, msg: ServerMsg) {
+        if self.members.contains_key(&peer) {
+            self.messages.push((peer, msg));
+        }
+    }
+
+    /// The peer id of a local member's voice (`None` for voices of other
+    /// nodes).
+    fn peer_of(&self, source: SourceId) -> Option<u64> {
+        self.sources.get(&source).map(|p| p.0)
+    }
+}
+
+/// Queues `msg` for every member of `room` but `except`.
+fn tell_room(
+    messages: &mut Vec<(PeerId, ServerMsg)>,
+    room: &Room,
+    except: Option<PeerId>,
+    msg: ServerMsg,
+) {
+    for peer in &room.members {
+        if Some(*peer) != except {
+            messages.push((*peer, msg.clone()));
+        }
+    }
+}
+
+/// How the protocol names why a member left.
+fn leave_reason_name(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::Left => "left",
+        LeaveReason::Disconnected => "disconnected",
+        LeaveReason::ConnectTimeout => "timeout",
+        _ => "failed",
+    }
+}
