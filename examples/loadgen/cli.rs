@@ -396,6 +396,29 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_invocations_parse() {
+        // As README.md, BENCHMARKS.md, scripts/bench-node.sh and
+        // scripts/cluster-demo.sh call it.
+        for line in [
+            "--url http://127.0.0.1:8080 --speakers 3 --listeners 1000 --seconds 10 --pattern conversation",
+            "--url http://127.0.0.1:18501 --speakers 3 --listeners 1000 --seconds 12 --pid server=41",
+            "--url http://127.0.0.1:18100 --speakers 3 --listeners 50 --seconds 8 --pid 41",
+            "--url http://127.0.0.1:18300 --speakers 3 --listeners 1000 --seconds 10 \
+             --pattern conversation --join-parallel 4 --decode-every 100 --pid server=41",
+            "--url http://127.0.0.1:18200 --speakers 3 --listeners 200 --seconds 10 --join-parallel 4 \
+             --pid server=41 --threads 0 --full-srtp",
+            "--url http://127.0.0.1:18500 --speakers 3 --pattern continuous --steps 100,200,400 \
+             --seconds 8 --threads 1 --join-parallel 4 --stop-loss 0.001 --stop-cpu 0.95 \
+             --decode-every 50 --pid server=41",
+            "--edges http://127.0.0.1:18601,http://127.0.0.1:18602 --speakers 3 --listeners 250 \
+             --seconds 10 --decode-every 50 --pid core=40 --pid edge1=41 --pid edge2=42",
+        ] {
+            let a = args(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(a.urls[0].starts_with("http://127.0.0.1:"), "{line}");
+        }
+    }
+
+    #[test]
     fn help_is_not_an_error() {
         let e = args("--help").unwrap_err();
         assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayHelp, 0));
