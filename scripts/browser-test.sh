@@ -10,8 +10,15 @@
 #
 # Outputs: target/browser-test.png (screenshot), target/browser-test-server.log.
 # Environment: VERBOSE=1 echoes the pages' consoles; SFU_LOG is the server's
-# log filter (default "info"; "debug" to chase negotiation problems).
+# log filter (default "info"; "debug" to chase negotiation problems);
+# SFU_SERVER_BIN is a server binary to test instead of building one with
+# `cargo build -p sfu-server` (scripts/test.sh passes the one its
+# `cargo test --workspace` built).
 set -euo pipefail
+if [ -n "${SFU_SERVER_BIN:-}" ]; then
+  # Relative to where we were called from, before the cd below.
+  SFU_SERVER_BIN=$(realpath -m -- "$SFU_SERVER_BIN")
+fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TEST_DIR=$ROOT/sfu-server/tests/browser
@@ -53,9 +60,15 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
   fi
 )
 
-echo "browser-test: cargo build -p sfu-server"
-cargo build -p sfu-server
-SERVER=${CARGO_TARGET_DIR:-$ROOT/target}/debug/sfu-server
+if [ -n "${SFU_SERVER_BIN:-}" ]; then
+  SERVER=$SFU_SERVER_BIN
+  [ -x "$SERVER" ] || { echo "browser-test: SFU_SERVER_BIN=$SERVER is not an executable file"; exit 1; }
+  echo "browser-test: server $SERVER (SFU_SERVER_BIN, not built here)"
+else
+  echo "browser-test: cargo build -p sfu-server"
+  cargo build -p sfu-server
+  SERVER=${CARGO_TARGET_DIR:-$ROOT/target}/debug/sfu-server
+fi
 
 # --- namespace, server, test ------------------------------------------------
 NS=sfu-browser-$$

@@ -4,6 +4,9 @@
 # what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where cargo builds (a relative CARGO_TARGET_DIR is relative to this folder).
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
 
 scripts/setup.sh
 
@@ -21,5 +24,9 @@ FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
 
 if [ -x scripts/browser-test.sh ]; then
   echo "== browser test (headless Chromium)"
-  scripts/browser-test.sh
+  # The server binary `cargo test --workspace` built above (cargo builds a
+  # package's binaries for its integration tests: CARGO_BIN_EXE_sfu-server).
+  # `cargo build -p sfu-server` would compile media-core, cascade and the
+  # server once more: without the workspace's features they differ.
+  SFU_SERVER_BIN="$target/debug/sfu-server" scripts/browser-test.sh
 fi

@@ -129,12 +129,23 @@ async fn steps_report_one_line_each() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_flags_exit_2_without_a_panic() {
-    for args in [
-        &["--listeners", "x"][..],
-        &["--pattern", "shouting"],
-        &["--threads", "99999"],
+#[test]
+fn bad_flags_exit_2_with_clap_errors() {
+    for (args, says) in [
+        (
+            &["--listeners", "x"][..],
+            "invalid value 'x' for '--listeners",
+        ),
+        (
+            &["--pattern", "shouting"],
+            "possible values: continuous, conversation",
+        ),
+        (&["--threads", "99999"], "99999 is not in 0..=64"),
+        (&["--bogus"], "unexpected argument '--bogus'"),
+        (
+            &["--decode", "--listeners", "6000"],
+            "at most 5000 listeners",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
             .args(args)
@@ -143,8 +154,45 @@ async fn bad_flags_exit_2_without_a_panic() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("usage:") && !stderr.contains("panicked"),
-            "{stderr}"
+            stderr.starts_with("error: ") && stderr.contains(says) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("--help")
+        .output()
+        .expect("loadgen runs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--url",
+        "--edges",
+        "--channel",
+        "--speakers",
+        "--listeners",
+        "--seconds",
+        "--join-timeout",
+        "--pattern",
+        "--seed",
+        "--no-dtx",
+        "--threads",
+        "--full-srtp",
+        "--join-parallel",
+        "--pid",
+        "--decode",
+        "--decode-every",
+        "--steps",
+        "--stop-loss",
+        "--stop-cpu",
+    ] {
+        assert!(
+            help.split_whitespace().any(|w| w == flag),
+            "{flag} in {help}"
         );
     }
 }

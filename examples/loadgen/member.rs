@@ -1,0 +1,141 @@
+//! One member of the channel: its client, the peer that drives it, and its
+//! signaling socket, which stays open for its lifetime (closing it leaves
+//! the channel). Joining and leaving over the WebSocket room protocol.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::cli::Args;
+use crate::harness::client::{Client, ClientSpec};
+use crate::harness::udp::UdpPeer;
+use crate::pool::PooledPeer;
+use media_core::str0m::config::DtlsCert;
+
+/// Most time the members take to leave, together: a server too busy to
+/// read its sockets then notices the peers vanish.
+const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+
+type WsSink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+
+/// A client's peer: its own thread, or a task of the pool.
+#[derive(Debug)]
+enum Peer {
+    Thread(UdpPeer),
+    Pooled(PooledPeer),
+}
+
+/// A member that joined; what the server says to it is read and dropped.
+#[derive(Debug)]
+pub(crate) struct Member {
+    peer: Peer,
+    pub(crate) client: Arc<Mutex<Client>>,
+    ws: WsSink,
+    reader: tokio::task::JoinHandle<()>,
+    /// When its `join` left: join time runs from here to its first audio.
+    pub(crate) join_sent: Instant,
+    /// Whether it decodes and is checked.
+    pub(crate) checked: bool,
+}
+
+/// How a member's client is made.
+pub(crate) struct Setup<'a> {
+    pub(crate) cert: &'a DtlsCert,
+    /// Run it on the pool (else on a thread of its own).
+    pub(crate) pooled: bool,
+}
+
+/// Joins `a.channel` at `url` as `role` ("speaker" or "listener"): sends
+/// the offer, applies the answer and starts the client, all within
+/// `--join-timeout`.
+pub(crate) async fn join(
+    a: &Args,
+    url: &str,
+    name: &str,
+    spec: ClientSpec,
+    role: &str,
+    setup: &Setup<'_>,
+) -> Result<Member, String> {
+    let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.join_timeout);
+    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(ws_url))
+        .await
+        .map_err(|_| "websocket: no connection in time".to_string())?
+        .map_err(|e| format!("websocket: {e}"))?;
+    let checked = spec.decode;
+    let (mut peer, offer) = if setup.pooled {
+        let (p, offer) = PooledPeer::new(name, &spec, setup.cert).map_err(|e| e.to_string())?;
+        (Peer::Pooled(p), offer)
+    } else {
+        let (p, offer) = UdpPeer::new(name, &spec, Instant::now).map_err(|e| e.to_string())?;
+        (Peer::Thread(p), offer)
+    };
+    let join_sent = Instant::now();
+    let msg = json!({"type": "join", "channel": a.channel, "offer": offer, "role": role, "identity": name});
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+            .ok_or("socket closed")?
+            .map_err(|e| e.to_string())?;
+        let Message::Text(t) = m else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("joined") => {
+                let answer = v["answer"].as_str().ok_or("joined without an answer")?;
+                let client = match &mut peer {
+                    Peer::Pooled(p) => {
+                        p.start(answer)?;
+                        p.client.clone()
+                    }
+                    Peer::Thread(p) => {
+                        p.try_start(answer)?;
+                        p.client()
+                    }
+                };
+                let (sink, mut stream) = ws.split();
+                // Read and drop room events so that they do not queue up in
+                // the server; ends when the socket closes.
+                let reader =
+                    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+                return Ok(Member {
+                    peer,
+                    client,
+                    ws: sink,
+                    reader,
+                    join_sent,
+                    checked,
+                });
+            }
+            Some("error") => return Err(format!("refused: {}", v["message"])),
+            _ => {}
+        }
+    }
+}
+
+/// Leaves politely, but spends at most [`LEAVE_WITHIN`] on it.
+pub(crate) async fn leave(members: Vec<Member>) {
+    let leave_by = tokio::time::Instant::now() + LEAVE_WITHIN;
+    for m in &members {
+        if let Peer::Thread(p) = &m.peer {
+            p.signal_stop();
+        }
+    }
+    let leave = json!({"type": "leave"}).to_string();
+    for mut m in members {
+        let _ =
+            tokio::time::timeout_at(leave_by, m.ws.send(Message::Text(leave.clone().into()))).await;
+        m.reader.abort();
+    }
+}
