@@ -107,11 +107,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
-use media_core::harness::audio::{TalkPattern, TONES};
-use media_core::harness::client::{Client, ClientSpec, LatencyHistogram};
-use media_core::harness::udp::UdpPeer;
 use media_core::str0m::config::DtlsCert;
 use serde_json::{json, Value};
+use testkit::audio::{TalkPattern, TONES};
+use testkit::client::{Client, ClientSpec};
+use testkit::latency::LatencyHistogram;
+use testkit::udp::UdpPeer;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -371,7 +372,7 @@ async fn join(
         let (p, offer) = PooledPeer::new(name, &spec, setup.cert).map_err(|e| e.to_string())?;
         (Peer::Pooled(p), offer)
     } else {
-        let (p, offer) = UdpPeer::new(name, &spec, Instant::now).map_err(|e| e.to_string())?;
+        let (p, offer) = UdpPeer::new(name, &spec).map_err(|e| e.to_string())?;
         (Peer::Thread(p), offer)
     };
     let join_sent = Instant::now();

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use media_core::harness::audio::TONES;
-use media_core::harness::client::{Client, ClientSpec};
 use media_core::str0m::config::DtlsCert;
+use testkit::audio::TONES;
+use testkit::client::{Client, ClientSpec};
 
 /// Datagrams a task reads in a row before it looks at its timers again.
 const BURST: usize = 64;

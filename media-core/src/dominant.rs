@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn single_talker_becomes_dominant_at_first_decision() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(1000, |_| vec![(A, SILENCE), (B, SILENCE)]);
         assert!(sim.changes.is_empty());
@@ -552,7 +552,7 @@ mod tests {
     /// decisions every 300 ms add at most 300 ms.
     #[test]
     fn switches_to_the_next_talker() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(3000, |t| vec![(A, talk(t)), (B, SILENCE)]);
         assert_eq!(sim.changes, vec![(300, A)]);
@@ -571,7 +571,7 @@ mod tests {
     /// about 700 ms, plus at most one decision interval.
     #[test]
     fn switches_when_the_dominant_stops_sending() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(3000, |t| vec![(A, talk(t)), (B, SILENCE)]);
         sim.run(3000, |t| vec![(B, talk(t))]);
@@ -588,7 +588,7 @@ mod tests {
     /// and so wins on the immediate and medium time scales.
     #[test]
     fn short_burst_does_not_take_dominance() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         // A talks with a 200 ms pause between phrases every 1.6 s
         // (3100..3300 ms is one of them). C coughs at full scale for 200 ms
@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn background_noise_never_dominates() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         // Eight sources of steady quiet noise between -90 and -127 dBov.
         let noise = |t: u64| -> Vec<(u32, u8)> {
@@ -648,7 +648,7 @@ mod tests {
 
     #[test]
     fn loud_steady_noise_is_gated_by_its_floor() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         // A fan at -45 dBov: loud enough to count as active were it not
         // below the source's own noise gate.
@@ -662,7 +662,7 @@ mod tests {
 
     #[test]
     fn remove_and_repeated_decisions() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(600, |t| vec![(A, talk(t)), (B, SILENCE)]);
         assert_eq!(sim.changes, vec![(300, A)]);
@@ -691,7 +691,7 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_smallest_source() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut det = DominantSpeakerDetector::new();
         for i in 0..15u64 {
             let now = t0 + Duration::from_millis(i * FRAME_MS);
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn tolerates_any_level_and_time_going_backwards() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut det = DominantSpeakerDetector::<u8>::default();
         let mut ms: u64 = 10_000;
         for i in 0..20_000u64 {

@@ -20,7 +20,7 @@ const SILENCE_LEVEL: u8 = 127;
 /// and rounded to the nearest integer (as WebRTC does), then clamped to
 /// `0..=127`. A full-scale sine therefore measures 3, a full-scale square
 /// wave 0. An empty slice is silence (127).
-pub(crate) fn level_from_pcm(pcm: &[i16]) -> u8 {
+pub fn level_from_pcm(pcm: &[i16]) -> u8 {
     if pcm.is_empty() {
         return SILENCE_LEVEL;
     }

@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn first_speech_packet_is_selected_at_once() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         assert!(!s.on_packet(SourceId(1), 127, false, t0));
         assert!(s.selected().is_empty());
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_similar_voice_does_not_displace_an_active_one() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 30, true, t0);
         s.on_packet(SourceId(2), 30, true, t0);
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn an_expired_speaker_gives_way_to_any_new_one() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         s.on_packet(SourceId(2), 10, true, t0);
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn pinned_source_is_never_replaced() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 50, true, t0);
         s.on_packet(SourceId(2), 40, true, t0);
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_pinned_source_that_pauses_gives_way() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         s.on_packet(SourceId(2), 10, true, t0);
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn pinning_an_unselected_source_selects_it() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         s.on_packet(SourceId(2), 20, true, t0);
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn removing_frees_the_place() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         assert!(s.remove(SourceId(1)));

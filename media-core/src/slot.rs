@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn continuous_across_a_switch() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = SlotRewriter::new(1000, 5000);
         let a = SourceId(1);
         let b = SourceId(2);
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn source_gaps_pass_through_and_stale_packets_are_dropped() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = SlotRewriter::new(10, 0);
         let a = SourceId(1);
         let b = SourceId(2);
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_source_resuming_after_a_long_gap_is_rebased() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = SlotRewriter::new(100, 0);
         let a = SourceId(1);
         s.rewrite(a, 10, 0, None, t0).unwrap();
@@ -225,14 +225,14 @@ mod tests {
     fn first_sequence_number_stays_below_32768() {
         let mut s = SlotRewriter::new(u16::MAX, 0);
         let p = s
-            .rewrite(SourceId(1), 5, 0, None, crate::test_epoch())
+            .rewrite(SourceId(1), 5, 0, None, testkit::epoch())
             .unwrap();
         assert!(p.seq < 32768);
     }
 
     #[test]
     fn timestamps_never_go_backwards_even_if_the_clock_does() {
-        let t0 = crate::test_epoch() + Duration::from_secs(10);
+        let t0 = testkit::epoch() + Duration::from_secs(10);
         let mut s = SlotRewriter::new(0, u32::MAX - 10);
         let a = s.rewrite(SourceId(1), 0, 0, Some(480), t0).unwrap();
         let b = s

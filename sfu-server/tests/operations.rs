@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use media_core::harness::client::ClientSpec;
 use serde_json::json;
 use sfu_server::auth::{mint, Grants};
 use sfu_server::server::unix_now;
+use testkit::client::ClientSpec;
 
 async fn scrape(base: &str) -> prometheus_parse::Scrape {
     let body = reqwest::get(format!("{base}/metrics"))
