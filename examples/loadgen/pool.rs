@@ -1,4 +1,4 @@
-//! Many listeners on a few threads: each listener is a harness `Client`
+//! Many listeners on a few threads: each listener is a test kit `Client`
 //! (real str0m: ICE with consent keepalives, DTLS) on its own UDP socket
 //! (the server tells members apart by 4-tuple), driven by a tokio task on
 //! the load generator's runtime (`--threads N` workers, epoll underneath)

@@ -1,5 +1,5 @@
 //! The engine's input and output: what an embedder feeds to
-//! [`Engine::handle_input`](crate::Engine::handle_input) and drains from
+//! [`Engine::handle_input`](crate::Engine::handle_input) and takes from
 //! [`Engine::poll_output`](crate::Engine::poll_output). A leaf module: the
 //! engine and its peers both produce these, neither owns them.
 

@@ -43,7 +43,7 @@ impl Selector {
         self.0.pin(source, now)
     }
 
-    /// The selected sources.
+    /// The selected voices.
     pub fn selected(&self) -> &[SourceId] {
         self.0.selected()
     }

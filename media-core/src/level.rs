@@ -49,10 +49,10 @@ pub fn level_from_pcm(pcm: &[i16]) -> u8 {
     }
 }
 
-/// Decodes Opus packets of one source (48 kHz, mono) to measure their level.
+/// Decodes Opus packets of one voice (48 kHz, mono) to measure their level.
 ///
-/// One meter per source: the Opus decoder is stateful, so packets of different
-/// sources must not share a meter. The first frame or two after the meter
+/// One meter per voice: the Opus decoder is stateful, so packets of different
+/// voices must not share a meter. The first frame or two after the meter
 /// starts (or after loss) may measure a little quieter than the sender's
 /// input while the decoder settles.
 #[derive(Debug)]

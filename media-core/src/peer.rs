@@ -252,7 +252,7 @@ impl Peer {
             connect_deadline: now + config.connect_timeout,
             level_meter: None,
             timer: None,
-            // The engine drains the new peer right after inserting it.
+            // The engine polls the new peer right after inserting it.
             rtc_timeout: now,
             ufrag,
             ice_pass,

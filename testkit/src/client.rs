@@ -307,7 +307,7 @@ impl Client {
     /// Applies the engine's answer.
     ///
     /// # Panics
-    /// If the answer does not parse or does not fit the offer (the harness
+    /// If the answer does not parse or does not fit the offer (the simulated
     /// engine's answers always do); see [`try_accept_answer`](Self::try_accept_answer).
     pub fn accept_answer(&mut self, sdp: &str, now: Instant) {
         if let Err(e) = self.try_accept_answer(sdp, now) {
@@ -339,7 +339,7 @@ impl Client {
                 .map(|p| p.pt());
             up.next_frame = now;
         }
-        self.drain(now);
+        self.poll_rtc(now);
         Ok(())
     }
 
@@ -434,7 +434,7 @@ impl Client {
                 // engine does), not at the next timeout.
                 let _ = self.rtc.handle_input(RtcInput::Timeout(now));
             }
-            self.drain(now);
+            self.poll_rtc(now);
         }
     }
 
@@ -501,7 +501,7 @@ impl Client {
         if let Ok(r) = Receive::new(Protocol::Udp, source, destination, contents) {
             let _ = self.rtc.handle_input(RtcInput::Receive(now, r));
         }
-        self.drain(now);
+        self.poll_rtc(now);
     }
 
     /// Logs a received packet: statistics, latency, the packet log, and
@@ -558,10 +558,10 @@ impl Client {
             return;
         }
         let _ = self.rtc.handle_input(RtcInput::Timeout(now));
-        self.drain(now);
+        self.poll_rtc(now);
     }
 
-    fn drain(&mut self, now: Instant) {
+    fn poll_rtc(&mut self, now: Instant) {
         loop {
             match self.rtc.poll_output() {
                 Ok(RtcOutput::Timeout(t)) => {
@@ -680,7 +680,7 @@ mod tests {
     const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10_000);
     const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5_000);
 
-    /// A harness client and a plain str0m peer (ICE-lite, RTP mode, with
+    /// A test kit client and a plain str0m peer (ICE-lite, RTP mode, with
     /// abs-capture-time at another id than the client offers) that answers
     /// its offer, on a simulated clock, with a delay towards the client.
     struct Pair {
@@ -783,7 +783,7 @@ mod tests {
             if self.peer_timeout <= now {
                 self.peer.handle_input(RtcInput::Timeout(now)).unwrap();
             }
-            self.drain_peer(delay);
+            self.poll_peer(delay);
             let (due, later): (Vec<_>, Vec<_>) =
                 self.to_client.drain(..).partition(|(at, _)| *at <= now);
             self.to_client = later;
@@ -792,7 +792,7 @@ mod tests {
             }
         }
 
-        fn drain_peer(&mut self, delay: &dyn Fn(usize) -> Duration) {
+        fn poll_peer(&mut self, delay: &dyn Fn(usize) -> Duration) {
             loop {
                 match self.peer.poll_output().unwrap() {
                     RtcOutput::Timeout(t) => {
@@ -933,7 +933,7 @@ mod tests {
             if seq != 100 {
                 let capture = pair.client.wall_time(pair.now).unwrap();
                 pair.peer_send(payload, seq, capture);
-                pair.drain_peer(&delay);
+                pair.poll_peer(&delay);
             }
             pair.run(Duration::from_millis(20), &delay);
         }

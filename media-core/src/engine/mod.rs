@@ -92,7 +92,7 @@ impl Engine {
         config.slots_per_listener = config.slots_per_listener.clamp(1, MAX_SLOTS);
         let dtls_cert = config.dtls_cert.clone().unwrap_or_else(generate_dtls_cert);
         let mut rng = Rng::new(config.seed);
-        // Sources of different engines should not collide; start each engine
+        // Source ids of different engines should not collide; start each engine
         // at its own seeded point, away from 0 (CSRC 0 confuses some stacks).
         let next_source = (rng.next_u32() & 0x7fff_ffff).max(1);
         let ntp = NtpClock::new(now, config.wallclock_at_start);
@@ -144,7 +144,7 @@ impl Engine {
         )
     }
 
-    /// The voice (source) a joined peer sends.
+    /// The voice a joined peer sends, whatever its role.
     pub fn peer_source(&self, peer: PeerId) -> Option<SourceId> {
         Some(self.peers.get(*self.peer_keys.get(&peer)?)?.source)
     }
