@@ -136,9 +136,6 @@ mod window;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The test harness's WebRTC clients (str0m, Opus tone speakers and
-/// detectors), which the modules reach as `crate::harness`.
-use media_core::harness;
 use serde_json::json;
 
 use cli::Args;

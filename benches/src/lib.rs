@@ -8,7 +8,9 @@
 //! [`criterion::Bencher::iter_custom`], so setup and the regeneration of
 //! packets stay out of the figures.
 
+#[cfg(feature = "internal-rigs")]
 pub mod demux;
+#[cfg(feature = "internal-rigs")]
 pub mod selection;
 
 use std::hint::black_box;
@@ -16,11 +18,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use media_core::harness::audio::{ToneSpeaker, TONES};
-use media_core::harness::client::ClientSpec;
-use media_core::harness::net::Datagram;
-use media_core::harness::{Sim, ENGINE_ADDR};
 use media_core::{EngineConfig, Input, Output, Role};
+use testkit::audio::{ToneSpeaker, TONES};
+use testkit::client::ClientSpec;
+use testkit::net::Datagram;
+use testkit::{Sim, ENGINE_ADDR};
 
 /// The CPU time this thread has run, in ns, from the Linux scheduler
 /// (`/proc/thread-self/schedstat`; not updated for the slice running now,

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::harness::audio::TONES;
-use crate::harness::client::Client;
 use crate::member::Member;
 use crate::pool::lock;
 use crate::window::SpeakerCounts;
+use testkit::audio::TONES;
+use testkit::client::Client;
 
 /// A speaker must have talked this many frames in the window for a
 /// decoding listener to be expected to hear it (0.5 s).

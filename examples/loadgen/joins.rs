@@ -8,10 +8,10 @@ use futures_util::stream::StreamExt;
 use media_core::str0m::config::DtlsCert;
 
 use crate::cli::{Args, Pattern};
-use crate::harness::audio::TalkPattern;
-use crate::harness::client::ClientSpec;
 use crate::member::{self, Member, Setup};
 use crate::progress::Progress;
+use testkit::audio::TalkPattern;
+use testkit::client::ClientSpec;
 
 /// Joins that may fail in a row before the ramp stops (each may take the
 /// join timeout).

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::client::LatencyHistogram;
 use crate::member::Member;
 use crate::pool::lock;
 use crate::window::{ListenerSnapshot, Window};
+use testkit::latency::LatencyHistogram;
 
 /// A listener that heard nothing for this long at the end of a window has
 /// stalled (speakers send every 20 ms, or every 400 ms in DTX pauses).

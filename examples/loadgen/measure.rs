@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use crate::cli::Args;
 use crate::first_audio::{self, JoinFigures};
-use crate::harness::client::ClientSpec;
 use crate::hearing::{self, Hearing};
 use crate::listener_stats::ListenerFigures;
 use crate::member::Member;
 use crate::pool::lock;
 use crate::window::{SpeakerCounts, Window};
+use testkit::client::ClientSpec;
 
 /// Everything measured in one step.
 #[derive(Debug)]

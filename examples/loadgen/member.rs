@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::cli::Args;
-use crate::harness::client::{Client, ClientSpec};
-use crate::harness::udp::UdpPeer;
 use crate::pool::PooledPeer;
 use media_core::str0m::config::DtlsCert;
+use testkit::client::{Client, ClientSpec};
+use testkit::udp::UdpPeer;
 
 /// Most time the members take to leave, together: a server too busy to
 /// read its sockets then notices the peers vanish.
@@ -73,7 +73,7 @@ pub(crate) async fn join(
         let (p, offer) = PooledPeer::new(name, &spec, setup.cert).map_err(|e| e.to_string())?;
         (Peer::Pooled(p), offer)
     } else {
-        let (p, offer) = UdpPeer::new(name, &spec, Instant::now).map_err(|e| e.to_string())?;
+        let (p, offer) = UdpPeer::new(name, &spec).map_err(|e| e.to_string())?;
         (Peer::Thread(p), offer)
     };
     let join_sent = Instant::now();

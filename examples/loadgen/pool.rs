@@ -1,4 +1,4 @@
-//! Many listeners on a few threads: each listener is a harness `Client`
+//! Many listeners on a few threads: each listener is a test kit `Client`
 //! (real str0m: ICE with consent keepalives, DTLS) on its own UDP socket
 //! (the server tells members apart by 4-tuple), driven by a tokio task on
 //! the load generator's runtime (`--threads N` workers, epoll underneath)
@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use media_core::harness::audio::TONES;
-use media_core::harness::client::{Client, ClientSpec};
 use media_core::str0m::config::DtlsCert;
+use testkit::audio::TONES;
+use testkit::client::{Client, ClientSpec};
 
 /// Datagrams a task reads in a row before it looks at its timers again.
 const BURST: usize = 64;

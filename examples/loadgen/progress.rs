@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::client::Client;
 use crate::pool::lock;
+use testkit::client::Client;
 
 /// What the progress line reads, shared with the joins.
 #[derive(Debug)]

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::client::{Client, LatencyHistogram};
 use crate::member::Member;
 use crate::pool::lock;
 use crate::proc_stats::{self, ProcessReading};
+use testkit::client::Client;
+use testkit::latency::LatencyHistogram;
 
 /// Counters of one listener at one moment.
 #[derive(Debug, Clone, Default)]

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use media_core::harness::audio::{ToneListener, ToneSpeaker, FRAME_SAMPLES, TONES};
 use media_core::str0m::change::{SdpAnswer, SdpPendingOffer};
 use media_core::str0m::format::Codec;
 use media_core::str0m::media::{Direction, MediaKind, Mid, Pt};
 use media_core::str0m::net::{Protocol, Receive};
 use media_core::str0m::rtp::{ExtensionValues, RtpWrite};
 use media_core::str0m::{Candidate, Event, Input, Output, Rtc};
+use testkit::audio::{ToneListener, ToneSpeaker, FRAME_SAMPLES, TONES};
 
 /// Everything in a test must be done by then.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ fn parse_response(response: &str) -> (u16, HashMap<String, String>, String) {
 }
 
 /// A WebRTC client on its own loopback UDP socket: str0m in RTP mode, like
-/// `media_core::harness::client::Client` but on real sockets and real time.
+/// `testkit::client::Client` but on real sockets and real time.
 struct Client {
     rtc: Rtc,
     socket: UdpSocket,

@@ -1,4 +1,4 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    media_core::harness::fuzz::datagrams(data, std::time::Instant::now())
+    testkit::fuzz::datagrams(data, std::time::Instant::now())
 });

@@ -1,4 +1,4 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    media_core::harness::fuzz::sdp_offer(data, std::time::Instant::now())
+    testkit::fuzz::sdp_offer(data, std::time::Instant::now())
 });

@@ -1,6 +1,6 @@
 //! Thin public facades over crate-private parts of the engine, for the
-//! criterion benches in `benches/` only (feature `bench`). Not an API: it
-//! may change with any commit.
+//! criterion benches in `benches/` only (feature `_internal_test_exports`).
+//! Not an API: it may change with any commit.
 //!
 //! Each facade holds the real type and forwards to it; nothing here adds
 //! behaviour, so what the benches time is what the engine runs.
@@ -43,7 +43,7 @@ impl Selector {
         self.0.pin(source, now)
     }
 
-    /// The selected sources.
+    /// The selected voices.
     pub fn selected(&self) -> &[SourceId] {
         self.0.selected()
     }

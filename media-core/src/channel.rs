@@ -31,8 +31,8 @@ pub(crate) struct Channel {
     pub(crate) next_tick: Instant,
     /// `Some`: a relay channel, following the origin on this link.
     pub(crate) upstream: Option<LinkId>,
-    /// (Origin) relay links subscribed to this channel.
-    pub(crate) relays: Vec<LinkId>,
+    /// (Origin) the links over which relay channels subscribed to this one.
+    pub(crate) subscribers: Vec<LinkId>,
     /// (Origin) voices that arrived over a relay link, and which.
     pub(crate) remote: HashMap<SourceId, LinkId>,
     /// Who each voice belongs to (local and remote), for `SourceInfo`.
@@ -59,7 +59,7 @@ impl Channel {
             timer: None,
             next_tick: now + config.dominant_interval,
             upstream: None,
-            relays: Vec::new(),
+            subscribers: Vec::new(),
             remote: HashMap::new(),
             identities: HashMap::new(),
             last_dominant: None,
@@ -68,7 +68,7 @@ impl Channel {
 
     /// Whether the channel has no reason to exist any more.
     pub(crate) fn is_unused(&self) -> bool {
-        self.members.is_empty() && self.relays.is_empty()
+        self.members.is_empty() && self.subscribers.is_empty()
     }
 
     /// Maps the selected voices into one member's slots and adds the member's
@@ -76,10 +76,8 @@ impl Channel {
     pub(crate) fn assign_member(&mut self, key: PeerKey, peer: &mut Peer, events: &mut Vec<Event>) {
         assign_slots(self.selector.selected(), peer, events);
         for (i, slot) in peer.slots.iter().enumerate() {
-            if let Some(src) = slot.source {
-                if self.selector.is_selected(src) {
-                    self.fanout.entry(src).or_default().push((key, i as u8));
-                }
+            if let Some(source) = slot.source.filter(|s| self.selector.is_selected(*s)) {
+                self.fanout.entry(source).or_default().push((key, i as u8));
             }
         }
     }
@@ -99,17 +97,11 @@ impl Channel {
     /// the fan-out table. Work proportional to members, done only on changes.
     pub(crate) fn reassign_all(&mut self, peers: &mut Slab<Box<Peer>>, events: &mut Vec<Event>) {
         self.fanout.clear();
-        for &key in &self.members {
-            let Some(peer) = peers.get_mut(key) else {
-                continue;
-            };
-            assign_slots(self.selector.selected(), peer, events);
-            for (i, slot) in peer.slots.iter().enumerate() {
-                if let Some(src) = slot.source {
-                    if self.selector.is_selected(src) {
-                        self.fanout.entry(src).or_default().push((key, i as u8));
-                    }
-                }
+        // Indexed, not iterated: `assign_member` borrows the whole channel.
+        for i in 0..self.members.len() {
+            let key = self.members[i];
+            if let Some(peer) = peers.get_mut(key) {
+                self.assign_member(key, peer, events);
             }
         }
     }
@@ -172,9 +164,9 @@ fn assign_slots(selected: &[SourceId], peer: &mut Peer, events: &mut Vec<Event>)
 }
 
 impl Channel {
-    /// Empties every slot of every member that carries `source` (it left, was
-    /// muted or became a listener) and reports the freed slots.
-    pub(crate) fn release_source(
+    /// Empties every slot of every member that carries voice `source` (it
+    /// left, was muted or became a listener) and reports the freed slots.
+    pub(crate) fn release_voice(
         &mut self,
         source: SourceId,
         peers: &mut Slab<Box<Peer>>,

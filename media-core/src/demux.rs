@@ -11,13 +11,10 @@ use std::net::SocketAddr;
 
 use str0m::ice::StunMessage;
 
+use crate::datagram::DatagramKind;
+
 /// Slab index of a peer.
 pub(crate) type PeerKey = u32;
-
-/// The first byte of a STUN message is 0..=3 (RFC 7983 §7).
-fn is_stun(datagram: &[u8]) -> bool {
-    datagram.first().is_some_and(|b| *b < 4)
-}
 
 /// HMAC-SHA1 over `parts` (STUN MESSAGE-INTEGRITY, RFC 5389 §15.4).
 pub(crate) fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
@@ -65,7 +62,7 @@ impl Demux {
         if let Some(k) = self.by_tuple.get(&(source, destination)) {
             return Route::Known(*k);
         }
-        if !is_stun(datagram) {
+        if DatagramKind::of(datagram) != DatagramKind::Stun {
             return Route::Unknown;
         }
         let Ok(msg) = StunMessage::parse(datagram) else {

@@ -7,7 +7,7 @@
 //! mediasoup (`ActiveSpeakerObserver.cpp`) use: instead of per-frame sub-band
 //! SNRs it works on the audio level each packet carries (RFC 6464).
 //!
-//! Per source it keeps the last [`HISTORY_LEN`] levels (1 s at 20 ms per
+//! Per voice it keeps the last [`HISTORY_LEN`] levels (1 s at 20 ms per
 //! packet) and, at every decision, derives three activity counts:
 //!
 //! * immediate: the newest level quantised into `N1` sub-units (0..=12);
@@ -47,7 +47,7 @@ const N3: usize = 10;
 /// (Jitsi's `N1_SUBUNIT_LENGTH`).
 const SUBUNIT: u8 = MAX_LEVEL.div_ceil(N1);
 
-/// Levels kept per source: one long block of `N3` medium blocks of `N2`
+/// Levels kept per voice: one long block of `N3` medium blocks of `N2`
 /// levels each (50 levels, 1 s of 20 ms packets).
 const HISTORY_LEN: usize = N2 * N3;
 
@@ -84,21 +84,21 @@ const C3: f64 = 0.0;
 /// and its logarithm are always defined (Jitsi's `MIN_SPEECH_ACTIVITY_SCORE`).
 const MIN_ACTIVITY_SCORE: f64 = 1e-10;
 
-/// A source that reported no level for longer than this is assumed silent:
+/// A voice that reported no level for longer than this is assumed silent:
 /// one silent level is added to its history per elapsed timeout (Jitsi's and
 /// mediasoup's `LEVEL_IDLE_TIMEOUT`; above the usual 20 and 30 ms packet
 /// durations).
 const LEVEL_IDLE_TIMEOUT: Duration = Duration::from_millis(40);
 
-/// Number of levels after which a per-source noise floor may rise again
+/// Number of levels after which a per-voice noise floor may rise again
 /// (15 s of 20 ms packets; Jitsi's `MIN_LEVEL_WINDOW_LENGTH`).
 const MIN_LEVEL_WINDOW: u16 = 15 * 1000 / 20;
 
-/// Upper bound on the per-source noise gate, in internal units
+/// Upper bound on the per-voice noise gate, in internal units
 /// (`127 - dBov`): levels of -40 dBov or louder always count as signal.
 ///
 /// Not in Jitsi or mediasoup (they gate at "quietest level seen + one
-/// sub-unit" without bound). Without this bound a source that never sends
+/// sub-unit" without bound). Without this bound a voice that never sends
 /// anything quieter than its speech (noise suppression, DTX) would have most
 /// of its own speech gated away; background noise loud enough to reach this
 /// bound is rare.
@@ -115,8 +115,8 @@ type FixedState = BuildHasherDefault<DefaultHasher>;
 /// about every [`DECISION_INTERVAL`](Self::DECISION_INTERVAL).
 pub(crate) struct DominantSpeakerDetector<S> {
     speakers: HashMap<S, Speaker, FixedState>,
-    /// The keys of `speakers`, ascending, so that decisions visit sources in
-    /// a fixed order and ties go to the smallest source.
+    /// The keys of `speakers`, ascending, so that decisions visit voices in
+    /// a fixed order and ties go to the smallest voice.
     order: Vec<S>,
     dominant: Option<S>,
 }
@@ -159,7 +159,7 @@ impl<S: Copy + Eq + Hash + Ord + fmt::Debug> DominantSpeakerDetector<S> {
         }
     }
 
-    /// Forget a source (left the channel, muted). If it was dominant, the dominant becomes None
+    /// Forget a voice (left the channel, muted). If it was dominant, the dominant becomes None
     /// until the next decision picks another.
     pub(crate) fn remove_source(&mut self, source: S) {
         self.speakers.remove(&source);
@@ -203,7 +203,7 @@ impl<S: Copy + Eq + Hash + Ord + fmt::Debug> DominantSpeakerDetector<S> {
         self.dominant
     }
 
-    /// The speaker switch rule: the source that beats the dominant on all
+    /// The speaker switch rule: the voice that beats the dominant on all
     /// three time scales, the largest medium-term ratio winning among several.
     fn challenger(&self, dominant: S, dominant_scores: Scores) -> Option<S> {
         let mut best_medium = C2;
@@ -227,8 +227,8 @@ impl<S: Copy + Eq + Hash + Ord + fmt::Debug> DominantSpeakerDetector<S> {
         winner
     }
 
-    /// With nobody dominant: the source with the highest medium-term score
-    /// (then long, then immediate; ties to the smallest source), provided it
+    /// With nobody dominant: the voice with the highest medium-term score
+    /// (then long, then immediate; ties to the smallest voice), provided it
     /// has any medium-term speech activity at all.
     fn most_active(&self) -> Option<S> {
         let mut best: Option<(S, Scores)> = None;
@@ -272,7 +272,7 @@ impl<S: fmt::Debug> fmt::Debug for DominantSpeakerDetector<S> {
     }
 }
 
-/// Activity scores of one source on the immediate, medium and long scales.
+/// Activity scores of one voice on the immediate, medium and long scales.
 #[derive(Clone, Copy, Debug)]
 struct Scores {
     immediate: f64,
@@ -288,7 +288,7 @@ impl Scores {
     };
 }
 
-/// Level history and noise floor of one source.
+/// Level history and noise floor of one voice.
 #[derive(Debug)]
 struct Speaker {
     /// Ring buffer of levels in internal units (`127 - RFC 6464 level`,
@@ -390,7 +390,7 @@ impl Speaker {
     }
 
     fn evaluate(&self) -> Scores {
-        // Levels below the noise gate count as silence, which puts sources
+        // Levels below the noise gate count as silence, which puts voices
         // with different background noise on an equal footing.
         let gate = self.min_level.saturating_add(SUBUNIT).min(NOISE_GATE_MAX);
         let mut newest_immediate = 0;
@@ -469,7 +469,7 @@ mod tests {
         PATTERN[(ms / FRAME_MS % 8) as usize]
     }
 
-    /// Drives a detector with one level per source per 20 ms frame and a
+    /// Drives a detector with one level per voice per 20 ms frame and a
     /// decision every 300 ms, recording every change it reports.
     struct Sim {
         det: DominantSpeakerDetector<u32>,
@@ -495,7 +495,7 @@ mod tests {
         }
 
         /// Runs `ms` of frames; `levels(t)` gives the `(source, level)`
-        /// pairs of the frame at `t` ms (absent sources send nothing).
+        /// pairs of the frame at `t` ms (absent voices send nothing).
         fn run(&mut self, ms: u64, levels: impl Fn(u64) -> Vec<(u32, u8)>) {
             let end = self.now_ms + ms;
             while self.now_ms < end {
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn single_talker_becomes_dominant_at_first_decision() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(1000, |_| vec![(A, SILENCE), (B, SILENCE)]);
         assert!(sim.changes.is_empty());
@@ -540,7 +540,7 @@ mod tests {
         sim.run(200, |t| vec![(A, talk(t)), (B, SILENCE)]);
         assert_eq!(sim.changes, vec![(1200, A)]);
 
-        // A source never heard before that talks is picked from its first level.
+        // A voice never heard before that talks is picked from its first level.
         let mut det = DominantSpeakerDetector::new();
         det.record_level(C, 25, t0 + Duration::from_millis(10));
         assert_eq!(det.decide(t0 + Duration::from_millis(20)), Some(C));
@@ -552,7 +552,7 @@ mod tests {
     /// decisions every 300 ms add at most 300 ms.
     #[test]
     fn switches_to_the_next_talker() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(3000, |t| vec![(A, talk(t)), (B, SILENCE)]);
         assert_eq!(sim.changes, vec![(300, A)]);
@@ -571,7 +571,7 @@ mod tests {
     /// about 700 ms, plus at most one decision interval.
     #[test]
     fn switches_when_the_dominant_stops_sending() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(3000, |t| vec![(A, talk(t)), (B, SILENCE)]);
         sim.run(3000, |t| vec![(B, talk(t))]);
@@ -588,7 +588,7 @@ mod tests {
     /// and so wins on the immediate and medium time scales.
     #[test]
     fn short_burst_does_not_take_dominance() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         // A talks with a 200 ms pause between phrases every 1.6 s
         // (3100..3300 ms is one of them). C coughs at full scale for 200 ms
@@ -610,9 +610,9 @@ mod tests {
 
     #[test]
     fn background_noise_never_dominates() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
-        // Eight sources of steady quiet noise between -90 and -127 dBov.
+        // Eight voices of steady quiet noise between -90 and -127 dBov.
         let noise = |t: u64| -> Vec<(u32, u8)> {
             (10..18u32)
                 .map(|s| {
@@ -648,21 +648,21 @@ mod tests {
 
     #[test]
     fn loud_steady_noise_is_gated_by_its_floor() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         // A fan at -45 dBov: loud enough to count as active were it not
-        // below the source's own noise gate.
+        // below the voice's own noise gate.
         sim.run(5000, |t| vec![(C, 45 + (t / FRAME_MS % 2) as u8)]);
         assert!(sim.changes.is_empty(), "{:?}", sim.changes);
 
-        // The noisy source talks over its noise and is recognised.
+        // The noisy voice talks over its noise and is recognised.
         sim.run(1000, |t| vec![(C, talk(t))]);
         assert_eq!(sim.changes, vec![(5100, C)]);
     }
 
     #[test]
     fn remove_and_repeated_decisions() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut sim = Sim::new(t0);
         sim.run(600, |t| vec![(A, talk(t)), (B, SILENCE)]);
         assert_eq!(sim.changes, vec![(300, A)]);
@@ -671,7 +671,7 @@ mod tests {
         assert_eq!(sim.det.decide(now), None);
         assert_eq!(sim.det.dominant(), Some(A));
 
-        // Removing others or unknown sources leaves A dominant.
+        // Removing others or unknown voices leaves A dominant.
         sim.det.remove_source(B);
         sim.det.remove_source(99);
         assert_eq!(sim.det.dominant(), Some(A));
@@ -691,7 +691,7 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_smallest_source() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut det = DominantSpeakerDetector::new();
         for i in 0..15u64 {
             let now = t0 + Duration::from_millis(i * FRAME_MS);
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn tolerates_any_level_and_time_going_backwards() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut det = DominantSpeakerDetector::<u8>::default();
         let mut ms: u64 = 10_000;
         for i in 0..20_000u64 {

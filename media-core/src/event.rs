@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::{PeerId, SourceId};
 
-/// Something the embedder should know about, drained from
+/// Something the embedder should know about, taken from
 /// [`Engine::poll_output`](crate::Engine::poll_output).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

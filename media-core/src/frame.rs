@@ -1,4 +1,4 @@
-//! One audio frame of one source, as selection and fan-out see it.
+//! One audio frame of one voice, as selection and fan-out see it.
 //!
 //! This is the seam between where audio comes from and where it goes: a frame
 //! received from a local peer and a frame relayed from another engine or node
@@ -11,12 +11,12 @@ use crate::SourceId;
 
 /// An Opus frame with what routing needs to know about it.
 #[derive(Debug, Clone)]
-pub(crate) struct SourceFrame {
+pub(crate) struct VoiceFrame {
     /// The voice it belongs to.
     pub(crate) source: SourceId,
-    /// Extended (64-bit, rollover-free) RTP sequence number at the source.
+    /// Extended (64-bit, rollover-free) RTP sequence number at the sender.
     pub(crate) seq: u64,
-    /// RTP timestamp at the source (48 kHz).
+    /// RTP timestamp at the sender (48 kHz).
     pub(crate) rtp_ts: u32,
     /// RFC 6464 level: 0 = 0 dBov (loudest) .. 127 = silence.
     pub(crate) level: u8,
@@ -30,7 +30,7 @@ pub(crate) struct SourceFrame {
     pub(crate) capture: Option<str0m::rtp::AbsCaptureTime>,
 }
 
-impl SourceFrame {
+impl VoiceFrame {
     /// The frame as a relay message (the payload is shared, not copied).
     pub(crate) fn to_relay(&self, channel: &std::sync::Arc<str>) -> crate::RelayMsg {
         crate::RelayMsg::Media {

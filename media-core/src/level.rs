@@ -20,7 +20,7 @@ const SILENCE_LEVEL: u8 = 127;
 /// and rounded to the nearest integer (as WebRTC does), then clamped to
 /// `0..=127`. A full-scale sine therefore measures 3, a full-scale square
 /// wave 0. An empty slice is silence (127).
-pub(crate) fn level_from_pcm(pcm: &[i16]) -> u8 {
+pub fn level_from_pcm(pcm: &[i16]) -> u8 {
     if pcm.is_empty() {
         return SILENCE_LEVEL;
     }
@@ -49,10 +49,10 @@ pub(crate) fn level_from_pcm(pcm: &[i16]) -> u8 {
     }
 }
 
-/// Decodes Opus packets of one source (48 kHz, mono) to measure their level.
+/// Decodes Opus packets of one voice (48 kHz, mono) to measure their level.
 ///
-/// One meter per source: the Opus decoder is stateful, so packets of different
-/// sources must not share a meter. The first frame or two after the meter
+/// One meter per voice: the Opus decoder is stateful, so packets of different
+/// voices must not share a meter. The first frame or two after the meter
 /// starts (or after loss) may measure a little quieter than the sender's
 /// input while the decoder settles.
 #[derive(Debug)]

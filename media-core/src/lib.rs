@@ -15,7 +15,7 @@
 //!
 //! # The run loop
 //!
-//! The contract: **after every `handle_input`, drain `poll_output` until it
+//! The contract: **after every `handle_input`, call `poll_output` until it
 //! returns [`Output::Timeout`]**, then wait for a datagram, a command or that
 //! time, whichever comes first.
 //!
@@ -45,7 +45,7 @@
 //!
 //! let mut buf = vec![0u8; 2000];
 //! loop {
-//!     // Drain everything the engine wants done.
+//!     // Everything the engine wants done, until it asks to wait.
 //!     let deadline = loop {
 //!         match engine.poll_output() {
 //!             Output::Transmit(t) => {
@@ -97,22 +97,45 @@
 //! at once, with hysteresis; every 300 ms, the dominant speaker is decided
 //! with Volfin & Cohen's algorithm and always routed. A muted member is never
 //! routed, and nobody hears their own voice.
+//!
+//! # Building blocks
+//!
+//! A few pieces the engine is made of are public because the tools that talk
+//! to it (a load generator, test clients) need the same facts, and one owner
+//! per fact is the rule: [`DatagramKind`] (what a datagram on a WebRTC port
+//! is), [`ntp`] (NTP timestamps of sender reports and `abs-capture-time`),
+//! [`level_from_pcm`] (RFC 6464 levels) and [`Rng`] (the seeded generator).
+//!
+//! # Words
+//!
+//! A **member** is a person in a channel; a **peer** is the engine's WebRTC
+//! connection of a member joined here ([`PeerId`]). A **voice** is the audio
+//! one member sends, named by its [`SourceId`]. A **slot** is one receive
+//! m-line of a listener, carrying one voice at a time. A **link** connects
+//! two engines ([`LinkId`]): a channel either is the **origin** (it selects)
+//! or a **relay** that follows an origin over its upstream link; the origin
+//! knows the links of its relays as its **subscribers**.
 
 #![warn(missing_docs)]
 
+mod api;
 mod channel;
 mod config;
+mod datagram;
 mod demux;
 mod dominant;
+mod effects;
 mod engine;
 mod error;
 mod event;
 mod frame;
 mod ids;
 mod level;
+pub mod ntp;
 mod peer;
 mod relay;
 mod rng;
+mod rtp_writer;
 mod selection;
 mod slab;
 mod slot;
@@ -120,25 +143,20 @@ mod srtp;
 mod stats;
 mod timer;
 
-#[cfg(feature = "harness")]
-pub mod harness;
-
-#[cfg(feature = "bench")]
+#[cfg(feature = "_internal_test_exports")]
 #[doc(hidden)]
 pub mod bench_api;
 
-#[cfg(test)]
-#[path = "../tests/support/epoch.rs"]
-mod epoch;
-#[cfg(test)]
-pub(crate) use epoch::test_epoch;
-
+pub use api::{Command, Input, Output, Transmit};
 pub use config::EngineConfig;
-pub use engine::{Command, Engine, Input, Output, Transmit, MAX_SLOTS};
+pub use datagram::DatagramKind;
+pub use engine::{Engine, MAX_SLOTS};
 pub use error::Error;
 pub use event::{Event, LeaveReason};
 pub use ids::{PeerId, Role, SourceId};
+pub use level::level_from_pcm;
 pub use relay::{LinkId, RelayMsg};
+pub use rng::Rng;
 pub use stats::EngineStats;
 
 /// Re-exported so embedders name str0m types (certificates) without a

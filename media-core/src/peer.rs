@@ -5,7 +5,6 @@
 //! rewritten frames into its slots, and reports what str0m says
 //! ([`Signal`]s) for the engine to act on.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,31 +12,23 @@ use std::time::Instant;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Mid, Pt};
-use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{Extension, ExtensionValues, RtpWrite, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, IceCreds, Output as RtcOutput, Rtc};
 
+use crate::api::Transmit;
 use crate::config::EngineConfig;
-use crate::engine::{Output, Transmit};
-use crate::frame::SourceFrame;
+use crate::datagram::DatagramKind;
+use crate::demux::PeerKey;
+use crate::effects::{Effects, Signal};
+use crate::frame::VoiceFrame;
 use crate::level::OpusLevelMeter;
 use crate::rng::Rng;
-use crate::slot::SlotRewriter;
+use crate::rtp_writer::{self, HeaderExtIds, SlotReport, SlotStream};
+use crate::slot::{Rewritten, SlotRewriter};
 use crate::srtp::tap::{self, KeyCell};
-use crate::srtp::{SrtpTx, SRTCP_OVERHEAD, SRTP_OVERHEAD};
-use crate::stats::EngineStats;
+use crate::srtp::SrtpTx;
+use crate::timer::TimerKey;
 use crate::{Error, PeerId, Role, SourceId};
-
-/// What a peer's str0m instance reported that the engine must act on.
-#[derive(Debug)]
-// The signal queue is reused across calls; boxing the packet would instead
-// allocate once per received packet.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Signal {
-    Connected,
-    Disconnected,
-    Failed,
-    Rtp(RtpPacket),
-}
 
 /// One receive slot of a listener: an m-line the engine sends on.
 #[derive(Debug)]
@@ -49,71 +40,9 @@ pub(crate) struct Slot {
     pub(crate) last_active: Option<Instant>,
     pub(crate) rewriter: SlotRewriter,
     /// The header extensions the listener negotiated on this m-line.
-    exts: SlotExts,
+    exts: HeaderExtIds,
     /// Sender-report state when the engine sends on this slot itself.
     report: SlotReport,
-}
-
-/// One-byte header extension ids (RFC 8285) of a slot; `0` = not negotiated.
-#[derive(Debug, Clone, Copy, Default)]
-struct SlotExts {
-    audio_level: u8,
-    mid: u8,
-    abs_capture_time: u8,
-}
-
-impl SlotExts {
-    fn of(map: &ExtensionMap) -> SlotExts {
-        // The one-byte form carries ids 1..=14 only.
-        let id = |e: Extension| map.id_of(e).filter(|id| (1..=14).contains(id)).unwrap_or(0);
-        SlotExts {
-            audio_level: id(Extension::AudioLevel),
-            mid: id(Extension::RtpMid),
-            abs_capture_time: id(Extension::AbsoluteCaptureTime),
-        }
-    }
-}
-
-/// What an RTCP sender report about a slot says (RFC 3550 §6.4.1).
-#[derive(Debug, Clone, Copy, Default)]
-struct SlotReport {
-    packets: u32,
-    octets: u32,
-    next_report: Option<Instant>,
-}
-
-/// How often a slot that is sending gets a sender report.
-const SENDER_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
-const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
-
-/// The engine's mapping from its clock to NTP time, for sender reports.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct NtpClock {
-    pub(crate) at: Instant,
-    /// NTP time at `at`, since 1900-01-01.
-    pub(crate) ntp: std::time::Duration,
-}
-
-impl NtpClock {
-    fn q32(&self, now: Instant) -> u64 {
-        to_q32(self.ntp + now.saturating_duration_since(self.at))
-    }
-}
-
-fn to_q32(d: std::time::Duration) -> u64 {
-    // NTP seconds wrap in 2036 (era 1); the 32-bit field wraps with them.
-    let secs = d.as_secs() as u32 as u64;
-    (secs << 32) | (((d.subsec_nanos() as u64) << 32) / 1_000_000_000)
-}
-
-/// The NTP timestamp of an `abs-capture-time` value, when representable.
-fn capture_q32(t: &str0m::rtp::AbsCaptureTime) -> Option<u64> {
-    let since_unix = t.capture_time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(to_q32(since_unix.checked_add(
-        std::time::Duration::from_secs(NTP_UNIX_OFFSET),
-    )?))
 }
 
 /// How the engine sends a connected peer's slots itself.
@@ -121,6 +50,8 @@ pub(crate) struct Direct {
     tx: SrtpTx,
     local: SocketAddr,
     remote: SocketAddr,
+    /// CNAME for the slots' sender reports.
+    cname: Box<str>,
 }
 
 impl std::fmt::Debug for Direct {
@@ -130,13 +61,6 @@ impl std::fmt::Debug for Direct {
             .field("remote", &self.remote)
             .finish()
     }
-}
-
-/// Where a forwarded packet's datagrams go.
-pub(crate) struct TxSink<'a> {
-    pub(crate) outputs: &'a mut VecDeque<Output>,
-    pub(crate) stats: &'a mut EngineStats,
-    pub(crate) ntp: NtpClock,
 }
 
 pub(crate) struct Peer {
@@ -274,7 +198,7 @@ impl Peer {
             };
             let exts = rtc
                 .media(*mid)
-                .map(|m| SlotExts::of(m.remote_extmap()))
+                .map(|m| HeaderExtIds::of(m.remote_extmap()))
                 .unwrap_or_default();
             let mut api = rtc.direct_api();
             let Some(ssrc) = api.stream_tx_by_mid(*mid, None).map(|s| s.ssrc()) else {
@@ -328,7 +252,7 @@ impl Peer {
             connect_deadline: now + config.connect_timeout,
             level_meter: None,
             timer: None,
-            // The engine drains the new peer right after inserting it.
+            // The engine polls the new peer right after inserting it.
             rtc_timeout: now,
             ufrag,
             ice_pass,
@@ -364,7 +288,12 @@ impl Peer {
         };
         let started = match (keys.get(), self.send_addr) {
             (Some(exported), Some((local, remote))) => SrtpTx::new(exported)
-                .map(|tx| Direct { tx, local, remote })
+                .map(|tx| Direct {
+                    tx,
+                    local,
+                    remote,
+                    cname: self.cname.clone(),
+                })
                 .map_err(|e| format!("{e:?}")),
             (None, _) => Err("the handshake exported no keying material".to_string()),
             (_, None) => Err("no nominated candidate pair seen".to_string()),
@@ -392,17 +321,17 @@ impl Peer {
     }
 
     /// Writes a frame into slot `slot`. Returns false when the rewrite drops
-    /// it (it predates the slot's switch to this source). When the engine
-    /// sends for this peer itself, the datagram goes to `sink` at once;
+    /// it (it predates the slot's switch to this voice). When the engine
+    /// sends for this peer itself, the datagram goes to `fx` at once;
     /// otherwise it is queued in str0m and leaves on the next [`settle`].
     ///
     /// [`settle`]: Peer::settle
     pub(crate) fn write_slot(
         &mut self,
         slot: usize,
-        frame: &SourceFrame,
+        frame: &VoiceFrame,
         now: Instant,
-        sink: &mut TxSink<'_>,
+        fx: &mut Effects,
     ) -> bool {
         let (Some(pt), Some(s)) = (self.slot_pt, self.slots.get_mut(slot)) else {
             return false;
@@ -416,7 +345,7 @@ impl Peer {
         };
         s.last_active = Some(now);
         if let Some(direct) = &mut self.direct {
-            send_direct(direct, s, pt, rw, frame, now, &self.cname, sink);
+            direct.send(s, pt, rw, frame, now, fx);
             return true;
         }
         let ssrc = s.ssrc;
@@ -442,19 +371,22 @@ impl Peer {
         true
     }
 
-    /// Drains str0m, and when it asks to be woken right away (its pacer
+    /// Polls str0m, and when it asks to be woken right away (its pacer
     /// releases queued packets only on a timeout), wakes it at once instead
     /// of a round trip through the embedder's timer: a forwarded packet
-    /// leaves in the same `handle_input` that brought it.
-    pub(crate) fn settle(
-        &mut self,
-        key: u32,
-        now: Instant,
-        outputs: &mut VecDeque<Output>,
-        signals: &mut VecDeque<(u32, u32, Signal)>,
-        stats: &mut EngineStats,
-    ) {
-        self.drain(key, outputs, signals, stats);
+    /// leaves in the same `handle_input` that brought it. Then puts the
+    /// peer's next deadline in the timer heap.
+    pub(crate) fn settle(&mut self, key: PeerKey, now: Instant, fx: &mut Effects) {
+        self.wake_rtc(key, now, fx);
+        fx.timers.schedule(
+            TimerKey::Peer(key, self.gen),
+            self.deadline(),
+            &mut self.timer,
+        );
+    }
+
+    fn wake_rtc(&mut self, key: PeerKey, now: Instant, fx: &mut Effects) {
+        self.poll_rtc(key, fx);
         // Twice is enough: the first wake sends what was queued; a second is
         // only needed when the first queued more (an RTCP report).
         for _ in 0..2 {
@@ -463,22 +395,16 @@ impl Peer {
             }
             if self.rtc.handle_input(str0m::Input::Timeout(now)).is_err() {
                 self.failed = true;
-                signals.push_back((key, self.gen, Signal::Failed));
+                fx.signals.push_back((key, self.gen, Signal::Failed));
                 return;
             }
-            self.drain(key, outputs, signals, stats);
+            self.poll_rtc(key, fx);
         }
     }
 
-    /// Drains str0m until it asks for a timeout: transmits go to `outputs`,
-    /// what the engine must act on goes to `signals`.
-    fn drain(
-        &mut self,
-        key: u32,
-        outputs: &mut VecDeque<Output>,
-        signals: &mut VecDeque<(u32, u32, Signal)>,
-        stats: &mut EngineStats,
-    ) {
+    /// Polls str0m until it asks for a timeout: transmits go out through
+    /// `fx`, what the engine must act on becomes a signal.
+    fn poll_rtc(&mut self, key: PeerKey, fx: &mut Effects) {
         loop {
             match self.rtc.poll_output() {
                 Ok(RtcOutput::Timeout(t)) => {
@@ -486,31 +412,31 @@ impl Peer {
                     return;
                 }
                 Ok(RtcOutput::Transmit(t)) => {
-                    // Everything but STUN (first byte 0..=3, RFC 7983) goes
+                    // str0m sends STUN, DTLS, RTP and RTCP; all but STUN go
                     // to the nominated pair.
-                    if t.contents.first().is_some_and(|b| *b > 3) {
+                    if matches!(
+                        DatagramKind::of(&t.contents),
+                        DatagramKind::Dtls | DatagramKind::Rtp | DatagramKind::Rtcp
+                    ) {
                         self.send_addr = Some((t.source, t.destination));
                     }
-                    stats.datagrams_out += 1;
-                    stats.bytes_out += t.contents.len() as u64;
-                    outputs.push_back(Output::Transmit(Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    }));
+                    fx.transmit(Transmit::new(t.source, t.destination, t.contents.into()));
                 }
-                Ok(RtcOutput::Event(e)) => match e {
-                    RtcEvent::Connected => signals.push_back((key, self.gen, Signal::Connected)),
-                    RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        signals.push_back((key, self.gen, Signal::Disconnected))
-                    }
-                    RtcEvent::RtpPacket(p) => signals.push_back((key, self.gen, Signal::Rtp(p))),
-                    _ => {}
-                },
+                Ok(RtcOutput::Event(e)) => {
+                    let signal = match e {
+                        RtcEvent::Connected => Signal::Connected,
+                        RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                            Signal::Disconnected
+                        }
+                        RtcEvent::RtpPacket(p) => Signal::Rtp(p),
+                        _ => continue,
+                    };
+                    fx.signals.push_back((key, self.gen, signal));
+                }
                 Err(e) => {
                     tracing::debug!(peer = %self.id, error = %e, "peer failed");
                     self.failed = true;
-                    signals.push_back((key, self.gen, Signal::Failed));
+                    fx.signals.push_back((key, self.gen, Signal::Failed));
                     return;
                 }
             }
@@ -518,131 +444,52 @@ impl Peer {
     }
 }
 
+impl Direct {
+    /// Writes, seals and queues one RTP packet of a slot, and the slot's
+    /// sender report when one is due.
+    fn send(
+        &mut self,
+        slot: &mut Slot,
+        pt: Pt,
+        rw: Rewritten,
+        frame: &VoiceFrame,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let stream = SlotStream {
+            ssrc: slot.ssrc,
+            pt,
+            mid: &slot.mid,
+            exts: slot.exts,
+        };
+        let (mut pkt, header_len) = rtp_writer::rtp_packet(stream, rw, frame);
+        if self.tx.seal_rtp(&mut pkt, header_len, rw.seq).is_err() {
+            fx.stats.dropped_seal += 1;
+            return;
+        }
+        fx.transmit(Transmit::new(self.local, self.remote, pkt));
+        if !slot.report.count(frame.payload.len(), now) {
+            return;
+        }
+        let mut sr = rtp_writer::sender_report(
+            slot.ssrc,
+            fx.ntp.q32(now),
+            slot.rewriter.last_ts(),
+            &slot.report,
+            &self.cname,
+        );
+        if self.tx.seal_rtcp(&mut sr).is_err() {
+            fx.stats.dropped_seal += 1;
+            return;
+        }
+        fx.stats.sender_reports += 1;
+        fx.transmit(Transmit::new(self.local, self.remote, sr));
+    }
+}
+
 /// The id the engine offers `abs-capture-time` under (an answer takes the
 /// offer's id).
 const ABS_CAPTURE_TIME_ID: u8 = 7;
-
-/// Writes, seals and queues one RTP packet of a slot the engine sends
-/// itself, and the slot's sender report when one is due.
-#[allow(clippy::too_many_arguments)]
-fn send_direct(
-    direct: &mut Direct,
-    s: &mut Slot,
-    pt: Pt,
-    rw: crate::slot::Rewritten,
-    frame: &SourceFrame,
-    now: Instant,
-    cname: &str,
-    sink: &mut TxSink<'_>,
-) {
-    let payload = &frame.payload[..];
-    let mut pkt = Vec::with_capacity(16 + 28 + payload.len() + SRTP_OVERHEAD);
-    // RFC 3550 §5.1: V=2, X when there are extensions, one CSRC (the voice).
-    pkt.extend_from_slice(&[0x80 | 0x01, (u8::from(rw.marker) << 7) | (*pt & 0x7f)]);
-    pkt.extend_from_slice(&(rw.seq as u16).to_be_bytes());
-    pkt.extend_from_slice(&rw.ts.to_be_bytes());
-    pkt.extend_from_slice(&s.ssrc.to_be_bytes());
-    pkt.extend_from_slice(&frame.source.0.to_be_bytes());
-    // RFC 8285 one-byte header extensions.
-    let ext_start = pkt.len();
-    pkt.extend_from_slice(&[0xbe, 0xde, 0, 0]);
-    let e = s.exts;
-    if e.audio_level != 0 {
-        // RFC 6464: V flag, then the level in -dBov.
-        let v = if frame.vad == Some(false) { 0 } else { 0x80 };
-        pkt.extend_from_slice(&[e.audio_level << 4, v | frame.level.min(127)]);
-    }
-    let mid = s.mid.as_bytes();
-    if e.mid != 0 && (1..=16).contains(&mid.len()) {
-        pkt.push((e.mid << 4) | (mid.len() as u8 - 1));
-        pkt.extend_from_slice(mid);
-    }
-    if let (true, Some(c)) = (e.abs_capture_time != 0, &frame.capture) {
-        if let Some(q) = capture_q32(c) {
-            match c.clock_offset {
-                Some(off) => {
-                    pkt.push((e.abs_capture_time << 4) | 15);
-                    pkt.extend_from_slice(&q.to_be_bytes());
-                    pkt.extend_from_slice(&off.to_be_bytes());
-                }
-                None => {
-                    pkt.push((e.abs_capture_time << 4) | 7);
-                    pkt.extend_from_slice(&q.to_be_bytes());
-                }
-            }
-        }
-    }
-    if pkt.len() == ext_start + 4 {
-        pkt.truncate(ext_start);
-    } else {
-        pkt[0] |= 0x10;
-        while pkt.len() % 4 != 0 {
-            pkt.push(0);
-        }
-        let words = ((pkt.len() - ext_start - 4) / 4) as u16;
-        pkt[ext_start + 2..ext_start + 4].copy_from_slice(&words.to_be_bytes());
-    }
-    let header_len = pkt.len();
-    pkt.extend_from_slice(payload);
-    if direct.tx.seal_rtp(&mut pkt, header_len, rw.seq).is_err() {
-        sink.stats.dropped_seal += 1;
-        return;
-    }
-    push_transmit(direct, pkt, sink);
-
-    let r = &mut s.report;
-    r.packets = r.packets.wrapping_add(1);
-    r.octets = r.octets.wrapping_add(payload.len() as u32);
-    if r.next_report.is_some_and(|t| t > now) {
-        return;
-    }
-    r.next_report = Some(now + SENDER_REPORT_INTERVAL);
-    let sr = sender_report(*s.ssrc, sink.ntp.q32(now), s.rewriter.last_ts(), r, cname);
-    let mut pkt = sr;
-    if direct.tx.seal_rtcp(&mut pkt).is_err() {
-        sink.stats.dropped_seal += 1;
-        return;
-    }
-    sink.stats.sender_reports += 1;
-    push_transmit(direct, pkt, sink);
-}
-
-fn push_transmit(direct: &Direct, contents: Vec<u8>, sink: &mut TxSink<'_>) {
-    sink.stats.datagrams_out += 1;
-    sink.stats.bytes_out += contents.len() as u64;
-    sink.outputs.push_back(Output::Transmit(Transmit {
-        source: direct.local,
-        destination: direct.remote,
-        contents,
-    }));
-}
-
-/// A compound RTCP packet: a sender report (RFC 3550 §6.4.1, sent right
-/// after a packet, so the RTP timestamp is that packet's) and an SDES with
-/// the CNAME (§6.5).
-fn sender_report(ssrc: u32, ntp: u64, rtp_ts: u32, r: &SlotReport, cname: &str) -> Vec<u8> {
-    let cname = &cname.as_bytes()[..cname.len().min(255)];
-    let mut p = Vec::with_capacity(28 + 12 + cname.len() + SRTCP_OVERHEAD + 4);
-    p.extend_from_slice(&[0x80, 200, 0, 6]);
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(&ntp.to_be_bytes());
-    p.extend_from_slice(&rtp_ts.to_be_bytes());
-    p.extend_from_slice(&r.packets.to_be_bytes());
-    p.extend_from_slice(&r.octets.to_be_bytes());
-    let sdes = p.len();
-    p.extend_from_slice(&[0x81, 202, 0, 0]);
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(&[1, cname.len() as u8]);
-    p.extend_from_slice(cname);
-    // The item list ends with a null octet, padded to 32 bits.
-    p.push(0);
-    while p.len() % 4 != 0 {
-        p.push(0);
-    }
-    let words = ((p.len() - sdes) / 4 - 1) as u16;
-    p[sdes + 2..sdes + 4].copy_from_slice(&words.to_be_bytes());
-    p
-}
 
 /// The `mid`s of the audio m-lines of an SDP, in order.
 fn audio_mids(sdp: &str) -> Vec<Mid> {

@@ -28,9 +28,9 @@ pub enum RelayMsg {
         channel: Arc<str>,
         /// The voice.
         source: SourceId,
-        /// Extended sequence number at the source.
+        /// Extended sequence number at the sender.
         seq: u64,
-        /// RTP timestamp at the source (48 kHz).
+        /// RTP timestamp at the sender (48 kHz).
         rtp_ts: u32,
         /// RFC 6464 level: 0 = 0 dBov .. 127 = silence.
         level: u8,

@@ -3,19 +3,24 @@
 //! The engine never reads an unseeded RNG: every random choice it makes (ICE
 //! credentials, initial sequence numbers and timestamps of slots) comes from
 //! this generator, seeded from [`EngineConfig::seed`](crate::EngineConfig::seed),
-//! so a test that fixes the seed replays the same decisions.
+//! so a test that fixes the seed replays the same decisions. Public so that
+//! the test kit's simulated loss and talk patterns replay the same way from
+//! the same code.
 
 /// SplitMix64 (Steele, Lea & Flood 2014): tiny, fast, and good enough for
 /// identifiers that must be unpredictable to nobody but unique per engine.
+/// Not a cryptographic generator.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A generator whose sequence is fixed by `seed`.
+    pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -23,8 +28,14 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    pub(crate) fn next_u32(&mut self) -> u32 {
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
+    }
+
+    /// A uniform number in `0.0..1.0` (53 random bits).
+    pub fn next_unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A string of `len` characters from the ICE character set

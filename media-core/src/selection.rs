@@ -1,16 +1,16 @@
-//! Per-packet routing: which sources are forwarded to listeners right now.
+//! Per-packet routing: which voices are forwarded to listeners right now.
 //!
 //! This is the fast one of the two speeds of speaker selection (the slow one
 //! is [`crate::dominant`]). It runs on every packet and must react within a
 //! few packets of a new voice's onset, so it keeps only a short smoothed
-//! level per source and decides by comparison, never by a periodic scan.
+//! level per voice and decides by comparison, never by a periodic scan.
 //!
 //! Rules:
-//! - up to `max` sources are selected;
-//! - a speech frame of an unselected source takes a free place at once;
-//! - when full, it replaces the selected source that has been silent longest
+//! - up to `max` voices are selected;
+//! - a speech frame of an unselected voice takes a free place at once;
+//! - when full, it replaces the selected voice that has been silent longest
 //!   past `expiry`, else the quietest one if it is `hysteresis` dB louder;
-//! - a pinned source (the dominant speaker) is not replaced while it talks;
+//! - a pinned voice (the dominant speaker) is not replaced while it talks;
 //!   once its smoothed level falls below speech (two or three packets into a
 //!   pause) it is judged like any other, so that a new voice starting as the
 //!   dominant one stops is heard at once rather than after the expiry.
@@ -28,7 +28,7 @@ const SMOOTHING: f32 = 0.3;
 struct SourceLevel {
     /// Smoothed loudness in dB above -127 dBov (higher is louder).
     loudness: f32,
-    /// When this source last sent speech.
+    /// When this voice last sent speech.
     last_speech: Option<Instant>,
 }
 
@@ -37,7 +37,7 @@ struct SourceLevel {
 pub(crate) struct SpeakerSelector {
     max: usize,
     expiry: Duration,
-    /// Smoothed loudness below which a pinned source is no longer protected.
+    /// Smoothed loudness below which a pinned voice is no longer protected.
     speech_loudness: f32,
     hysteresis: f32,
     levels: HashMap<SourceId, SourceLevel>,
@@ -58,7 +58,7 @@ impl SpeakerSelector {
         }
     }
 
-    /// The selected sources, in the order they were selected.
+    /// The selected voices, in the order they were selected.
     pub(crate) fn selected(&self) -> &[SourceId] {
         &self.selected
     }
@@ -74,7 +74,7 @@ impl SpeakerSelector {
             .is_some_and(|l| !Self::expired(l, now, self.expiry))
     }
 
-    /// Smoothed loudness of a source (dB above -127 dBov), 0 when unknown.
+    /// Smoothed loudness of a voice (dB above -127 dBov), 0 when unknown.
     pub(crate) fn loudness(&self, source: SourceId) -> f32 {
         self.levels.get(&source).map_or(0.0, |l| l.loudness)
     }
@@ -129,7 +129,7 @@ impl SpeakerSelector {
         false
     }
 
-    /// The selected, unpinned source to replace first: the one silent longest
+    /// The selected, unpinned voice to replace first: the one silent longest
     /// past expiry, else the quietest.
     fn weakest(&self, now: Instant) -> Option<(usize, bool, f32)> {
         let mut best: Option<(usize, bool, f32, Option<Instant>)> = None;
@@ -191,7 +191,7 @@ impl SpeakerSelector {
         true
     }
 
-    /// Forgets a source (left or muted). Returns true when the selection changed.
+    /// Forgets a voice (left or muted). Returns true when the selection changed.
     pub(crate) fn remove(&mut self, source: SourceId) -> bool {
         self.levels.remove(&source);
         if self.pinned == Some(source) {
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn first_speech_packet_is_selected_at_once() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         assert!(!s.on_packet(SourceId(1), 127, false, t0));
         assert!(s.selected().is_empty());
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_similar_voice_does_not_displace_an_active_one() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 30, true, t0);
         s.on_packet(SourceId(2), 30, true, t0);
@@ -241,11 +241,11 @@ mod tests {
 
     #[test]
     fn an_expired_speaker_gives_way_to_any_new_one() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         s.on_packet(SourceId(2), 10, true, t0);
-        // Source 2 keeps talking, source 1 goes silent.
+        // Voice 2 keeps talking, voice 1 goes silent.
         s.on_packet(SourceId(2), 10, true, t0 + 200 * MS);
         assert!(s.on_packet(SourceId(3), 50, true, t0 + 200 * MS));
         assert_eq!(s.selected(), &[SourceId(3), SourceId(2)]);
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn pinned_source_is_never_replaced() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 50, true, t0);
         s.on_packet(SourceId(2), 40, true, t0);
@@ -265,12 +265,12 @@ mod tests {
 
     #[test]
     fn a_pinned_source_that_pauses_gives_way() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         s.on_packet(SourceId(2), 10, true, t0);
         s.pin(Some(SourceId(1)), t0);
-        // Source 1 pauses: two silent packets bring its level below speech.
+        // Voice 1 pauses: two silent packets bring its level below speech.
         s.on_packet(SourceId(1), 127, false, t0 + 20 * MS);
         s.on_packet(SourceId(1), 127, false, t0 + 40 * MS);
         s.on_packet(SourceId(2), 10, true, t0 + 40 * MS);
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn pinning_an_unselected_source_selects_it() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         s.on_packet(SourceId(2), 20, true, t0);
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn removing_frees_the_place() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = sel();
         s.on_packet(SourceId(1), 10, true, t0);
         assert!(s.remove(SourceId(1)));

@@ -1,23 +1,23 @@
 //! Rewriting one listener slot so that a browser sees one continuous stream
 //! while the voice in it changes.
 //!
-//! Each slot is a send stream with a fixed SSRC. When a different source takes
+//! Each slot is a send stream with a fixed SSRC. When a different voice takes
 //! the slot:
 //! - sequence numbers continue at +1 from the last one sent (and never start at
 //!   or above 65536, which would need the SRTP rollover counter signalled out
 //!   of band: str0m issue #1036);
 //! - the RTP timestamp never goes backwards: the first packet of the new
-//!   source is stamped `elapsed × 48` samples after the last one, and at least
+//!   voice is stamped `elapsed × 48` samples after the last one, and at least
 //!   that packet's own duration after it (two voices sending on the same
 //!   20 ms grid switch with no time elapsed, and overlapping timestamps would
 //!   make the receiver's jitter buffer drop audio); later packets keep the new
-//!   source's own spacing;
+//!   voice's own spacing;
 //! - the marker bit is set on the first packet after the switch (RFC 3551 §4.1:
 //!   the first packet of a talkspurt).
 //!
-//! Within one source, gaps in its sequence numbers pass through unchanged, so a
+//! Within one voice, gaps in its sequence numbers pass through unchanged, so a
 //! listener's loss statistics and concealment stay honest. When the same
-//! source resumes after more than [`RESUME_GAP`] without a packet (a relay
+//! voice resumes after more than [`RESUME_GAP`] without a packet (a relay
 //! link failed over, a long network outage), it is rebased like a switch: a
 //! new talkspurt continuing at +1, not hundreds of "lost" packets.
 
@@ -28,7 +28,7 @@ use crate::SourceId;
 /// RTP clock of Opus (RFC 7587 §4.1): 48 kHz whatever the sampling rate.
 const OPUS_CLOCK_PER_MS: u64 = 48;
 
-/// Silence after which the same source is rebased as if it were new.
+/// Silence after which the same voice is rebased as if it were new.
 pub(crate) const RESUME_GAP: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// 20 ms at 48 kHz: what WebRTC clients send unless told otherwise.
@@ -41,7 +41,7 @@ pub(crate) struct Rewritten {
     pub(crate) seq: u64,
     /// RTP timestamp on the slot's stream.
     pub(crate) ts: u32,
-    /// First packet after a change of source.
+    /// First packet after a change of voice.
     pub(crate) marker: bool,
 }
 
@@ -49,13 +49,13 @@ pub(crate) struct Rewritten {
 #[derive(Debug, Clone)]
 pub(crate) struct SlotRewriter {
     source: Option<SourceId>,
-    /// Added (wrapping) to a source's extended sequence number.
+    /// Added (wrapping) to a voice's extended sequence number.
     seq_offset: u64,
-    /// Added (wrapping) to a source's RTP timestamp.
+    /// Added (wrapping) to a voice's RTP timestamp.
     ts_offset: u32,
     /// Highest sequence number sent on the slot so far.
     highest_seq: u64,
-    /// Packets of the current source at or below this were due before the
+    /// Packets of the current voice at or below this were due before the
     /// switch; they would go backwards and are dropped.
     floor_seq: u64,
     /// Timestamp of the highest packet sent, and when it was sent.
@@ -63,7 +63,7 @@ pub(crate) struct SlotRewriter {
     last_sent: Option<Instant>,
     /// Samples the highest packet sent carries (960 = 20 ms until known).
     last_duration: u32,
-    /// Set when the next packet is the first of a new source.
+    /// Set when the next packet is the first of a new voice.
     pending_marker: bool,
 }
 
@@ -94,7 +94,7 @@ impl SlotRewriter {
 
     /// Rewrites a packet of `source` carrying `samples` of audio (`None`
     /// when unknown); `None` when it must not be sent (it predates the switch
-    /// to this source).
+    /// to this voice).
     pub(crate) fn rewrite(
         &mut self,
         source: SourceId,
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn continuous_across_a_switch() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = SlotRewriter::new(1000, 5000);
         let a = SourceId(1);
         let b = SourceId(2);
@@ -167,7 +167,7 @@ mod tests {
             .rewrite(a, 70_001, 123_960, None, t0 + Duration::from_millis(20))
             .unwrap();
         assert_eq!((p2.seq, p2.ts, p2.marker), (1001, 5960, false));
-        // Switch 100 ms later to a source with unrelated numbering.
+        // Switch 100 ms later to a voice with unrelated numbering.
         let p3 = s
             .rewrite(b, 9, 42, None, t0 + Duration::from_millis(120))
             .unwrap();
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn source_gaps_pass_through_and_stale_packets_are_dropped() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = SlotRewriter::new(10, 0);
         let a = SourceId(1);
         let b = SourceId(2);
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_source_resuming_after_a_long_gap_is_rebased() {
-        let t0 = crate::test_epoch();
+        let t0 = testkit::epoch();
         let mut s = SlotRewriter::new(100, 0);
         let a = SourceId(1);
         s.rewrite(a, 10, 0, None, t0).unwrap();
@@ -225,14 +225,14 @@ mod tests {
     fn first_sequence_number_stays_below_32768() {
         let mut s = SlotRewriter::new(u16::MAX, 0);
         let p = s
-            .rewrite(SourceId(1), 5, 0, None, crate::test_epoch())
+            .rewrite(SourceId(1), 5, 0, None, testkit::epoch())
             .unwrap();
         assert!(p.seq < 32768);
     }
 
     #[test]
     fn timestamps_never_go_backwards_even_if_the_clock_does() {
-        let t0 = crate::test_epoch() + Duration::from_secs(10);
+        let t0 = testkit::epoch() + Duration::from_secs(10);
         let mut s = SlotRewriter::new(0, u32::MAX - 10);
         let a = s.rewrite(SourceId(1), 0, 0, Some(480), t0).unwrap();
         let b = s

@@ -32,9 +32,9 @@ pub struct EngineStats {
     pub dropped_not_allowed: u64,
     /// Audio packets that were not Opus on the negotiated payload type.
     pub dropped_wrong_codec: u64,
-    /// Audio packets from sources not selected as active speakers.
+    /// Audio packets from voices not selected as active speakers.
     pub not_selected: u64,
-    /// Packets of a source that arrived too late, after its slot moved on.
+    /// Packets of a voice that arrived too late, after its slot moved on.
     pub dropped_stale: u64,
     /// Opus payloads that failed to decode when measuring their level.
     pub level_decode_errors: u64,

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use media_core::harness::client::ClientSpec;
-use media_core::harness::{link_to, Sim};
 use media_core::{Command, EngineConfig, Role};
+use testkit::client::ClientSpec;
+use testkit::{link_to, Sim};
 
 fn set(v: &[usize]) -> BTreeSet<usize> {
     v.iter().copied().collect()

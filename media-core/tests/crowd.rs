@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use media_core::harness::client::ClientSpec;
-use media_core::harness::Sim;
 use media_core::{Command, EngineConfig, PeerId, Role};
+use testkit::client::ClientSpec;
+use testkit::Sim;
 
 #[test]
 fn two_hundred_listeners_ten_seconds_no_loss() {

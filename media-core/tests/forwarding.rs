@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use media_core::harness::client::ClientSpec;
-use media_core::harness::Sim;
 use media_core::{Command, EngineConfig, Event, LeaveReason, PeerId, Role, SourceId};
+use testkit::client::ClientSpec;
+use testkit::Sim;
 
 const MS: Duration = Duration::from_millis(1);
 

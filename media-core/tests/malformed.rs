@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use media_core::harness::client::ClientSpec;
-use media_core::harness::Sim;
 use media_core::{EngineConfig, Event, LeaveReason, PeerId, Role};
+use testkit::client::ClientSpec;
+use testkit::Sim;
 
 /// Deterministic bytes for the test (xorshift64*).
 struct Bytes(u64);
@@ -148,7 +148,7 @@ fn garbage_is_dropped_counted_and_harmless() {
 /// targets run, as a smoke test in every `cargo test`.
 #[test]
 fn fuzz_bodies_survive_a_fixed_corpus() {
-    use media_core::harness::fuzz;
+    use testkit::fuzz;
     let start = Instant::now();
     let mut rnd = Bytes(0xfeed_f00d_dead_beef);
     for i in 0..300 {

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use media_core::harness::client::ClientSpec;
-use media_core::harness::udp::UdpPeer;
 use serde_json::json;
+use testkit::client::ClientSpec;
+use testkit::udp::UdpPeer;
 
 const SECRET: &str = "cluster-test-secret";
 

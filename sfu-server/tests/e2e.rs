@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use media_core::harness::client::ClientSpec;
-use media_core::harness::udp::UdpPeer;
 use serde_json::json;
+use testkit::client::ClientSpec;
+use testkit::udp::UdpPeer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_members_hear_the_talking_speakers() {
@@ -98,8 +98,7 @@ async fn whip_publisher_is_heard_by_whep_player() {
     );
     drop(ws);
 
-    let (mut publisher, offer) =
-        UdpPeer::new("obs", &ClientSpec::speaker(3), Instant::now).unwrap();
+    let (mut publisher, offer) = UdpPeer::new("obs", &ClientSpec::speaker(3)).unwrap();
     let r = http(
         reqwest::Method::POST,
         format!("{base}/whip/stage"),
@@ -125,7 +124,7 @@ async fn whip_publisher_is_heard_by_whep_player() {
         slots: 2,
         ..ClientSpec::listener()
     };
-    let (mut player, offer) = UdpPeer::new("player", &spec, Instant::now).unwrap();
+    let (mut player, offer) = UdpPeer::new("player", &spec).unwrap();
     let r = http(
         reqwest::Method::POST,
         format!("{base}/whep/stage"),

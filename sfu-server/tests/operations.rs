@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use media_core::harness::client::ClientSpec;
 use serde_json::json;
 use sfu_server::auth::{mint, Grants};
 use sfu_server::state::unix_now;
+use testkit::client::ClientSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_with_traffic() {

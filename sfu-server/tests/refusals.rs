@@ -5,11 +5,11 @@
 mod common;
 
 use common::*;
-use media_core::harness::client::ClientSpec;
-use media_core::harness::udp::UdpPeer;
 use serde_json::json;
 use sfu_server::auth::{mint, Grants};
 use sfu_server::state::unix_now;
+use testkit::client::ClientSpec;
+use testkit::udp::UdpPeer;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "test-secret-of-some-length";
@@ -45,8 +45,7 @@ async fn http_refusals_are_clear() {
     cfg.auth_secret = Some(SECRET.into());
     let server = server(cfg).await;
     let base = format!("http://{}", server.http_addr());
-    let (_peer, offer) =
-        UdpPeer::new("x", &ClientSpec::speaker(0), std::time::Instant::now).unwrap();
+    let (_peer, offer) = UdpPeer::new("x", &ClientSpec::speaker(0)).unwrap();
     let sdp = ("content-type", "application/sdp".to_string());
     let bearer = |t: String| ("authorization", format!("Bearer {t}"));
 
@@ -180,7 +179,7 @@ async fn websocket_garbage_gets_errors_and_the_socket_stays_usable() {
     assert_eq!(ws.recv().await["code"], "too_large");
 
     // Joins: no token, wrong channel, bad offer.
-    let (_p, offer) = UdpPeer::new("x", &ClientSpec::speaker(0), std::time::Instant::now).unwrap();
+    let (_p, offer) = UdpPeer::new("x", &ClientSpec::speaker(0)).unwrap();
     ws.send(json!({"type": "join", "channel": "room", "offer": offer}))
         .await;
     assert_eq!(ws.recv().await["code"], "unauthorized");

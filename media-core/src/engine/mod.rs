@@ -1,7 +1,7 @@
 //! The engine: every peer and channel of one UDP port, driven by
-//! [`Engine::handle_input`] and drained with [`Engine::poll_output`].
+//! [`Engine::handle_input`] and polled with [`Engine::poll_output`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,18 +10,21 @@ use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 
-mod relay;
+mod links;
 
+use crate::api::{Command, Input, Output};
 use crate::channel::Channel;
 use crate::config::EngineConfig;
 use crate::demux::{Demux, PeerKey, Route};
-use crate::frame::{level_from_ext, SourceFrame};
+use crate::effects::{Effects, Signal};
+use crate::frame::{level_from_ext, VoiceFrame};
 use crate::level::OpusLevelMeter;
-use crate::peer::{NtpClock, Peer, PeerSetup, Signal, TxSink};
+use crate::ntp::NtpClock;
+use crate::peer::{Peer, PeerSetup};
 use crate::rng::Rng;
 use crate::slab::Slab;
 use crate::stats::EngineStats;
-use crate::timer::{TimerHeap, TimerKey};
+use crate::timer::TimerKey;
 use crate::{Error, Event, LeaveReason, LinkId, PeerId, RelayMsg, Role, SourceId};
 
 /// How far ahead an idle engine (no peers, no channels) asks to be woken.
@@ -34,142 +37,17 @@ pub const MAX_SLOTS: usize = 32;
 /// Longest channel name accepted, in bytes.
 const MAX_CHANNEL_NAME: usize = 256;
 
-/// Something that happened outside the engine.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Input<'a> {
-    /// A UDP datagram arrived at the engine's socket.
-    Receive {
-        /// When it arrived.
-        now: Instant,
-        /// The client address it came from.
-        source: SocketAddr,
-        /// The engine address it was sent to (one of the host candidates).
-        destination: SocketAddr,
-        /// Its bytes.
-        datagram: &'a [u8],
-    },
-    /// The embedder asks for something.
-    Command {
-        /// The current time.
-        now: Instant,
-        /// What to do.
-        command: Command,
-    },
-    /// A message from another engine (worker or node) over a relay link.
-    Relay {
-        /// When it arrived.
-        now: Instant,
-        /// The link it came over.
-        link: LinkId,
-        /// The message.
-        msg: RelayMsg,
-    },
-    /// The time the engine last asked for (or any later time) has come.
-    Timeout(Instant),
-}
-
-/// A request from the embedder.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Command {
-    /// A member joins a channel with an SDP offer. The answer comes as
-    /// [`Event::Answer`]. The channel is created on its first join and removed
-    /// when its last member leaves.
-    Join {
-        /// Chosen by the embedder, unique among joined peers.
-        peer: PeerId,
-        /// Channel name (1 to 256 bytes).
-        channel: String,
-        /// Who the member is (for the embedder's events and logs).
-        identity: String,
-        /// Speaker or listener.
-        role: Role,
-        /// The client's SDP offer: one audio m-line it sends on (its voice),
-        /// and one receive-only audio m-line per slot it wants to hear.
-        offer: String,
-    },
-    /// The member leaves; its slots and speaker state are released.
-    Leave {
-        /// The peer.
-        peer: PeerId,
-    },
-    /// Server-side mute: a muted member's voice is never routed.
-    SetMuted {
-        /// The peer.
-        peer: PeerId,
-        /// Muted or not.
-        muted: bool,
-    },
-    /// Promote a listener to speaker or demote a speaker. No renegotiation:
-    /// the member must have offered an audio m-line to send on.
-    SetRole {
-        /// The peer.
-        peer: PeerId,
-        /// The new role.
-        role: Role,
-    },
-    /// Make a channel a relay of the origin reachable over `link` (an edge
-    /// of a core), or the origin itself (`None`). The engine subscribes over
-    /// the link (again, when it is the same link rebuilt after a failure).
-    /// Moving to another link (failover) keeps every listener's slots:
-    /// audio resumes in them without renegotiation.
-    SetUpstream {
-        /// Channel name (created if absent).
-        channel: String,
-        /// The origin's link, or `None` to select locally.
-        link: Option<LinkId>,
-    },
-    /// A relay link is gone (connection lost). Subscribers on it are
-    /// forgotten and their voices released; channels following an origin
-    /// over it keep their listeners and slots until `SetUpstream` names the
-    /// next link.
-    LinkClosed {
-        /// The link.
-        link: LinkId,
-    },
-}
-
-/// A UDP datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// The engine address to send from (one of the host candidates).
-    pub source: SocketAddr,
-    /// The client address to send to.
-    pub destination: SocketAddr,
-    /// The datagram.
-    pub contents: Vec<u8>,
-}
-
-/// What the engine asks of its embedder.
-///
-/// Deliberately exhaustive: when a kind of output is added (relay messages
-/// for the cascade), every embedder's run loop must be told by the compiler.
-#[derive(Debug)]
-pub enum Output {
-    /// Send a datagram.
-    Transmit(Transmit),
-    /// Send a message to another engine over a relay link.
-    Relay {
-        /// The link.
-        link: LinkId,
-        /// The message.
-        msg: RelayMsg,
-    },
-    /// Something happened.
-    Event(Event),
-    /// Nothing more to do until this time (or until the next input): call
-    /// [`Engine::handle_input`] with [`Input::Timeout`] then.
-    Timeout(Instant),
-}
-
 /// The sans-IO forwarding engine. See the crate documentation for the run loop.
 ///
-/// Methods come in four kinds:
+/// Methods come in three kinds:
 /// - getters: [`stats`](Self::stats), [`peer_count`](Self::peer_count), …;
-/// - [`handle_input`](Self::handle_input): feed a datagram, a command or a timeout;
-/// - [`poll_output`](Self::poll_output): drain what to send, events, and the next
-///   timeout — after every `handle_input`, until it returns [`Output::Timeout`].
+/// - [`handle_input`](Self::handle_input): feed a datagram, a relay message,
+///   a command or a timeout — every change of state, the embedder's own
+///   requests included ([`Command`]), comes in this way, so there are no
+///   separate mutators;
+/// - [`poll_output`](Self::poll_output): take what to send, events, and the
+///   next timeout — after every `handle_input`, until it returns
+///   [`Output::Timeout`].
 ///
 /// The engine never reads a clock, a socket, an environment variable or an
 /// unseeded random number generator: time comes in with every input.
@@ -185,18 +63,13 @@ pub struct Engine {
     channels: Slab<Channel>,
     channel_keys: HashMap<Arc<str>, u32>,
     demux: Demux,
-    timers: TimerHeap,
-    outputs: VecDeque<Output>,
-    signals: VecDeque<(u32, u32, Signal)>,
-    events: Vec<Event>,
+    /// Outputs, signals, pending events, counters, timers, NTP clock.
+    fx: Effects,
     /// Origin channels whose selection changed since the last input: their
-    /// relays get a `Speakers` message once the input is handled.
+    /// subscribers get a `Speakers` message once the input is handled.
     speakers_dirty: Vec<u32>,
-    stats: EngineStats,
     next_source: u32,
     last_now: Instant,
-    /// The engine's clock mapped to NTP time, for sender reports.
-    ntp: NtpClock,
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,7 +77,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("peers", &self.peers.len())
             .field("channels", &self.channels.len())
-            .field("stats", &self.stats)
+            .field("stats", &self.fx.stats)
             .finish()
     }
 }
@@ -219,14 +92,10 @@ impl Engine {
         config.slots_per_listener = config.slots_per_listener.clamp(1, MAX_SLOTS);
         let dtls_cert = config.dtls_cert.clone().unwrap_or_else(generate_dtls_cert);
         let mut rng = Rng::new(config.seed);
-        // Sources of different engines should not collide; start each engine
+        // Source ids of different engines should not collide; start each engine
         // at its own seeded point, away from 0 (CSRC 0 confuses some stacks).
         let next_source = (rng.next_u32() & 0x7fff_ffff).max(1);
-        let config_ntp = config
-            .wallclock_at_start
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .unwrap_or_default()
-            + Duration::from_secs(2_208_988_800);
+        let ntp = NtpClock::new(now, config.wallclock_at_start);
         Engine {
             config,
             rng,
@@ -237,18 +106,10 @@ impl Engine {
             channels: Slab::default(),
             channel_keys: HashMap::new(),
             demux: Demux::default(),
-            timers: TimerHeap::default(),
-            outputs: VecDeque::new(),
-            signals: VecDeque::new(),
-            events: Vec::new(),
+            fx: Effects::new(ntp),
             speakers_dirty: Vec::new(),
-            stats: EngineStats::default(),
             next_source,
             last_now: now,
-            ntp: NtpClock {
-                at: now,
-                ntp: config_ntp,
-            },
         }
     }
 
@@ -259,7 +120,7 @@ impl Engine {
 
     /// Counters since the engine started.
     pub fn stats(&self) -> &EngineStats {
-        &self.stats
+        &self.fx.stats
     }
 
     /// Joined peers.
@@ -283,7 +144,7 @@ impl Engine {
         )
     }
 
-    /// The voice (source) a joined peer sends.
+    /// The voice a joined peer sends, whatever its role.
     pub fn peer_source(&self, peer: PeerId) -> Option<SourceId> {
         Some(self.peers.get(*self.peer_keys.get(&peer)?)?.source)
     }
@@ -306,8 +167,8 @@ impl Engine {
 
     /// Routes datagrams from `source` to `peer` as if ICE had learned the
     /// address, so that fuzzing reaches a peer's WebRTC stack without first
-    /// solving STUN message integrity. Test harness only.
-    #[cfg(feature = "harness")]
+    /// solving STUN message integrity. Fuzzing only.
+    #[cfg(feature = "_internal_test_exports")]
     #[doc(hidden)]
     pub fn learn_address(&mut self, peer: PeerId, source: SocketAddr, destination: SocketAddr) {
         if let Some(&key) = self.peer_keys.get(&peer) {
@@ -318,7 +179,7 @@ impl Engine {
         }
     }
 
-    /// Feeds one input. Afterwards drain [`poll_output`](Self::poll_output)
+    /// Feeds one input. Afterwards poll [`poll_output`](Self::poll_output)
     /// until it returns [`Output::Timeout`].
     ///
     /// Errors are only for commands the engine refuses (unknown peer, bad
@@ -359,10 +220,10 @@ impl Engine {
     /// The next thing to do: send a datagram, handle an event, or wait until
     /// a time.
     pub fn poll_output(&mut self) -> Output {
-        if let Some(o) = self.outputs.pop_front() {
+        if let Some(o) = self.fx.outputs.pop_front() {
             return o;
         }
-        Output::Timeout(self.timers.peek().unwrap_or(self.last_now + IDLE_WAKEUP))
+        Output::Timeout(self.fx.timers.peek().unwrap_or(self.last_now + IDLE_WAKEUP))
     }
 
     /// Time never goes backwards inside the engine, whatever the embedder passes.
@@ -374,8 +235,8 @@ impl Engine {
     }
 
     fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        self.stats.datagrams_in += 1;
-        self.stats.bytes_in += data.len() as u64;
+        self.fx.stats.datagrams_in += 1;
+        self.fx.stats.bytes_in += data.len() as u64;
         let key = match self.demux.route(source, destination, data) {
             Route::Known(k) => k,
             Route::NewAddress(k) => {
@@ -383,7 +244,7 @@ impl Engine {
                     return;
                 };
                 if peer.tuples.len() >= self.config.max_addrs_per_peer {
-                    self.stats.dropped_address_limit += 1;
+                    self.fx.stats.dropped_address_limit += 1;
                     return;
                 }
                 peer.tuples.push((source, destination));
@@ -391,15 +252,15 @@ impl Engine {
                 k
             }
             Route::Unknown => {
-                self.stats.dropped_unknown_source += 1;
+                self.fx.stats.dropped_unknown_source += 1;
                 return;
             }
             Route::BadStun => {
-                self.stats.dropped_malformed += 1;
+                self.fx.stats.dropped_malformed += 1;
                 return;
             }
             Route::BadIntegrity => {
-                self.stats.dropped_rejected += 1;
+                self.fx.stats.dropped_rejected += 1;
                 return;
             }
         };
@@ -410,22 +271,14 @@ impl Engine {
             return;
         }
         let Ok(recv) = Receive::new(Protocol::Udp, source, destination, data) else {
-            self.stats.dropped_malformed += 1;
+            self.fx.stats.dropped_malformed += 1;
             return;
         };
         if let Err(e) = peer.rtc.handle_input(str0m::Input::Receive(now, recv)) {
             tracing::trace!(peer = %peer.id, error = %e, "datagram rejected");
-            self.stats.dropped_rejected += 1;
+            self.fx.stats.dropped_rejected += 1;
         }
-        settle_peer(
-            peer,
-            key,
-            now,
-            &mut self.outputs,
-            &mut self.signals,
-            &mut self.stats,
-            &mut self.timers,
-        );
+        peer.settle(key, now, &mut self.fx);
     }
 
     fn command(&mut self, now: Instant, command: Command) -> Result<(), Error> {
@@ -461,7 +314,7 @@ impl Engine {
                 if role == Role::Listener {
                     self.silence(key, now);
                 } else {
-                    self.announce_source(key);
+                    self.announce_voice(key);
                 }
                 Ok(())
             }
@@ -511,7 +364,7 @@ impl Engine {
         };
         let (mut peer, sdp) = Peer::accept(setup, &self.config, &mut self.rng, now)?;
         self.next_source = self.next_source.wrapping_add(1).max(1);
-        self.stats.peers_joined += 1;
+        self.fx.stats.peers_joined += 1;
 
         let ch_key = self.channel_or_create(channel, now);
         peer.channel = ch_key;
@@ -525,27 +378,19 @@ impl Engine {
         let peer = self.peers.get_mut(key).expect("just inserted");
         self.demux
             .add_ufrag(peer.ufrag.clone(), peer.ice_pass.clone(), key);
-        settle_peer(
-            peer,
-            key,
-            now,
-            &mut self.outputs,
-            &mut self.signals,
-            &mut self.stats,
-            &mut self.timers,
-        );
-        self.outputs.push_back(Output::Event(Event::Answer {
+        peer.settle(key, now, &mut self.fx);
+        self.fx.emit(Event::Answer {
             peer: id,
             source,
             slots,
             sdp,
-        }));
+        });
         let ch = self.channels.get_mut(ch_key).expect("channel exists");
         ch.members.push(key);
-        ch.assign_member(key, peer, &mut self.events);
-        self.flush_events();
+        ch.assign_member(key, peer, &mut self.fx.events);
+        self.fx.flush_events();
         if role == Role::Speaker {
-            self.announce_source(key);
+            self.announce_voice(key);
         }
         Ok(())
     }
@@ -562,13 +407,14 @@ impl Engine {
             .insert_with(|_, gen| Channel::new(name.clone(), gen, config, now));
         self.channel_keys.insert(name, k);
         let ch = self.channels.get_mut(k).expect("just inserted");
-        self.timers
+        self.fx
+            .timers
             .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
         k
     }
 
     /// Removes a channel nobody uses any more (no local member, no
-    /// subscribed relay), unsubscribing from its origin.
+    /// subscriber), unsubscribing from its origin.
     fn remove_if_unused(&mut self, k: u32) {
         let Some(ch) = self.channels.get(k) else {
             return;
@@ -578,7 +424,7 @@ impl Engine {
         }
         let (name, upstream) = (ch.name.clone(), ch.upstream);
         if let Some(link) = upstream {
-            self.relay_out(
+            self.fx.relay(
                 link,
                 RelayMsg::Unsubscribe {
                     channel: name.clone(),
@@ -617,7 +463,7 @@ impl Engine {
             peer.rtc.disconnect();
         }
         if reason != LeaveReason::Left {
-            self.stats.peers_failed += 1;
+            self.fx.stats.peers_failed += 1;
         }
         if let Some(ch) = self.channels.get_mut(peer.channel) {
             ch.members.retain(|k| *k != key);
@@ -632,12 +478,11 @@ impl Engine {
             }
         }
         self.remove_if_unused(peer.channel);
-        self.outputs
-            .push_back(Output::Event(Event::PeerLeft { peer: id, reason }));
+        self.fx.emit(Event::PeerLeft { peer: id, reason });
     }
 
     fn timeout(&mut self, now: Instant) {
-        while let Some((t, key)) = self.timers.pop_due(now) {
+        while let Some((t, key)) = self.fx.timers.pop_due(now) {
             match key {
                 TimerKey::Peer(k, gen) => {
                     let Some(peer) = self.peers.get_gen_mut(k, gen) else {
@@ -657,18 +502,10 @@ impl Engine {
                     if let Err(e) = peer.rtc.handle_input(str0m::Input::Timeout(now)) {
                         tracing::debug!(peer = %peer.id, error = %e, "timeout failed");
                         peer.failed = true;
-                        self.signals.push_back((k, gen, Signal::Failed));
+                        self.fx.signals.push_back((k, gen, Signal::Failed));
                         continue;
                     }
-                    settle_peer(
-                        peer,
-                        k,
-                        now,
-                        &mut self.outputs,
-                        &mut self.signals,
-                        &mut self.stats,
-                        &mut self.timers,
-                    );
+                    peer.settle(k, now, &mut self.fx);
                 }
                 TimerKey::Channel(k, gen) => {
                     let Some(ch) = self.channels.get_gen_mut(k, gen) else {
@@ -694,40 +531,42 @@ impl Engine {
         if ch.upstream.is_some() {
             // A relay channel's speakers are decided by its origin.
             ch.next_tick = now + self.config.dominant_interval;
-            self.timers
+            self.fx
+                .timers
                 .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
             return;
         }
         if let Some(d) = ch.dominant.decide(now) {
             ch.last_dominant = Some(d);
             self.speakers_dirty.push(k);
-            self.events.push(Event::DominantSpeaker {
+            self.fx.events.push(Event::DominantSpeaker {
                 channel: ch.name.clone(),
                 speaker: Some(d),
             });
             if ch.selector.pin(Some(d), now) {
-                self.stats.speaker_switches += 1;
-                ch.reassign_all(&mut self.peers, &mut self.events);
+                self.fx.stats.speaker_switches += 1;
+                ch.reassign_all(&mut self.peers, &mut self.fx.events);
             }
         }
         let speaking = ch.speaking(now);
         if speaking != ch.active {
             self.speakers_dirty.push(k);
             ch.active = speaking.clone();
-            self.events.push(Event::ActiveSpeakers {
+            self.fx.events.push(Event::ActiveSpeakers {
                 channel: ch.name.clone(),
                 speakers: speaking,
             });
         }
         ch.next_tick = now + self.config.dominant_interval;
-        self.timers
+        self.fx
+            .timers
             .schedule(TimerKey::Channel(k, ch.gen), ch.next_tick, &mut ch.timer);
-        self.flush_events();
+        self.fx.flush_events();
     }
 
     fn process_signals(&mut self) {
         let now = self.last_now;
-        while let Some((k, gen, signal)) = self.signals.pop_front() {
+        while let Some((k, gen, signal)) = self.fx.signals.pop_front() {
             let Some(peer) = self.peers.get_gen_mut(k, gen) else {
                 continue;
             };
@@ -735,15 +574,14 @@ impl Engine {
                 Signal::Connected => {
                     if !peer.connected {
                         peer.connected = true;
-                        self.stats.peers_connected += 1;
+                        self.fx.stats.peers_connected += 1;
                         if peer.start_direct() {
-                            self.stats.peers_direct += 1;
+                            self.fx.stats.peers_direct += 1;
                         } else {
-                            self.stats.peers_str0m_send += 1;
+                            self.fx.stats.peers_str0m_send += 1;
                         }
                         let id = peer.id;
-                        self.outputs
-                            .push_back(Output::Event(Event::PeerConnected { peer: id }));
+                        self.fx.emit(Event::PeerConnected { peer: id });
                     }
                 }
                 Signal::Disconnected => self.remove_peer(k, LeaveReason::Disconnected, now),
@@ -755,16 +593,16 @@ impl Engine {
 
     /// One audio packet from a local member.
     fn on_rtp(&mut self, key: PeerKey, p: RtpPacket, now: Instant) {
-        self.stats.rtp_in += 1;
+        self.fx.stats.rtp_in += 1;
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
         if Some(p.header.payload_type) != peer.uplink_pt {
-            self.stats.dropped_wrong_codec += 1;
+            self.fx.stats.dropped_wrong_codec += 1;
             return;
         }
         if !peer.may_speak() {
-            self.stats.dropped_not_allowed += 1;
+            self.fx.stats.dropped_not_allowed += 1;
             return;
         }
         let level = match p.header.ext_vals.audio_level {
@@ -782,13 +620,13 @@ impl Engine {
                 match meter.measure(&p.payload) {
                     Some(l) => l,
                     None => {
-                        self.stats.level_decode_errors += 1;
+                        self.fx.stats.level_decode_errors += 1;
                         127
                     }
                 }
             }
         };
-        let frame = SourceFrame {
+        let frame = VoiceFrame {
             source: peer.source,
             seq: *p.seq_no,
             rtp_ts: p.header.timestamp,
@@ -802,19 +640,14 @@ impl Engine {
     }
 
     /// Selection and fan-out of one frame, wherever it came from: a local
-    /// member (`from: None`) or a relay link.
-    fn route(&mut self, ch_key: u32, frame: &SourceFrame, now: Instant, from: Option<LinkId>) {
+    /// member (`from: None`) or another engine over a link.
+    fn route(&mut self, ch_key: u32, frame: &VoiceFrame, now: Instant, from: Option<LinkId>) {
         let Engine {
             channels,
             peers,
-            outputs,
-            signals,
-            stats,
-            timers,
-            events,
+            fx,
             config,
             speakers_dirty,
-            ntp,
             ..
         } = self;
         let Some(ch) = channels.get_mut(ch_key) else {
@@ -829,8 +662,8 @@ impl Engine {
                     .selector
                     .on_packet(frame.source, frame.level, speech, now)
                 {
-                    stats.speaker_switches += 1;
-                    ch.reassign_all(peers, events);
+                    fx.stats.speaker_switches += 1;
+                    ch.reassign_all(peers, &mut fx.events);
                     speakers_dirty.push(ch_key);
                 }
             }
@@ -838,11 +671,7 @@ impl Engine {
             // select it) or is selected (so listeners hear it whole).
             Some(up) if from.is_none() => {
                 if speech || ch.selector.is_selected(frame.source) {
-                    stats.relay_out += 1;
-                    outputs.push_back(Output::Relay {
-                        link: up,
-                        msg: frame.to_relay(&ch.name),
-                    });
+                    fx.relay(up, frame.to_relay(&ch.name));
                 }
             }
             Some(_) => {}
@@ -856,64 +685,31 @@ impl Engine {
                 if !peer.connected {
                     continue;
                 }
-                let mut sink = TxSink {
-                    outputs,
-                    stats,
-                    ntp: *ntp,
-                };
-                if peer.write_slot(slot as usize, frame, now, &mut sink) {
-                    stats.rtp_forwarded += 1;
+                if peer.write_slot(slot as usize, frame, now, fx) {
+                    fx.stats.rtp_forwarded += 1;
                 } else {
-                    stats.dropped_stale += 1;
+                    fx.stats.dropped_stale += 1;
                 }
                 // A peer the engine sends for itself has nothing new in str0m.
                 if !peer.is_direct() {
-                    settle_peer(peer, key, now, outputs, signals, stats, timers);
+                    peer.settle(key, now, fx);
                 }
             }
         } else if !selected {
-            stats.not_selected += 1;
+            fx.stats.not_selected += 1;
         }
-        // Origin: each subscribed relay gets a selected voice once, except
-        // the one it came from.
-        if ch.upstream.is_none() && selected && !ch.relays.is_empty() {
+        // Origin: each subscriber gets a selected voice once, except the
+        // one it came from.
+        if ch.upstream.is_none() && selected && !ch.subscribers.is_empty() {
             let msg = frame.to_relay(&ch.name);
-            for &link in &ch.relays {
+            for &link in &ch.subscribers {
                 if Some(link) != from {
-                    stats.relay_out += 1;
-                    outputs.push_back(Output::Relay {
-                        link,
-                        msg: msg.clone(),
-                    });
+                    fx.relay(link, msg.clone());
                 }
             }
         }
-        self.flush_events();
+        fx.flush_events();
     }
-
-    fn flush_events(&mut self) {
-        for e in self.events.drain(..) {
-            self.outputs.push_back(Output::Event(e));
-        }
-    }
-}
-
-/// Drains a peer after a mutation and puts its next deadline in the heap.
-fn settle_peer(
-    peer: &mut Peer,
-    key: PeerKey,
-    now: Instant,
-    outputs: &mut VecDeque<Output>,
-    signals: &mut VecDeque<(u32, u32, Signal)>,
-    stats: &mut EngineStats,
-    timers: &mut TimerHeap,
-) {
-    peer.settle(key, now, outputs, signals, stats);
-    timers.schedule(
-        TimerKey::Peer(key, peer.gen),
-        peer.deadline(),
-        &mut peer.timer,
-    );
 }
 
 fn generate_dtls_cert() -> DtlsCert {

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use media_core::harness::client::ClientSpec;
-use media_core::harness::udp::UdpPeer;
 use serde_json::{json, Value};
 use sfu_server::{Config, Server};
+use testkit::client::ClientSpec;
+use testkit::udp::UdpPeer;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -125,7 +125,7 @@ pub(crate) async fn ws_member_at(
     extra: Value,
 ) -> (Ws, UdpPeer, Value) {
     let mut ws = Ws::connect_addr(base).await;
-    let (mut peer, offer) = UdpPeer::new(name, &spec, Instant::now).expect("peer");
+    let (mut peer, offer) = UdpPeer::new(name, &spec).expect("peer");
     let mut join = json!({"type": "join", "channel": channel, "offer": offer, "identity": name});
     if let (Some(j), Some(e)) = (join.as_object_mut(), extra.as_object()) {
         for (k, v) in e {

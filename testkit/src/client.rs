@@ -8,10 +8,8 @@
 //! stream RFC 3550 statistics ([`StreamStats`]: loss, interarrival jitter)
 //! and a histogram of one-way latency from `abs-capture-time`
 //! ([`Client::latency`]). A count-only listener can skip str0m for media
-//! ([`ClientSpec::raw_media`]): SRTP authenticates the RTP header but does
-//! not encrypt it, so sequence number, timestamp, SSRC and header
-//! extensions are read from the datagram as it arrives
-//! ([`parse_rtp_header`]).
+//! ([`ClientSpec::raw_media`]): it reads the plain RTP header of each
+//! datagram as it arrives ([`parse_rtp_header`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -24,25 +22,19 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{AbsCaptureTime, Extension, ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
 
-use super::audio::{DtxGate, TalkPattern, TalkSchedule, ToneListener, ToneSpeaker, FRAME_SAMPLES};
-use super::net::Datagram;
+use media_core::{ntp, DatagramKind};
 
-/// The RTP header extension id harness clients offer for
-/// `abs-capture-time` (str0m's standard map leaves 5 free).
+use crate::audio::{
+    DtxGate, TalkPattern, TalkSchedule, ToneListener, ToneSpeaker, FRAME_SAMPLES, TONES,
+};
+use crate::latency::LatencyHistogram;
+use crate::net::Datagram;
+use crate::rtp::{extend_seq, parse_rtp_header, ExtIds};
+use crate::stream_stats::StreamStats;
+
+/// The RTP header extension id test clients offer for `abs-capture-time`
+/// (str0m's standard map leaves 5 free).
 pub const ABS_CAPTURE_TIME_ID: u8 = 5;
-
-/// `abs-capture-time`'s URI, as in SDP `a=extmap`.
-pub const ABS_CAPTURE_TIME_URI: &str =
-    "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
-
-/// The RFC 6464 audio level extension's URI.
-const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
-
-/// Opus's RTP clock rate (RFC 7587), the unit of RTP timestamps here.
-const OPUS_CLOCK_HZ: f64 = 48_000.0;
-
-/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
-const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 
 /// One RTP packet a client received, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,343 +58,6 @@ pub struct Received {
     /// One-way latency from the packet's `abs-capture-time` to its
     /// arrival, when it carried one and the client has a capture clock.
     pub latency: Option<Duration>,
-}
-
-/// RFC 3550 receiver statistics of one incoming stream, kept as packets
-/// arrive (constant memory).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StreamStats {
-    /// Packets received (duplicates included, as RFC 3550 counts them).
-    pub received: u64,
-    /// Lowest extended sequence number received.
-    pub first_seq: u64,
-    /// Highest extended sequence number received.
-    pub highest_seq: u64,
-    /// First and last arrival.
-    pub first_at: Option<Instant>,
-    /// Last arrival.
-    pub last_at: Option<Instant>,
-    /// Interarrival jitter estimate (RFC 3550 §6.4.1, A.8), in RTP
-    /// timestamp units.
-    jitter: f64,
-    /// Arrival (timestamp units since the client's epoch) and RTP timestamp
-    /// of the previous packet.
-    previous: Option<(f64, u32)>,
-}
-
-impl StreamStats {
-    /// Counts a packet with extended sequence number `seq` and RTP
-    /// timestamp `ts` that arrived `arrival` after the client's epoch.
-    fn on_packet(&mut self, at: Instant, arrival: Duration, seq: u64, ts: u32) {
-        if self.received == 0 {
-            self.first_seq = seq;
-            self.highest_seq = seq;
-            self.first_at = Some(at);
-        }
-        self.received += 1;
-        self.first_seq = self.first_seq.min(seq);
-        self.highest_seq = self.highest_seq.max(seq);
-        self.last_at = Some(at);
-        // J(i) = J(i-1) + (|D(i-1,i)| - J(i-1))/16, D = (Rj - Ri) - (Sj - Si),
-        // in timestamp units, for packets in arrival order.
-        let r = arrival.as_secs_f64() * OPUS_CLOCK_HZ;
-        if let Some((r0, s0)) = self.previous {
-            let d = (r - r0) - f64::from(ts.wrapping_sub(s0) as i32);
-            self.jitter += (d.abs() - self.jitter) / 16.0;
-        }
-        self.previous = Some((r, ts));
-    }
-
-    /// Packets expected: highest minus lowest sequence number, plus one.
-    pub fn expected(&self) -> u64 {
-        if self.received == 0 {
-            0
-        } else {
-            self.highest_seq - self.first_seq + 1
-        }
-    }
-
-    /// Packets lost: expected minus received (RFC 3550 §6.4.1; duplicates
-    /// offset losses), at least 0.
-    pub fn lost(&self) -> u64 {
-        self.expected().saturating_sub(self.received)
-    }
-
-    /// The interarrival jitter estimate in milliseconds.
-    pub fn jitter_ms(&self) -> f64 {
-        self.jitter / OPUS_CLOCK_HZ * 1e3
-    }
-}
-
-/// The extended sequence number of `seq` given the highest extended one so
-/// far (RFC 3550 A.1: the closest value with those low 16 bits). The first
-/// packet starts one cycle up, so a packet reordered before it still fits.
-pub fn extend_seq(highest: Option<u64>, seq: u16) -> u64 {
-    match highest {
-        None => (1 << 16) + u64::from(seq),
-        Some(h) => {
-            let delta = i64::from(seq.wrapping_sub(h as u16) as i16);
-            (h as i64).saturating_add(delta).max(0) as u64
-        }
-    }
-}
-
-/// A histogram of durations with 1 µs resolution below 100 µs and 2%
-/// relative resolution above (up to about 12 minutes), in constant memory:
-/// per-packet latencies of long runs and many listeners.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LatencyHistogram {
-    /// Counts per bucket; empty until the first sample.
-    counts: Vec<u32>,
-    count: u64,
-    sum_us: u64,
-    max_us: u64,
-}
-
-impl LatencyHistogram {
-    const EXACT_US: u64 = 100;
-    const LOG_BUCKETS: usize = 800;
-    const GROWTH: f64 = 1.02;
-
-    fn bucket(us: u64) -> usize {
-        if us < Self::EXACT_US {
-            return us as usize;
-        }
-        let i = ((us as f64 / Self::EXACT_US as f64).ln() / Self::GROWTH.ln()) as usize;
-        Self::EXACT_US as usize + i.min(Self::LOG_BUCKETS - 1)
-    }
-
-    /// A representative value of bucket `i` (its geometric middle).
-    fn value_us(i: usize) -> f64 {
-        if i < Self::EXACT_US as usize {
-            i as f64
-        } else {
-            let k = (i - Self::EXACT_US as usize) as f64 + 0.5;
-            Self::EXACT_US as f64 * Self::GROWTH.powf(k)
-        }
-    }
-
-    /// Adds a sample.
-    pub fn record(&mut self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if self.counts.is_empty() {
-            self.counts = vec![0; Self::EXACT_US as usize + Self::LOG_BUCKETS];
-        }
-        let b = &mut self.counts[Self::bucket(us)];
-        *b = b.saturating_add(1);
-        self.count += 1;
-        self.sum_us = self.sum_us.saturating_add(us);
-        self.max_us = self.max_us.max(us);
-    }
-
-    /// Samples recorded.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Mean of the samples.
-    pub fn mean(&self) -> Option<Duration> {
-        (self.count > 0).then(|| Duration::from_micros(self.sum_us / self.count))
-    }
-
-    /// Largest sample (exact; of everything recorded, see
-    /// [`since`](Self::since)).
-    pub fn max(&self) -> Option<Duration> {
-        (self.count > 0).then(|| Duration::from_micros(self.max_us))
-    }
-
-    /// The `q` quantile (0..=1), within the bucket resolution.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.count == 0 {
-            return None;
-        }
-        let total: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
-        let rank = ((total.saturating_sub(1)) as f64 * q.clamp(0.0, 1.0)).round() as u64;
-        let mut seen = 0u64;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += u64::from(c);
-            if seen > rank {
-                return Some(Duration::from_nanos((Self::value_us(i) * 1e3) as u64));
-            }
-        }
-        self.max()
-    }
-
-    /// Adds another histogram's samples.
-    pub fn merge(&mut self, other: &LatencyHistogram) {
-        if other.counts.is_empty() {
-            return;
-        }
-        if self.counts.is_empty() {
-            self.counts = vec![0; other.counts.len()];
-        }
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a = a.saturating_add(*b);
-        }
-        self.count += other.count;
-        self.sum_us = self.sum_us.saturating_add(other.sum_us);
-        self.max_us = self.max_us.max(other.max_us);
-    }
-
-    /// The samples recorded since `earlier` (a clone of this histogram
-    /// taken before). The maximum is that of all samples.
-    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
-        let mut d = self.clone();
-        for (a, b) in d.counts.iter_mut().zip(&earlier.counts) {
-            *a = a.saturating_sub(*b);
-        }
-        d.count = d.count.saturating_sub(earlier.count);
-        d.sum_us = d.sum_us.saturating_sub(earlier.sum_us);
-        d
-    }
-}
-
-/// Header extension ids negotiated for a session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExtIds {
-    /// `abs-capture-time`.
-    pub abs_capture_time: Option<u8>,
-    /// RFC 6464 audio level.
-    pub audio_level: Option<u8>,
-}
-
-impl ExtIds {
-    /// The ids an SDP (offer or answer) maps the two extensions to (the
-    /// first `a=extmap` of each).
-    pub fn from_sdp(sdp: &str) -> ExtIds {
-        let mut ids = ExtIds::default();
-        for line in sdp.lines() {
-            let Some(rest) = line.trim().strip_prefix("a=extmap:") else {
-                continue;
-            };
-            let mut parts = rest.split_whitespace();
-            let (Some(id), Some(uri)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            // "5" or "5/sendonly".
-            let Ok(id) = id.split('/').next().unwrap_or("").parse::<u8>() else {
-                continue;
-            };
-            if uri == ABS_CAPTURE_TIME_URI {
-                ids.abs_capture_time.get_or_insert(id);
-            } else if uri == AUDIO_LEVEL_URI {
-                ids.audio_level.get_or_insert(id);
-            }
-        }
-        ids
-    }
-}
-
-/// What [`parse_rtp_header`] reads from an RTP packet (plain or SRTP: the
-/// header is not encrypted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpHeader {
-    /// Marker bit.
-    pub marker: bool,
-    /// Payload type.
-    pub pt: u8,
-    /// Sequence number.
-    pub seq: u16,
-    /// RTP timestamp.
-    pub ts: u32,
-    /// SSRC.
-    pub ssrc: u32,
-    /// First CSRC, if any.
-    pub csrc: Option<u32>,
-    /// `abs-capture-time`: the 64-bit NTP timestamp (Q32.32).
-    pub abs_capture_ntp: Option<u64>,
-    /// RFC 6464 level (0 loudest .. 127) and voice activity bit.
-    pub audio_level: Option<(u8, bool)>,
-}
-
-/// Whether a datagram is RTP rather than RTCP, STUN or DTLS (RFC 7983 first
-/// byte 128..=191; RFC 5761: RTCP packet types 192..=223 in the second).
-pub fn is_rtp(buf: &[u8]) -> bool {
-    buf.len() >= 12 && (128..=191).contains(&buf[0]) && !(192..=223).contains(&buf[1])
-}
-
-/// Parses the RTP header (RFC 3550 §5.1) and its header extensions (RFC
-/// 8285, one-byte `0xBEDE` and two-byte `0x100x` forms) of `buf`, reading
-/// the extensions with the ids in `ids`. `None` when it is not a
-/// well-formed RTP header. Never reads past `buf`.
-pub fn parse_rtp_header(buf: &[u8], ids: ExtIds) -> Option<RtpHeader> {
-    if !is_rtp(buf) || buf[0] >> 6 != 2 {
-        return None;
-    }
-    let be32 = |b: &[u8], at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-    };
-    let cc = usize::from(buf[0] & 0x0f);
-    let mut h = RtpHeader {
-        marker: buf[1] & 0x80 != 0,
-        pt: buf[1] & 0x7f,
-        seq: u16::from_be_bytes([buf[2], buf[3]]),
-        ts: be32(buf, 4)?,
-        ssrc: be32(buf, 8)?,
-        csrc: None,
-        abs_capture_ntp: None,
-        audio_level: None,
-    };
-    if cc > 0 {
-        h.csrc = Some(be32(buf, 12)?);
-    }
-    let at = 12 + 4 * cc;
-    if buf.len() < at {
-        return None;
-    }
-    if buf[0] & 0x10 == 0 {
-        return Some(h);
-    }
-    let profile = u16::from_be_bytes(buf.get(at..at + 2)?.try_into().ok()?);
-    let words = usize::from(u16::from_be_bytes(
-        buf.get(at + 2..at + 4)?.try_into().ok()?,
-    ));
-    let ext = buf.get(at + 4..at + 4 + 4 * words)?;
-    let two_byte = match profile {
-        0xBEDE => false,
-        p if p & 0xfff0 == 0x1000 => true,
-        // Another profile's extension: the header is fine, nothing to read.
-        _ => return Some(h),
-    };
-    let mut i = 0;
-    while i < ext.len() {
-        let (id, len, data_at) = if two_byte {
-            let id = ext[i];
-            if id == 0 {
-                i += 1;
-                continue;
-            }
-            let len = usize::from(*ext.get(i + 1)?);
-            (id, len, i + 2)
-        } else {
-            let id = ext[i] >> 4;
-            if id == 0 {
-                // Padding.
-                i += 1;
-                continue;
-            }
-            if id == 15 {
-                break;
-            }
-            (id, usize::from(ext[i] & 0x0f) + 1, i + 1)
-        };
-        let data = ext.get(data_at..data_at + len)?;
-        if Some(id) == ids.abs_capture_time && len >= 8 {
-            h.abs_capture_ntp = Some(u64::from_be_bytes(data[..8].try_into().ok()?));
-        } else if Some(id) == ids.audio_level && len >= 1 {
-            h.audio_level = Some((data[0] & 0x7f, data[0] & 0x80 != 0));
-        }
-        i = data_at + len;
-    }
-    Some(h)
-}
-
-/// The wall-clock time of a 64-bit NTP timestamp (Q32.32 seconds since
-/// 1900); `None` before 1970.
-pub fn ntp_to_system_time(ntp: u64) -> Option<SystemTime> {
-    let secs = (ntp >> 32).checked_sub(NTP_UNIX_OFFSET_SECS)?;
-    let nanos = ((ntp & 0xffff_ffff) * 1_000_000_000) >> 32;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
 }
 
 /// Everything a client received on one incoming stream (one slot).
@@ -563,6 +218,21 @@ impl Default for ClientSpec {
     }
 }
 
+impl ClientSpec {
+    /// A speaker that sends tone `tone` (index into [`TONES`]) and hears 3 slots.
+    pub fn speaker(tone: usize) -> Self {
+        ClientSpec {
+            tone: Some(TONES[tone % TONES.len()]),
+            ..Default::default()
+        }
+    }
+
+    /// A listener with 3 slots that decodes what it hears.
+    pub fn listener() -> Self {
+        ClientSpec::default()
+    }
+}
+
 impl Client {
     /// A client that makes an offer at `now`. Returns the client and its offer.
     pub fn new(
@@ -637,7 +307,7 @@ impl Client {
     /// Applies the engine's answer.
     ///
     /// # Panics
-    /// If the answer does not parse or does not fit the offer (the harness
+    /// If the answer does not parse or does not fit the offer (the simulated
     /// engine's answers always do); see [`try_accept_answer`](Self::try_accept_answer).
     pub fn accept_answer(&mut self, sdp: &str, now: Instant) {
         if let Err(e) = self.try_accept_answer(sdp, now) {
@@ -669,7 +339,7 @@ impl Client {
                 .map(|p| p.pt());
             up.next_frame = now;
         }
-        self.drain(now);
+        self.poll_rtc(now);
         Ok(())
     }
 
@@ -764,7 +434,7 @@ impl Client {
                 // engine does), not at the next timeout.
                 let _ = self.rtc.handle_input(RtcInput::Timeout(now));
             }
-            self.drain(now);
+            self.poll_rtc(now);
         }
     }
 
@@ -779,7 +449,7 @@ impl Client {
     }
 
     /// Takes the datagrams the client wants sent (to put them on a real
-    /// socket; [`Sim`](super::Sim) does this itself).
+    /// socket; [`Sim`](crate::Sim) does this itself).
     pub fn take_outbox(&mut self) -> Vec<Datagram> {
         std::mem::take(&mut self.outbox)
     }
@@ -802,7 +472,7 @@ impl Client {
         if self.closed {
             return;
         }
-        if self.raw_media && self.connected && is_rtp(contents) {
+        if self.raw_media && self.connected && DatagramKind::of(contents) == DatagramKind::Rtp {
             match parse_rtp_header(contents, self.ext_ids) {
                 Some(h) => {
                     let highest = self
@@ -810,7 +480,7 @@ impl Client {
                         .get(&h.ssrc)
                         .filter(|s| s.stats.received > 0)
                         .map(|s| s.stats.highest_seq);
-                    let capture = h.abs_capture_ntp.and_then(ntp_to_system_time);
+                    let capture = h.abs_capture_ntp.and_then(ntp::to_system_time);
                     let received = Received {
                         at: now,
                         seq: extend_seq(highest, h.seq),
@@ -831,7 +501,7 @@ impl Client {
         if let Ok(r) = Receive::new(Protocol::Udp, source, destination, contents) {
             let _ = self.rtc.handle_input(RtcInput::Receive(now, r));
         }
-        self.drain(now);
+        self.poll_rtc(now);
     }
 
     /// Logs a received packet: statistics, latency, the packet log, and
@@ -888,10 +558,10 @@ impl Client {
             return;
         }
         let _ = self.rtc.handle_input(RtcInput::Timeout(now));
-        self.drain(now);
+        self.poll_rtc(now);
     }
 
-    fn drain(&mut self, now: Instant) {
+    fn poll_rtc(&mut self, now: Instant) {
         loop {
             match self.rtc.poll_output() {
                 Ok(RtcOutput::Timeout(t)) => {
@@ -1005,13 +675,12 @@ mod tests {
     use str0m::change::SdpOffer;
 
     use super::*;
-    use crate::harness::audio::TONES;
-    use crate::rng::Rng;
+    use crate::rtp::{RtpHeader, ABS_CAPTURE_TIME_URI};
 
     const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10_000);
     const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5_000);
 
-    /// A harness client and a plain str0m peer (ICE-lite, RTP mode, with
+    /// A test kit client and a plain str0m peer (ICE-lite, RTP mode, with
     /// abs-capture-time at another id than the client offers) that answers
     /// its offer, on a simulated clock, with a delay towards the client.
     struct Pair {
@@ -1105,7 +774,7 @@ mod tests {
                 self.client.send_due_frames(now);
             }
             for dg in self.client.take_outbox() {
-                if is_rtp(&dg.contents) {
+                if DatagramKind::of(&dg.contents) == DatagramKind::Rtp {
                     self.uplink.push(dg.contents.clone());
                 }
                 let r = Receive::new(Protocol::Udp, CLIENT, PEER, &dg.contents).unwrap();
@@ -1114,7 +783,7 @@ mod tests {
             if self.peer_timeout <= now {
                 self.peer.handle_input(RtcInput::Timeout(now)).unwrap();
             }
-            self.drain_peer(delay);
+            self.poll_peer(delay);
             let (due, later): (Vec<_>, Vec<_>) =
                 self.to_client.drain(..).partition(|(at, _)| *at <= now);
             self.to_client = later;
@@ -1123,7 +792,7 @@ mod tests {
             }
         }
 
-        fn drain_peer(&mut self, delay: &dyn Fn(usize) -> Duration) {
+        fn poll_peer(&mut self, delay: &dyn Fn(usize) -> Duration) {
             loop {
                 match self.peer.poll_output().unwrap() {
                     RtcOutput::Timeout(t) => {
@@ -1171,7 +840,7 @@ mod tests {
 
     #[test]
     fn conversation_speaker_with_dtx_stamps_capture_time() {
-        let start = crate::test_epoch();
+        let start = crate::epoch();
         let spec = ClientSpec {
             talk: TalkPattern::conversation(3),
             dtx: true,
@@ -1234,7 +903,7 @@ mod tests {
         let r = raw.iter().find(|h| h.seq == *last.seq_no as u16).unwrap();
         assert_eq!(r.ts, last.header.timestamp);
         assert_eq!(r.ssrc, *last.header.ssrc);
-        let t = ntp_to_system_time(r.abs_capture_ntp.unwrap()).unwrap();
+        let t = ntp::to_system_time(r.abs_capture_ntp.unwrap()).unwrap();
         let s = stamped(last).capture_time;
         assert!(t.duration_since(s).unwrap_or_else(|e| e.duration()) < Duration::from_micros(2));
         assert_eq!(
@@ -1244,7 +913,7 @@ mod tests {
     }
 
     fn listener_hears(raw_media: bool) -> Client {
-        let start = crate::test_epoch();
+        let start = crate::epoch();
         let spec = ClientSpec {
             capture_clock: Some((start, wall())),
             raw_media,
@@ -1264,7 +933,7 @@ mod tests {
             if seq != 100 {
                 let capture = pair.client.wall_time(pair.now).unwrap();
                 pair.peer_send(payload, seq, capture);
-                pair.drain_peer(&delay);
+                pair.poll_peer(&delay);
             }
             pair.run(Duration::from_millis(20), &delay);
         }
@@ -1307,153 +976,5 @@ mod tests {
                 assert_eq!(c.decode_errors(), 0);
             }
         }
-    }
-
-    #[test]
-    fn rtp_header_parses_both_extension_forms() {
-        let ids = ExtIds {
-            abs_capture_time: Some(5),
-            audio_level: Some(1),
-        };
-        // One-byte form: level (1 byte), padding, abs-capture-time (16).
-        let mut p = vec![
-            0x90 | 1,
-            0x80 | 111,
-            0x12,
-            0x34,
-            0,
-            0,
-            0x03,
-            0xC0,
-            0xAA,
-            0xBB,
-            0xCC,
-            0xDD,
-        ];
-        p.extend_from_slice(&7u32.to_be_bytes());
-        let mut ext = vec![0x10, 0x80 | 33, 0x00, 0x5F];
-        ext.extend_from_slice(&0x0123_4567_89AB_CDEFu64.to_be_bytes());
-        ext.extend_from_slice(&[0; 8]);
-        while ext.len() % 4 != 0 {
-            ext.push(0);
-        }
-        p.extend_from_slice(&[0xBE, 0xDE]);
-        p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
-        p.extend_from_slice(&ext);
-        p.extend_from_slice(&[1, 2, 3]);
-        let h = parse_rtp_header(&p, ids).unwrap();
-        assert!(h.marker);
-        assert_eq!(
-            (h.pt, h.seq, h.ts, h.ssrc, h.csrc),
-            (111, 0x1234, 960, 0xAABB_CCDD, Some(7))
-        );
-        assert_eq!(h.audio_level, Some((33, true)));
-        assert_eq!(h.abs_capture_ntp, Some(0x0123_4567_89AB_CDEF));
-        // Not asked for: not read.
-        assert_eq!(
-            parse_rtp_header(&p, ExtIds::default())
-                .unwrap()
-                .abs_capture_ntp,
-            None
-        );
-        // Truncated anywhere: None or a header without the cut extension,
-        // never a panic.
-        for n in 0..p.len() {
-            if let Some(h) = parse_rtp_header(&p[..n], ids) {
-                assert_eq!(h.seq, 0x1234);
-            }
-        }
-        // Two-byte form (0x1000): id, length, data.
-        let mut q = vec![0x90, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00, 0, 4];
-        q.extend_from_slice(&[0, 5, 8]);
-        q.extend_from_slice(&42u64.to_be_bytes());
-        q.extend_from_slice(&[1, 1, 0x7f, 0, 0]);
-        let h = parse_rtp_header(&q, ids).unwrap();
-        assert_eq!(h.abs_capture_ntp, Some(42));
-        assert_eq!(h.audio_level, Some((127, false)));
-        // RTCP, STUN, DTLS and short datagrams are not RTP.
-        assert!(parse_rtp_header(&[0x80, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0], ids).is_none());
-        assert!(parse_rtp_header(&[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0], ids).is_none());
-        assert!(parse_rtp_header(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0], ids).is_none());
-        assert!(parse_rtp_header(&[0x80, 111], ids).is_none());
-        // Garbage never panics.
-        let mut rng = Rng::new(0x5EED);
-        let mut buf = [0u8; 64];
-        for _ in 0..20_000 {
-            let n = (rng.next_u64() % 64) as usize;
-            for b in &mut buf[..n] {
-                *b = rng.next_u64() as u8;
-            }
-            buf[0] = 0x80 | (buf[0] & 0x1f);
-            let _ = parse_rtp_header(&buf[..n], ids);
-        }
-    }
-
-    #[test]
-    fn sequence_numbers_extend_across_wraps() {
-        let mut h = None;
-        let mut out = Vec::new();
-        for seq in [65_533u16, 65_534, 65_535, 0, 1, 65_535, 2] {
-            let e = extend_seq(h, seq);
-            h = Some(h.map_or(e, |h: u64| h.max(e)));
-            out.push(e);
-        }
-        let base = (1u64 << 16) + 65_533;
-        assert_eq!(
-            out,
-            [
-                base,
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 2,
-                base + 5
-            ]
-        );
-        assert_eq!(extend_seq(Some(3), 65_535), 0);
-    }
-
-    #[test]
-    fn histogram_quantiles_and_windows() {
-        let mut h = LatencyHistogram::default();
-        assert_eq!(h.quantile(0.5), None);
-        for ms in 1..=100u64 {
-            h.record(Duration::from_millis(ms));
-        }
-        let before = h.clone();
-        let close = |d: Option<Duration>, ms: f64| {
-            let d = d.unwrap().as_secs_f64() * 1e3;
-            assert!((d - ms).abs() <= ms * 0.02 + 0.001, "{d} vs {ms}");
-        };
-        close(h.quantile(0.5), 50.5);
-        close(h.quantile(0.99), 99.0);
-        close(h.quantile(0.0), 1.0);
-        close(h.mean(), 50.5);
-        for _ in 0..100 {
-            h.record(Duration::from_micros(40));
-        }
-        let w = h.since(&before);
-        assert_eq!(w.count(), 100);
-        assert_eq!(w.quantile(0.5), Some(Duration::from_micros(40)));
-        let mut m = LatencyHistogram::default();
-        m.merge(&w);
-        m.merge(&before);
-        assert_eq!(m.count(), 200);
-        h.record(Duration::MAX);
-        assert!(h.max().is_some());
-    }
-
-    #[test]
-    fn ext_ids_and_ntp() {
-        let sdp = "v=0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
-                   a=extmap:7/sendrecv http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time\r\n\
-                   a=extmap:x bogus\r\na=extmap:\r\n";
-        let ids = ExtIds::from_sdp(sdp);
-        assert_eq!(ids.audio_level, Some(1));
-        assert_eq!(ids.abs_capture_time, Some(7));
-        let t = ntp_to_system_time((NTP_UNIX_OFFSET_SECS + 10) << 32 | 0x8000_0000).unwrap();
-        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_millis(10_500));
-        assert_eq!(ntp_to_system_time(5), None);
     }
 }

@@ -1,20 +1,16 @@
-//! The engine's side of relay links: a channel as origin (subscribers,
-//! voices from relays) or as relay (following an origin's selection).
+//! The engine's side of links to other engines: a channel as origin
+//! (subscribers, voices that came over their links) or as relay (following
+//! an origin's selection over its upstream link).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Engine, Output};
+use super::Engine;
 use crate::demux::PeerKey;
-use crate::frame::SourceFrame;
+use crate::frame::VoiceFrame;
 use crate::{Error, Event, LinkId, RelayMsg, Role, SourceId};
 
 impl Engine {
-    pub(super) fn relay_out(&mut self, link: LinkId, msg: RelayMsg) {
-        self.stats.relay_out += 1;
-        self.outputs.push_back(Output::Relay { link, msg });
-    }
-
     /// Sends `msg` to every engine that shares channel `k`: its origin, if
     /// it follows one, and its subscribers.
     pub(super) fn relay_to_all(&mut self, k: u32, msg: RelayMsg) {
@@ -24,11 +20,11 @@ impl Engine {
         let links: Vec<LinkId> = ch
             .upstream
             .iter()
-            .chain(ch.relays.iter())
+            .chain(ch.subscribers.iter())
             .copied()
             .collect();
         for link in links {
-            self.relay_out(link, msg.clone());
+            self.fx.relay(link, msg.clone());
         }
     }
 
@@ -39,17 +35,17 @@ impl Engine {
         let admitted = self.channel_keys.get(channel).and_then(|&k| {
             let ch = self.channels.get(k)?;
             let from_origin = ch.upstream == Some(link);
-            (from_origin || ch.relays.contains(&link)).then_some((k, from_origin))
+            (from_origin || ch.subscribers.contains(&link)).then_some((k, from_origin))
         });
         if admitted.is_none() {
-            self.stats.dropped_relay += 1;
+            self.fx.stats.dropped_relay += 1;
         }
         admitted
     }
 
     /// One message from another engine.
     pub(super) fn on_relay(&mut self, now: Instant, link: LinkId, msg: RelayMsg) {
-        self.stats.relay_in += 1;
+        self.fx.stats.relay_in += 1;
         match msg {
             RelayMsg::Subscribe { channel } => {
                 let k = self.channel_or_create(channel.to_string(), now);
@@ -58,11 +54,11 @@ impl Engine {
                 };
                 if ch.upstream.is_some() {
                     // A relay cannot serve as origin (no loops in the tree).
-                    self.stats.dropped_relay += 1;
+                    self.fx.stats.dropped_relay += 1;
                     return;
                 }
-                if !ch.relays.contains(&link) {
-                    ch.relays.push(link);
+                if !ch.subscribers.contains(&link) {
+                    ch.subscribers.push(link);
                 }
                 // Who is who, then what is selected.
                 let infos: Vec<RelayMsg> = ch
@@ -76,16 +72,16 @@ impl Engine {
                     })
                     .collect();
                 for m in infos {
-                    self.relay_out(link, m);
+                    self.fx.relay(link, m);
                 }
                 self.send_speakers(k, Some(link));
             }
             RelayMsg::Unsubscribe { channel } => {
                 let Some(&k) = self.channel_keys.get(&channel) else {
-                    self.stats.dropped_relay += 1;
+                    self.fx.stats.dropped_relay += 1;
                     return;
                 };
-                self.drop_relay(k, link);
+                self.drop_subscriber(k, link);
                 self.remove_if_unused(k);
             }
             RelayMsg::Media {
@@ -105,7 +101,7 @@ impl Engine {
                         ch.remote.insert(source, link);
                     }
                 }
-                let frame = SourceFrame {
+                let frame = VoiceFrame {
                     source,
                     seq,
                     rtp_ts,
@@ -124,35 +120,35 @@ impl Engine {
                 dominant,
             } => {
                 let Some(&k) = self.channel_keys.get(&channel) else {
-                    self.stats.dropped_relay += 1;
+                    self.fx.stats.dropped_relay += 1;
                     return;
                 };
                 let Some(ch) = self.channels.get_mut(k) else {
                     return;
                 };
                 if ch.upstream != Some(link) {
-                    self.stats.dropped_relay += 1;
+                    self.fx.stats.dropped_relay += 1;
                     return;
                 }
                 if ch.selector.set_selected(&selected) {
-                    self.stats.speaker_switches += 1;
-                    ch.reassign_all(&mut self.peers, &mut self.events);
+                    self.fx.stats.speaker_switches += 1;
+                    ch.reassign_all(&mut self.peers, &mut self.fx.events);
                 }
                 if ch.active != active {
                     ch.active = active.clone();
-                    self.events.push(Event::ActiveSpeakers {
+                    self.fx.events.push(Event::ActiveSpeakers {
                         channel: ch.name.clone(),
                         speakers: active,
                     });
                 }
                 if ch.last_dominant != dominant {
                     ch.last_dominant = dominant;
-                    self.events.push(Event::DominantSpeaker {
+                    self.fx.events.push(Event::DominantSpeaker {
                         channel: ch.name.clone(),
                         speaker: dominant,
                     });
                 }
-                self.flush_events();
+                self.fx.flush_events();
             }
             RelayMsg::SourceInfo {
                 channel,
@@ -167,33 +163,36 @@ impl Engine {
                 };
                 if identity.is_empty() {
                     ch.identities.remove(&source);
-                    // A relay's voice left: release it here as well.
+                    // A subscriber's voice left: release it here as well.
                     if !from_origin && ch.remote.remove(&source).is_some() {
                         self.release_voice(k, source);
                     }
                 } else {
                     ch.identities.insert(source, identity.clone());
                 }
-                // The origin passes it on to its other relays.
+                // The origin passes it on to its other subscribers.
                 let msg = RelayMsg::SourceInfo {
                     channel: channel.clone(),
                     source,
                     identity: identity.clone(),
                 };
                 let others: Vec<LinkId> = match self.channels.get(k) {
-                    Some(ch) if !from_origin => {
-                        ch.relays.iter().copied().filter(|l| *l != link).collect()
-                    }
+                    Some(ch) if !from_origin => ch
+                        .subscribers
+                        .iter()
+                        .copied()
+                        .filter(|l| *l != link)
+                        .collect(),
                     _ => Vec::new(),
                 };
                 for l in others {
-                    self.relay_out(l, msg.clone());
+                    self.fx.relay(l, msg.clone());
                 }
-                self.outputs.push_back(Output::Event(Event::RemoteSource {
+                self.fx.emit(Event::RemoteSource {
                     channel,
                     source,
                     identity,
-                }));
+                });
             }
         }
     }
@@ -217,7 +216,7 @@ impl Engine {
         ch.upstream = link;
         let name = ch.name.clone();
         if let Some(old) = old.filter(|o| Some(*o) != link) {
-            self.relay_out(
+            self.fx.relay(
                 old,
                 RelayMsg::Unsubscribe {
                     channel: name.clone(),
@@ -225,8 +224,8 @@ impl Engine {
             );
         }
         if let Some(new) = link {
-            self.relay_out(new, RelayMsg::Subscribe { channel: name });
-            // Our local voices, so that the origin (and the other relays) can
+            self.fx.relay(new, RelayMsg::Subscribe { channel: name });
+            // Our local voices, so that the origin (and its other subscribers) can
             // name them.
             let speakers: Vec<PeerKey> = self
                 .channels
@@ -234,7 +233,7 @@ impl Engine {
                 .map(|ch| ch.members.clone())
                 .unwrap_or_default();
             for key in speakers {
-                self.announce_source(key);
+                self.announce_voice(key);
             }
         }
         Ok(())
@@ -248,21 +247,21 @@ impl Engine {
             .filter(|k| {
                 self.channels
                     .get(*k)
-                    .is_some_and(|ch| ch.relays.contains(&link))
+                    .is_some_and(|ch| ch.subscribers.contains(&link))
             })
             .collect();
         for k in keys {
-            self.drop_relay(k, link);
+            self.drop_subscriber(k, link);
             self.remove_if_unused(k);
         }
     }
 
     /// Forgets a subscriber and the voices that came over it.
-    fn drop_relay(&mut self, k: u32, link: LinkId) {
+    fn drop_subscriber(&mut self, k: u32, link: LinkId) {
         let Some(ch) = self.channels.get_mut(k) else {
             return;
         };
-        ch.relays.retain(|l| *l != link);
+        ch.subscribers.retain(|l| *l != link);
         let gone: Vec<SourceId> = ch
             .remote
             .iter()
@@ -286,23 +285,23 @@ impl Engine {
         let was_dominant = ch.dominant.dominant() == Some(source);
         ch.dominant.remove_source(source);
         if ch.selector.remove(source) {
-            self.stats.speaker_switches += 1;
+            self.fx.stats.speaker_switches += 1;
         }
-        ch.release_source(source, &mut self.peers, &mut self.events);
-        ch.reassign_all(&mut self.peers, &mut self.events);
+        ch.release_voice(source, &mut self.peers, &mut self.fx.events);
+        ch.reassign_all(&mut self.peers, &mut self.fx.events);
         if was_dominant {
             ch.last_dominant = None;
-            self.events.push(Event::DominantSpeaker {
+            self.fx.events.push(Event::DominantSpeaker {
                 channel: ch.name.clone(),
                 speaker: None,
             });
         }
         self.speakers_dirty.push(k);
-        self.flush_events();
+        self.fx.flush_events();
     }
 
-    /// Tells the channel's origin and relays who a local speaker is.
-    pub(super) fn announce_source(&mut self, key: PeerKey) {
+    /// Tells the channel's origin and subscribers who a local speaker is.
+    pub(super) fn announce_voice(&mut self, key: PeerKey) {
         let Some(peer) = self.peers.get(key) else {
             return;
         };
@@ -322,12 +321,12 @@ impl Engine {
         self.relay_to_all(k, msg);
     }
 
-    /// Sends the origin's selection to one relay, or to all when `None`.
+    /// Sends the origin's selection to one subscriber, or to all when `None`.
     fn send_speakers(&mut self, k: u32, to: Option<LinkId>) {
         let Some(ch) = self.channels.get(k) else {
             return;
         };
-        if ch.upstream.is_some() || ch.relays.is_empty() {
+        if ch.upstream.is_some() || ch.subscribers.is_empty() {
             return;
         }
         let msg = RelayMsg::Speakers {
@@ -338,15 +337,15 @@ impl Engine {
         };
         let links: Vec<LinkId> = match to {
             Some(l) => vec![l],
-            None => ch.relays.clone(),
+            None => ch.subscribers.clone(),
         };
         for l in links {
-            self.relay_out(l, msg.clone());
+            self.fx.relay(l, msg.clone());
         }
     }
 
     /// After an input: every origin channel whose selection changed tells
-    /// its relays, once.
+    /// its subscribers, once.
     pub(super) fn flush_speakers(&mut self) {
         if self.speakers_dirty.is_empty() {
             return;

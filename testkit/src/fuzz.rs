@@ -1,6 +1,10 @@
-//! Fuzz bodies: what `fuzz/fuzz_targets/*.rs` run, kept in the library so that
-//! the targets are three-line shims and `cargo test` can run the same bodies
-//! over a fixed corpus.
+//! Fuzz bodies: what `fuzz/fuzz_targets/*.rs` run, kept here so that the
+//! targets are three-line shims and `cargo test` (media-core's
+//! `tests/malformed.rs`) can run the same bodies over a fixed corpus.
+//!
+//! `datagrams` reaches the joined peer's WebRTC stack through
+//! `Engine::learn_address`, media-core's internal test hook: hence the
+//! feature `fuzz`, which turns on media-core's `_internal_test_exports`.
 //!
 //! The rule they check: **a panic on wire input is a bug**. Bad input is
 //! dropped and counted; it never brings the engine down.
@@ -11,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
 
-use super::client::{Client, ClientSpec};
-use super::ENGINE_ADDR;
-use crate::{Command, Engine, EngineConfig, Input, Output, PeerId, Role};
+use media_core::{Command, Engine, EngineConfig, Input, Output, PeerId, Role};
+
+use crate::audio::TONES;
+use crate::client::{Client, ClientSpec};
+use crate::sim::ENGINE_ADDR;
 
 fn cert() -> &'static DtlsCert {
     static CERT: OnceLock<DtlsCert> = OnceLock::new();
@@ -34,7 +40,8 @@ fn engine(now: Instant) -> Engine {
     Engine::new(config, now)
 }
 
-fn drain(engine: &mut Engine) -> Instant {
+/// Takes the engine's outputs until it asks to wait; returns until when.
+fn poll_until_timeout(engine: &mut Engine) -> Instant {
     loop {
         if let Output::Timeout(t) = engine.poll_output() {
             return t;
@@ -51,15 +58,7 @@ fn offer(now: Instant) -> &'static str {
     static OFFER: OnceLock<String> = OnceLock::new();
     OFFER.get_or_init(|| {
         let spec = ClientSpec::speaker(0);
-        Client::new(
-            "fuzz",
-            CLIENT_ADDR,
-            &spec,
-            &super::audio::TONES,
-            cert(),
-            now,
-        )
-        .1
+        Client::new("fuzz", CLIENT_ADDR, &spec, &TONES, cert(), now).1
     })
 }
 
@@ -70,7 +69,7 @@ fn offer(now: Instant) -> &'static str {
 pub fn sdp_offer(data: &[u8], now: Instant) {
     let mut e = engine(now);
     join(&mut e, now, String::from_utf8_lossy(data).into_owned());
-    drain(&mut e);
+    poll_until_timeout(&mut e);
 }
 
 /// Member `PeerId(1)` joins channel "fuzz" with `offer` (refusals ignored).
@@ -95,7 +94,7 @@ pub fn datagrams(data: &[u8], start: Instant) {
     let mut e = engine(now);
     join(&mut e, now, offer(start).to_string());
     e.learn_address(PeerId(1), CLIENT_ADDR, ENGINE_ADDR);
-    drain(&mut e);
+    poll_until_timeout(&mut e);
     let stranger: SocketAddr = "127.0.0.1:40000".parse().expect("address");
     let mut rest = data;
     while let Some((&sel, tail)) = rest.split_first() {
@@ -103,7 +102,7 @@ pub fn datagrams(data: &[u8], start: Instant) {
         match sel % 8 {
             // Advance time to the engine's next deadline (at most 1 s).
             0 => {
-                let t = drain(&mut e).min(now + Duration::from_secs(1));
+                let t = poll_until_timeout(&mut e).min(now + Duration::from_secs(1));
                 now = now.max(t);
                 let _ = e.handle_input(Input::Timeout(now));
             }
@@ -146,6 +145,6 @@ pub fn datagrams(data: &[u8], start: Instant) {
                 });
             }
         }
-        drain(&mut e);
+        poll_until_timeout(&mut e);
     }
 }

@@ -1,11 +1,8 @@
-//! The harness [`Client`] on a real loopback UDP socket and real time, for
-//! end-to-end tests against a running server. Each peer runs on its own
-//! thread; it waits until its next deadline, never longer (a sender sleeps
-//! to it precisely and then reads its socket; a receiver waits on its
-//! socket).
-//!
-//! Even here media-core reads no clock: the caller hands in one
-//! (`Instant::now` in tests and the load generator).
+//! The test kit's [`Client`] on a real loopback UDP socket and real time,
+//! for end-to-end tests against a running server and for the load
+//! generator. Each peer runs on its own thread; it waits until its next
+//! deadline, never longer (a sender sleeps to it precisely and then reads
+//! its socket; a receiver waits on its socket).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::audio::TONES;
-use super::client::{Client, ClientSpec};
+use crate::audio::TONES;
+use crate::client::{Client, ClientSpec};
 
 /// A WebRTC client on a real socket bound to 127.0.0.1.
 #[derive(Debug)]
@@ -27,24 +24,19 @@ pub struct UdpPeer {
     pub addr: SocketAddr,
     /// When the peer was created (for [`Client::tones_heard`] windows).
     pub created: Instant,
-    clock: fn() -> Instant,
 }
 
 impl UdpPeer {
     /// Binds a socket on 127.0.0.1 and makes an offer. Returns the peer
     /// (not yet running) and the offer SDP.
-    pub fn new(
-        name: &str,
-        spec: &ClientSpec,
-        clock: fn() -> Instant,
-    ) -> std::io::Result<(UdpPeer, String)> {
+    pub fn new(name: &str, spec: &ClientSpec) -> std::io::Result<(UdpPeer, String)> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         let addr = socket.local_addr()?;
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("DTLS certificate generation failed"))?;
-        let now = clock();
+        let now = Instant::now();
         let (client, offer) = Client::new(name, addr, spec, &TONES, &cert, now);
         Ok((
             UdpPeer {
@@ -54,7 +46,6 @@ impl UdpPeer {
                 thread: None,
                 addr,
                 created: now,
-                clock,
             },
             offer,
         ))
@@ -73,13 +64,10 @@ impl UdpPeer {
     /// Applies the server's answer and starts the peer's thread; an error
     /// (and no thread) when the answer does not fit the offer.
     pub fn try_start(&mut self, answer: &str) -> Result<(), String> {
-        let clock = self.clock;
-        self.lock().try_accept_answer(answer, clock())?;
+        self.lock().try_accept_answer(answer, Instant::now())?;
         let (client, socket, stop) = (self.client.clone(), self.socket.clone(), self.stop.clone());
         let local = self.addr;
-        self.thread = Some(thread::spawn(move || {
-            run(client, socket, stop, local, clock)
-        }));
+        self.thread = Some(thread::spawn(move || run(client, socket, stop, local)));
         Ok(())
     }
 
@@ -112,7 +100,7 @@ impl UdpPeer {
             if cond(&self.lock()) {
                 return true;
             }
-            if (self.clock)() >= deadline {
+            if Instant::now() >= deadline {
                 return false;
             }
             // The peer's thread makes progress on its own; look again soon.
@@ -143,7 +131,6 @@ fn run(
     socket: Arc<UdpSocket>,
     stop: Arc<AtomicBool>,
     local: SocketAddr,
-    clock: fn() -> Instant,
 ) {
     let mut buf = vec![0u8; 2048];
     // A socket read timeout (SO_RCVTIMEO) counts in kernel ticks: on a
@@ -160,7 +147,7 @@ fn run(
     while !stop.load(Ordering::Relaxed) {
         let wake = {
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-            let now = clock();
+            let now = Instant::now();
             if c.next_wakeup() <= now {
                 c.handle_timeout(now);
                 c.send_due_frames(now);
@@ -173,14 +160,14 @@ fn run(
         // Wait for the next deadline, or a datagram; at most 50 ms so that a
         // stop request is noticed.
         let wait = wake
-            .saturating_duration_since(clock())
+            .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(50));
         if sender {
             thread::sleep(wait);
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
             for _ in 0..BURST {
                 match socket.recv_from(&mut buf) {
-                    Ok((n, source)) => c.receive_bytes(clock(), source, local, &buf[..n]),
+                    Ok((n, source)) => c.receive_bytes(Instant::now(), source, local, &buf[..n]),
                     Err(_) => break,
                 }
             }
@@ -189,7 +176,7 @@ fn run(
         let _ = socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
         if let Ok((n, source)) = socket.recv_from(&mut buf) {
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-            c.receive_bytes(clock(), source, local, &buf[..n]);
+            c.receive_bytes(Instant::now(), source, local, &buf[..n]);
         }
     }
 }

@@ -1,17 +1,17 @@
-//! Simulated-clock test harness: the engine plus real str0m client peers in
-//! one process, datagrams carried between them on a virtual clock with
-//! optional loss and delay. DTLS, SRTP and Opus are real; only the network
-//! and the clock are simulated.
+//! The simulation: engines plus real str0m client peers in one process,
+//! datagrams carried between them on a virtual clock with optional loss and
+//! delay. DTLS, SRTP and Opus are real; only the network and the clock are
+//! simulated.
 //!
-//! Like quinn-proto's `Pair` and str0m's `TestRtc`, [`Sim::step`] always
-//! advances to whichever comes first: a datagram's arrival, the engine's
-//! timeout, a client's timeout, or a speaker's next 20 ms frame.
+//! [`Sim::step`] always advances to whichever comes first: a datagram's
+//! arrival, an engine's timeout, a client's timeout, or a speaker's next
+//! 20 ms frame.
 //!
 //! ```no_run
-//! # use std::time::{Duration, Instant};
+//! # use std::time::Duration;
 //! # use media_core::{EngineConfig, Role};
-//! # use media_core::harness::{Sim, client::ClientSpec};
-//! let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+//! # use testkit::{client::ClientSpec, Sim};
+//! let mut sim = Sim::new(EngineConfig::default(), testkit::epoch());
 //! let alice = sim.join("alice", "room", Role::Speaker, ClientSpec::speaker(0));
 //! let bob = sim.join("bob", "room", Role::Listener, ClientSpec::listener());
 //! sim.run_until_connected(Duration::from_secs(5));
@@ -21,39 +21,21 @@
 //! assert!(heard.contains(&0));
 //! ```
 
-pub mod audio;
-pub mod client;
-pub mod fuzz;
-pub mod net;
-pub mod udp;
-
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::{Command, Engine, EngineConfig, Event, Input, LinkId, Output, PeerId, RelayMsg, Role};
+use media_core::{
+    Command, DatagramKind, Engine, EngineConfig, Event, Input, LinkId, Output, PeerId, RelayMsg,
+    Role,
+};
 
-use self::audio::TONES;
-use self::client::{Client, ClientSpec};
-use self::net::{Datagram, LinkConditions, Net};
+use crate::audio::TONES;
+use crate::client::{Client, ClientSpec};
+use crate::net::{Datagram, LinkConditions, Net};
 
 /// The engine's address in the simulation.
 pub const ENGINE_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000);
-
-impl ClientSpec {
-    /// A speaker that sends tone `tone` (index into [`TONES`]) and hears 3 slots.
-    pub fn speaker(tone: usize) -> Self {
-        ClientSpec {
-            tone: Some(TONES[tone % TONES.len()]),
-            ..Default::default()
-        }
-    }
-
-    /// A listener with 3 slots that decodes what it hears.
-    pub fn listener() -> Self {
-        ClientSpec::default()
-    }
-}
 
 /// An engine of a simulated cluster beyond node 0.
 #[derive(Debug)]
@@ -110,7 +92,7 @@ pub struct Sim {
     base_config: EngineConfig,
     cert: str0m::config::DtlsCert,
     /// Set when an engine call returned an error (tests assert on it).
-    pub errors: Vec<crate::Error>,
+    pub errors: Vec<media_core::Error>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -123,8 +105,8 @@ impl std::fmt::Debug for Sim {
 }
 
 impl Sim {
-    /// A simulation starting at `start` (take `Instant::now()` once in the
-    /// test; nothing reads the clock after that).
+    /// A simulation starting at `start` (take [`epoch`](crate::epoch) once
+    /// in the test; nothing reads the clock after that).
     pub fn new(mut config: EngineConfig, start: Instant) -> Sim {
         if config.host_candidates.is_empty() {
             config.host_candidates = vec![ENGINE_ADDR];
@@ -215,7 +197,7 @@ impl Sim {
         {
             self.errors.push(e);
         }
-        self.drain_node(n);
+        self.poll_node(n);
     }
 
     /// Cuts (or restores) the relay link between two nodes. Cutting tells
@@ -290,7 +272,7 @@ impl Sim {
             destination: ENGINE_ADDR,
             datagram,
         });
-        self.drain_node(0);
+        self.poll_node(0);
     }
 
     /// Runs until every non-vanished client is connected, at most `limit`.
@@ -369,7 +351,7 @@ impl Sim {
             let _ = self
                 .engine_at_mut(to)
                 .handle_input(Input::Relay { now, link, msg });
-            self.drain_node(to);
+            self.poll_node(to);
         }
         for n in 0..self.node_count() {
             let due = if n == 0 {
@@ -380,7 +362,7 @@ impl Sim {
             if due <= now {
                 self.capture(&mut capture);
                 let _ = self.engine_at_mut(n).handle_input(Input::Timeout(now));
-                self.drain_node(n);
+                self.poll_node(n);
             }
         }
         for i in 0..self.clients.len() {
@@ -413,7 +395,7 @@ impl Sim {
                 destination: d.destination,
                 datagram: &d.contents,
             });
-            self.drain_node(n);
+            self.poll_node(n);
         } else if let Some(&i) = self.by_addr.get(&d.destination) {
             if !self.vanished[i] {
                 self.clients[i].receive(now, &d);
@@ -433,7 +415,7 @@ impl Sim {
         }
     }
 
-    fn drain_node(&mut self, n: usize) {
+    fn poll_node(&mut self, n: usize) {
         let now = self.now;
         loop {
             match self.engine_at_mut(n).poll_output() {
@@ -508,7 +490,7 @@ impl Sim {
         self.clients[idx].skip_missed_frames(now);
         self.take_rtp(idx, &mut captured);
         let _ = self.engine.handle_input(Input::Timeout(now));
-        self.drain_node(0);
+        self.poll_node(0);
         let mut deadline = self.now + STALL;
         while captured.len() < n && self.now < deadline {
             let before = captured.len();
@@ -523,23 +505,18 @@ impl Sim {
     /// Moves the RTP packets (not RTCP, STUN or DTLS) out of client `idx`'s
     /// outbox into `captured`.
     fn take_rtp(&mut self, idx: usize, captured: &mut Vec<Datagram>) {
+        let is_rtp = |d: &Datagram| DatagramKind::of(&d.contents) == DatagramKind::Rtp;
         let outbox = &mut self.clients[idx].outbox;
-        if !outbox.iter().any(|d| Self::is_rtp(&d.contents)) {
+        if !outbox.iter().any(is_rtp) {
             return;
         }
         for d in std::mem::take(outbox) {
-            if Self::is_rtp(&d.contents) {
+            if is_rtp(&d) {
                 captured.push(d);
             } else {
                 outbox.push(d);
             }
         }
-    }
-
-    /// Whether a datagram is RTP (version 2, and not an RTCP packet type,
-    /// RFC 5761 section 4), as opposed to RTCP, STUN or DTLS.
-    fn is_rtp(d: &[u8]) -> bool {
-        d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
     }
 
     /// Events emitted at or after `from`.

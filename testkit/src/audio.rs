@@ -12,8 +12,7 @@
 //! such a frame may report either tone or `None`; tests should allow two
 //! frames of settling after any switch.
 
-use crate::level::level_from_pcm;
-use crate::rng::Rng;
+use media_core::{level_from_pcm, Rng};
 
 /// Samples per 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
@@ -126,7 +125,7 @@ impl ToneSpeaker {
 
     /// Encode the next 20 ms (phase continuous across calls).
     ///
-    /// `level` is the RFC 6464 level (`crate::level::level_from_pcm`) of the PCM
+    /// `level` is the RFC 6464 level ([`media_core::level_from_pcm`]) of the PCM
     /// fed to the encoder; `voiced` is `level <= 60` (louder than -60 dBov).
     ///
     /// # Panics
@@ -270,15 +269,10 @@ impl TalkSchedule {
             } else {
                 1.0
             };
-            s.talking = s.uniform() < p_talk;
+            s.talking = s.rng.next_unit() < p_talk;
             s.left = s.draw();
         }
         s
-    }
-
-    /// A uniform number in `[0, 1)`.
-    fn uniform(&mut self) -> f64 {
-        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Length in frames of a new spurt (`self.talking`) or pause.
@@ -296,7 +290,7 @@ impl TalkSchedule {
         } else {
             pause_mean_ms
         });
-        let ms = -mean * (1.0 - self.uniform()).ln();
+        let ms = -mean * (1.0 - self.rng.next_unit()).ln();
         let frames = (ms / 20.0).round();
         if frames.is_finite() {
             (frames as u32).clamp(1, Self::MAX_FRAMES)
@@ -535,7 +529,7 @@ mod tests {
             .map(|t| (8000.0 * (std::f64::consts::TAU * 1000.0 * t as f64 / 48_000.0).sin()) as i16)
             .collect();
         assert_eq!(detector.detect(&pcm), None);
-        let mut rng = crate::rng::Rng::new(7);
+        let mut rng = Rng::new(7);
         let noise: Vec<i16> = (0..FRAME_SAMPLES)
             .map(|_| rng.next_u64() as i16 / 4)
             .collect();
@@ -752,7 +746,7 @@ mod tests {
     #[test]
     fn garbage_does_not_panic() {
         let mut listener = ToneListener::new(&TONES);
-        let mut rng = crate::rng::Rng::new(0xDEAD_BEEF_CAFE_F00D);
+        let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
         let mut buf = vec![0u8; 1500];
         let mut errors = 0;
         for i in 0..3000 {

@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::rng::Rng;
+use media_core::Rng;
 
 /// A datagram in flight.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,8 +69,7 @@ impl Net {
 
     /// A seeded coin that comes up true with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        let x = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        x < p
+        self.rng.next_unit() < p
     }
 
     /// Sends a datagram at `now` over a link with `cond`.
