@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::process::ProcessStats;
+use crate::tls::TlsStats;
 use crate::worker::Snapshot;
 
 /// Upper bounds of the forwarding latency buckets, in seconds.
@@ -218,6 +220,100 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
     let _ = writeln!(o, "sfu_forward_latency_seconds_sum {}", h.sum);
     let _ = writeln!(o, "sfu_forward_latency_seconds_count {}", h.count);
     o
+}
+
+/// Appends the process's own counters (`process_*`, the names Prometheus
+/// client libraries use) and `sfu_build_info`.
+pub fn render_process(o: &mut String, p: Option<&ProcessStats>) {
+    metric(
+        o,
+        "sfu_build_info",
+        "gauge",
+        "Always 1; the version of the running binary as a label.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let Some(p) = p else { return };
+    let mut one = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
+        metric(o, name, kind, help);
+        let _ = writeln!(o, "{name} {value}");
+    };
+    one(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time of the process, in seconds.",
+        &p.cpu_seconds,
+    );
+    one(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process.",
+        &p.resident_bytes,
+    );
+    one(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        &p.open_fds,
+    );
+    if let Some(max) = p.max_fds {
+        one(
+            "process_max_fds",
+            "gauge",
+            "Soft limit on open file descriptors.",
+            &max,
+        );
+    }
+    one(
+        "process_threads",
+        "gauge",
+        "Threads of the process.",
+        &p.threads,
+    );
+    one(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        &p.start_time_seconds,
+    );
+}
+
+/// Appends the HTTPS listener's counters.
+pub fn render_tls(o: &mut String, t: &TlsStats) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        o,
+        "sfu_tls_handshakes_total",
+        "counter",
+        "TLS handshakes on the HTTPS address, by outcome (refused: too many in progress).",
+    );
+    for (outcome, n) in [
+        ("ok", get(&t.handshakes_ok)),
+        ("failed", get(&t.handshakes_failed)),
+        ("timeout", get(&t.handshakes_timed_out)),
+        ("refused", get(&t.handshakes_refused)),
+    ] {
+        let _ = writeln!(o, "sfu_tls_handshakes_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    metric(
+        o,
+        "sfu_tls_reloads_total",
+        "counter",
+        "Certificate reloads (SIGHUP), by outcome; a failed one keeps the previous certificate.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_tls_reloads_total{{outcome=\"ok\"}} {}",
+        get(&t.reloads_ok)
+    );
+    let _ = writeln!(
+        o,
+        "sfu_tls_reloads_total{{outcome=\"failed\"}} {}",
+        get(&t.reloads_failed)
+    );
 }
 
 /// Sums snapshots of several workers.

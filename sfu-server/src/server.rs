@@ -55,6 +55,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// WHIP/WHEP resources by id.
     pub resources: Mutex<HashMap<String, Resource>>,
+    /// The HTTPS certificate and counters, when `tls_cert` is set.
+    pub https: Option<Arc<crate::tls::Https>>,
 }
 
 /// Why a join is not authorized.
@@ -176,6 +178,7 @@ impl Server {
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
         let worker = Worker::spawn(config.udp, engine_config, Some(relay_tx), upstream).await?;
         let cluster = crate::cluster::start(&config, worker.clone(), relay_rx).await?;
+        let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
         let state = Arc::new(AppState {
@@ -183,22 +186,19 @@ impl Server {
             workers: Workers(vec![worker]),
             draining: AtomicBool::new(false),
             resources: Mutex::new(HashMap::new()),
+            https: https.clone(),
         });
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
-        let http = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, service);
-            tokio::select! {
-                r = serve => {
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "HTTP server stopped");
-                    }
-                }
-                _ = stopped.notified() => {}
-            }
-        });
+        let http = match https {
+            Some(https) => tokio::spawn(serve_http(
+                crate::tls::TlsListener::new(listener, https)?,
+                app,
+                stopped,
+            )),
+            None => tokio::spawn(serve_http(listener, app, stopped)),
+        };
         Ok(Server {
             state,
             http_addr,
@@ -253,21 +253,49 @@ impl Server {
     }
 }
 
+/// Serves the routes on `listener` (plain TCP or TLS) until `stopped`.
+async fn serve_http<L>(listener: L, app: axum::Router, stopped: Arc<Notify>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    // `tap_io` does nothing to the connection; it is how axum hands
+    // `ConnectInfo<SocketAddr>` to the handlers for any listener type.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::select! {
+        r = axum::serve(listener, service) => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }
+        _ = stopped.notified() => {}
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM, then drains.
 pub async fn serve(config: Config) -> io::Result<()> {
     let dev = config.auth_secret.is_none();
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let text_logs = config.log_format == crate::config::LogFormat::Text;
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let server = Server::start(config).await?;
     let http = server.http_addr();
-    tracing::info!(%http, udp = %server.udp_addr(), "sfu-server listening");
-    println!(
-        "sfu-server: open http://{http}/ in a browser (media on udp {})",
-        server.udp_addr()
-    );
-    if dev {
+    tracing::info!(%http, udp = %server.udp_addr(), tls = scheme == "https", dev_mode = dev, "sfu-server listening");
+    // For a person at a terminal; JSON logs must stay one object per line.
+    if text_logs {
         println!(
-            "sfu-server: no auth secret configured: development mode, accepting clients from loopback only, without tokens"
+            "sfu-server: open {scheme}://{http}/ in a browser (media on udp {})",
+            server.udp_addr()
         );
+        if dev {
+            println!(
+                "sfu-server: no auth secret configured: development mode, accepting clients from loopback only, without tokens"
+            );
+        }
     }
     shutdown_signal().await;
     tracing::info!(deadline = ?drain, "shutting down: draining");
