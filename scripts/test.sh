@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# fuzz smoke run and the browser test. This is the README's test command and
-# what CI runs.
+# fuzz smoke run, the browser test and the operations kit (Prometheus,
+# coturn, TLS). This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +22,9 @@ FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
 if [ -x scripts/browser-test.sh ]; then
   echo "== browser test (headless Chromium)"
   scripts/browser-test.sh
+fi
+
+if [ -x scripts/ops-test.sh ]; then
+  echo "== operations kit (Prometheus, coturn, TLS with headless Chromium)"
+  scripts/ops-test.sh
 fi

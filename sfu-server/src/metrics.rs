@@ -7,26 +7,60 @@ use crate::process::ProcessStats;
 use crate::tls::TlsStats;
 use crate::worker::Snapshot;
 
-/// Upper bounds of the forwarding latency buckets, in seconds.
-const BUCKETS: [f64; 11] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
-];
-
-/// A fixed-bucket histogram of durations.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The bucket bounds of a kind of histogram, in seconds.
+pub trait Buckets {
+    /// Upper bounds, ascending (`+Inf` is implied).
+    const BOUNDS: &'static [f64];
 }
 
-impl Histogram {
+/// Forwarding latency: tens of microseconds (one listener) to tens of
+/// milliseconds (thousands of copies in series).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardBuckets;
+
+impl Buckets for ForwardBuckets {
+    const BOUNDS: &'static [f64] = &[
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        0.05,
+    ];
+}
+
+/// Join time: tens of milliseconds on a LAN to seconds through TURN or
+/// behind a slow link; 30 s is where ICE gives up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinBuckets;
+
+impl Buckets for JoinBuckets {
+    const BOUNDS: &'static [f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+}
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Clone)]
+pub struct Histogram<B: Buckets = ForwardBuckets> {
+    counts: Vec<u64>,
+    count: u64,
+    sum: f64,
+    kind: std::marker::PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; B::BOUNDS.len()],
+            count: 0,
+            sum: 0.0,
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
     /// Records one duration.
     pub fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
         self.count += 1;
         self.sum += s;
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+        if let Some(i) = B::BOUNDS.iter().position(|b| s <= *b) {
             self.counts[i] += 1;
         }
     }
@@ -34,6 +68,29 @@ impl Histogram {
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Writes the histogram as `name_bucket`, `name_sum`, `name_count`.
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        metric(o, name, "histogram", help);
+        let mut cum = 0;
+        for (b, c) in B::BOUNDS.iter().zip(self.counts.iter()) {
+            cum += c;
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(o, "{name}_sum {}", self.sum);
+        let _ = writeln!(o, "{name}_count {}", self.count);
+    }
+}
+
+impl<B: Buckets> std::ops::AddAssign<&Histogram<B>> for Histogram<B> {
+    fn add_assign(&mut self, other: &Histogram<B>) {
+        for (x, y) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *x += y;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
     }
 }
 
@@ -200,25 +257,16 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
     );
     let _ = writeln!(o, "sfu_speaker_switches_total {}", st.speaker_switches);
 
-    let h = &s.forward_latency;
-    metric(
+    s.forward_latency.render(
         &mut o,
         "sfu_forward_latency_seconds",
-        "histogram",
         "From a datagram's arrival to its last forwarded copy handed to the socket.",
     );
-    let mut cum = 0;
-    for (b, c) in BUCKETS.iter().zip(h.counts.iter()) {
-        cum += c;
-        let _ = writeln!(o, "sfu_forward_latency_seconds_bucket{{le=\"{b}\"}} {cum}");
-    }
-    let _ = writeln!(
-        o,
-        "sfu_forward_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
+    s.join_time.render(
+        &mut o,
+        "sfu_join_seconds",
+        "From a join request to the member's media connected (ICE and DTLS done).",
     );
-    let _ = writeln!(o, "sfu_forward_latency_seconds_sum {}", h.sum);
-    let _ = writeln!(o, "sfu_forward_latency_seconds_count {}", h.count);
     o
 }
 
@@ -331,12 +379,8 @@ pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
         total.send_drops.failed += s.send_drops.failed;
         total.send_calls += s.send_calls;
         total.recv_calls += s.recv_calls;
-        let (ha, hb) = (&mut total.forward_latency, &s.forward_latency);
-        for (x, y) in ha.counts.iter_mut().zip(hb.counts.iter()) {
-            *x += y;
-        }
-        ha.count += hb.count;
-        ha.sum += hb.sum;
+        total.forward_latency += &s.forward_latency;
+        total.join_time += &s.join_time;
     }
     total
 }

@@ -27,7 +27,7 @@ use media_core::{
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, JoinBuckets};
 use crate::protocol::{Member, ServerMsg, Voice};
 
 mod udp;
@@ -144,6 +144,8 @@ pub struct Snapshot {
     /// Time from a datagram's arrival to the last forwarded copy handed to
     /// the socket, for datagrams that were forwarded.
     pub forward_latency: Histogram,
+    /// Time from a join request to the member's media connected.
+    pub join_time: Histogram<JoinBuckets>,
     /// Members still joined (for the drain).
     pub members: usize,
 }
@@ -323,6 +325,8 @@ struct MemberState {
     source: Option<SourceId>,
     can_moderate: bool,
     events: Option<mpsc::UnboundedSender<ServerMsg>>,
+    /// When the join request came (`sfu_join_seconds`).
+    joined_at: Instant,
 }
 
 impl MemberState {
@@ -600,6 +604,7 @@ impl Task {
                 source: None,
                 can_moderate: j.can_moderate,
                 events: j.events,
+                joined_at: Instant::now(),
             },
         );
         self.channels.entry(j.channel).or_default().insert(peer, ());
@@ -797,6 +802,7 @@ impl Task {
             Event::PeerConnected { peer } => {
                 tracing::debug!(%peer, "media connected");
                 if let Some(m) = self.members.get(&peer) {
+                    self.snapshot.join_time.observe(m.joined_at.elapsed());
                     m.send(ServerMsg::Connected);
                 }
             }
