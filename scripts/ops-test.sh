@@ -67,7 +67,8 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 # The server with nothing inherited from the environment running the test.
-sfu() { env $(env | sed -n 's/^\(SFU_[A-Z_]*\)=.*/-u \1/p') -u RUST_LOG "$SERVER" "$@"; }
+# env execs it, so the $! of a background start is the server itself.
+sfu=(env $(env | sed -n 's/^\(SFU_[A-Z_]*\)=.*/-u \1/p') -u RUST_LOG "$SERVER")
 
 # shellcheck source=lib/processes.sh
 . scripts/lib/processes.sh
@@ -89,9 +90,9 @@ printed_addr() { grep -m1 -o 'open https\?://[0-9.:]*' "$1" | sed 's#.*//##'; }
 
 # --- 1. deploy/ checked by its own tools -----------------------------------
 echo "== deploy/: check-config, promtool, systemd-analyze"
-[ "$(sfu --check-config deploy/sfu-server.toml)" = "ok" ]
+[ "$("${sfu[@]}" --check-config deploy/sfu-server.toml)" = "ok" ]
 printf 'slots = 3\nturn_ttl_secs = 0\n' >"$OUT/broken.toml"
-if sfu --check-config "$OUT/broken.toml" 2>"$OUT/broken.err"; then
+if "${sfu[@]}" --check-config "$OUT/broken.toml" 2>"$OUT/broken.err"; then
   echo "ops-test: a broken config passed --check-config"
   exit 1
 fi
@@ -107,7 +108,7 @@ systemd-analyze verify "$OUT/sfu-server.service"
 
 # --- 2. Prometheus scraping a server under load ------------------------------
 echo "== Prometheus: dashboard and rules against a server under load"
-sfu --http 127.0.0.1:0 --udp 127.0.0.1:0 --log warn >"$OUT/prometheus-sfu.log" 2>&1 &
+"${sfu[@]}" --http 127.0.0.1:0 --udp 127.0.0.1:0 --log warn >"$OUT/prometheus-sfu.log" 2>&1 &
 pids+=($!)
 wait_for "the server printed its address" printed_addr "$OUT/prometheus-sfu.log"
 SFU_ADDR=$(printed_addr "$OUT/prometheus-sfu.log")
@@ -191,8 +192,9 @@ wait_for "sfu-server serves HTTPS" in_ns curl -sf --cacert "$OUT/tls-cert.pem" \
 wait_for "the short-TTL server is up" in_ns curl -sf http://127.0.0.1:18480/healthz
 
 rc=0
-in_ns env SFU_URL="https://sfu.test:18443" SHORT_TTL_URL="http://127.0.0.1:18480" SPKI="$SPKI" \
-  VERBOSE="${VERBOSE:-0}" timeout 150 node sfu-server/tests/browser/turn-tls.mjs &
+# Started directly, not through in_ns: $! must be the test itself.
+$SUDO ip netns exec "$NS" env SFU_URL="https://sfu.test:18443" SHORT_TTL_URL="http://127.0.0.1:18480" \
+  SPKI="$SPKI" VERBOSE="${VERBOSE:-0}" timeout 150 node sfu-server/tests/browser/turn-tls.mjs &
 test_pid=$!
 pids+=($test_pid)
 wait "$test_pid" || rc=$?
