@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# fuzz smoke run and the browser test. This is the README's test command and
-# what CI runs.
+# fuzz smoke run, the browser test and the operations kit (Prometheus,
+# coturn, TLS). This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Where cargo builds (a relative CARGO_TARGET_DIR is relative to this folder).
@@ -29,4 +29,9 @@ if [ -x scripts/browser-test.sh ]; then
   # `cargo build -p sfu-server` would compile media-core, cascade and the
   # server once more: without the workspace's features they differ.
   SFU_SERVER_BIN="$target/debug/sfu-server" scripts/browser-test.sh
+fi
+
+if [ -x scripts/ops-test.sh ]; then
+  echo "== operations kit (Prometheus, coturn, TLS with headless Chromium)"
+  scripts/ops-test.sh
 fi

@@ -61,6 +61,24 @@ pub struct Config {
     /// Shared secret that authenticates the nodes of a cluster to each other
     /// (required for `core` and `edge`).
     pub cluster_secret: Option<String>,
+    /// PEM certificate chain: with `tls_key`, the HTTP address serves HTTPS
+    /// and WSS (re-read on SIGHUP); default none (plain HTTP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Log lines as human-readable text (default) or one JSON object each.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (to standard output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// A node's place in a cluster.
@@ -106,6 +124,9 @@ impl Default for Config {
             cluster_secret: None,
             max_body_bytes: 65_536,
             log: "info,str0m=error".to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -134,6 +155,9 @@ impl fmt::Debug for Config {
             .field("cluster_listen", &self.cluster_listen)
             .field("cluster_cores", &self.cluster_cores)
             .field("cluster_secret", &redact(&self.cluster_secret))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -164,6 +188,12 @@ pub struct Overrides {
     pub cluster_cores: Vec<SocketAddr>,
     /// `--cluster-secret S`.
     pub cluster_secret: Option<String>,
+    /// `--tls-cert FILE`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`.
+    pub tls_key: Option<PathBuf>,
+    /// `--log-format text|json`.
+    pub log_format: Option<LogFormat>,
 }
 
 impl fmt::Debug for Overrides {
@@ -243,7 +273,8 @@ impl Config {
     /// `SFU_UDP`, `SFU_AUTH_SECRET`, `SFU_INSECURE`, `SFU_SLOTS`,
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
-    /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`) ← command-line overrides.
+    /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
+    /// `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`) ← command-line overrides.
     ///
     /// `env` looks a variable up (`|k| std::env::var(k).ok()` in the binary).
     /// Does not [`validate`](Config::validate).
@@ -332,6 +363,20 @@ impl Config {
         if let Some(v) = env("SFU_CLUSTER_SECRET") {
             self.cluster_secret = Some(v);
         }
+        if let Some(v) = env("SFU_TLS_CERT") {
+            self.tls_cert = Some(v.into());
+        }
+        if let Some(v) = env("SFU_TLS_KEY") {
+            self.tls_key = Some(v.into());
+        }
+        if let Some(v) = env("SFU_LOG_FORMAT") {
+            self.log_format =
+                clap::ValueEnum::from_str(v.trim(), true).map_err(|reason| ConfigError::Env {
+                    name: "SFU_LOG_FORMAT",
+                    value: v.clone(),
+                    reason,
+                })?;
+        }
         Ok(())
     }
 
@@ -366,6 +411,15 @@ impl Config {
         }
         if let Some(s) = &o.cluster_secret {
             self.cluster_secret = Some(s.clone());
+        }
+        if let Some(p) = &o.tls_cert {
+            self.tls_cert = Some(p.clone());
+        }
+        if let Some(p) = &o.tls_key {
+            self.tls_key = Some(p.clone());
+        }
+        if let Some(f) = o.log_format {
+            self.log_format = f;
         }
     }
 
@@ -433,6 +487,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "max_body_bytes",
                 reason: "must be at least 1".to_owned(),
+            });
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                field: if self.tls_cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                },
+                reason:
+                    "tls_cert and tls_key go together: give both (HTTPS) or neither (plain HTTP)"
+                        .into(),
             });
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {

@@ -68,7 +68,11 @@ async fn client_js() -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot().await;
-    let body = crate::metrics::render(&snapshot, state.is_draining());
+    let mut body = crate::metrics::render(&snapshot, state.is_draining());
+    if let Some(https) = &state.https {
+        crate::metrics::render_tls(&mut body, https.stats());
+    }
+    crate::metrics::render_process(&mut body, crate::process::ProcessStats::read().as_ref());
     (
         [(
             header::CONTENT_TYPE,

@@ -5,6 +5,7 @@
 //! | module | concept |
 //! |---|---|
 //! | [`config`] | defaults ← TOML file ← `SFU_*` env ← CLI |
+//! | [`config_check`] | `--check-config FILE`: the key at fault and why |
 //! | [`auth`] | JWT (HS256) grants |
 //! | [`turn`] | ICE servers, ephemeral TURN credentials |
 //! | [`rooms`] | the room layer: members, listing, member counts, moderation rules (sans-IO) |
@@ -16,18 +17,25 @@
 //! | [`ws`] | the WebSocket room protocol |
 //! | [`protocol`] | its JSON messages |
 //! | [`metrics`] | Prometheus text |
+//! | [`process`] | the process's CPU, memory, file descriptors (`process_*`) |
+//! | [`tls`] | HTTPS/WSS: PEM certificate, reload on SIGHUP, handshakes off the accept loop |
+//! | [`logging`] | log filter and format (text or JSON lines) |
 
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod config_check;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod protocol;
 pub mod rooms;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod turn;
 pub mod worker;
 pub mod ws;

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use sfu_server::auth::{self, Grants};
-use sfu_server::config::{Config, Overrides};
+use sfu_server::config::{Config, LogFormat, Overrides};
 
 /// Voice SFU server.
 ///
@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Mint a join token (a JWT signed with HS256) and print it.
     Token(TokenArgs),
 }
@@ -57,6 +57,20 @@ struct RunArgs {
     /// wins when set.
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    /// Log lines as text (default) or JSON, one object per line.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// PEM certificate chain: serve HTTPS and WSS on the HTTP address
+    /// (with --tls-key; SIGHUP re-reads both files).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Check a configuration file (with the SFU_* environment) and exit:
+    /// prints "ok" (exit 0) or the key at fault and why (exit 2).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     /// Place in a cluster: standalone (default), core or edge.
     #[arg(long, value_name = "ROLE")]
     role: Option<sfu_server::config::NodeRole>,
@@ -105,7 +119,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }
 }
@@ -146,6 +160,15 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Some(file) = &args.check_config {
+        return match sfu_server::config_check::check(file, &|k| std::env::var(k).ok()) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => usage_error(format_args!("{}: {problem}", file.display())),
+        };
+    }
     let overrides = Overrides {
         http: args.http,
         udp: args.udp,
@@ -157,6 +180,9 @@ fn run(args: RunArgs) -> ExitCode {
         cluster_listen: args.cluster_listen,
         cluster_cores: args.cluster_cores,
         cluster_secret: args.cluster_secret,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        log_format: args.log_format,
     };
     let config = match Config::load(
         args.config.as_deref(),
@@ -170,20 +196,11 @@ fn run(args: RunArgs) -> ExitCode {
         return usage_error(e);
     }
 
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directive) if !directive.trim().is_empty() => {
-            tracing_subscriber::EnvFilter::try_new(&directive)
-                .map_err(|e| format!("invalid RUST_LOG {directive:?}: {e}"))
-        }
-        _ => tracing_subscriber::EnvFilter::try_new(&config.log)
-            .map_err(|e| format!("invalid log filter {:?}: {e}", config.log)),
-    };
-    let filter = match filter {
-        Ok(filter) => filter,
+    let rust_log = std::env::var("RUST_LOG").ok();
+    match sfu_server::logging::filter(rust_log.as_deref(), &config.log) {
+        Ok(filter) => sfu_server::logging::init(filter, config.log_format),
         Err(message) => return usage_error(message),
-    };
-    // Fails only if a global subscriber is already installed.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -229,7 +246,7 @@ mod tests {
         let cli = Cli::try_parse_from(["sfu-server", "run", "--slots", "4"]).unwrap();
         assert!(matches!(
             cli.command,
-            Some(Command::Run(RunArgs { slots: Some(4), .. }))
+            Some(Command::Run(args)) if args.slots == Some(4)
         ));
     }
 }

@@ -10,26 +10,63 @@ use std::time::Duration;
 
 use media_core::EngineStats;
 
-/// Upper bounds of the forwarding latency buckets, in seconds.
-const BUCKETS: [f64; 11] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
-];
+use crate::process::ProcessStats;
+use crate::tls::TlsStats;
 
-/// A fixed-bucket histogram of durations.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The bucket bounds of a kind of histogram, in seconds.
+pub trait Buckets {
+    /// Upper bounds, ascending (`+Inf` is implied).
+    const BOUNDS: &'static [f64];
 }
 
-impl Histogram {
+/// Forwarding latency: tens of microseconds (one listener) to tens of
+/// milliseconds (thousands of copies in series).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardBuckets;
+
+impl Buckets for ForwardBuckets {
+    const BOUNDS: &'static [f64] = &[
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        0.05,
+    ];
+}
+
+/// Join time: tens of milliseconds on a LAN to seconds through TURN or
+/// behind a slow link; 30 s is where ICE gives up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinBuckets;
+
+impl Buckets for JoinBuckets {
+    const BOUNDS: &'static [f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+}
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Clone)]
+pub struct Histogram<B: Buckets = ForwardBuckets> {
+    counts: Vec<u64>,
+    count: u64,
+    sum: f64,
+    kind: std::marker::PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; B::BOUNDS.len()],
+            count: 0,
+            sum: 0.0,
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
     /// Records one duration.
     pub fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
         self.count += 1;
         self.sum += s;
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+        if let Some(i) = B::BOUNDS.iter().position(|b| s <= *b) {
             self.counts[i] += 1;
         }
     }
@@ -38,16 +75,29 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// Writes the histogram as `name_bucket`, `name_sum`, `name_count`.
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        metric(o, name, "histogram", help);
+        let mut cum = 0;
+        for (b, c) in B::BOUNDS.iter().zip(self.counts.iter()) {
+            cum += c;
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(o, "{name}_sum {}", self.sum);
+        let _ = writeln!(o, "{name}_count {}", self.count);
+    }
 }
 
-impl AddAssign<&Histogram> for Histogram {
+impl<B: Buckets> AddAssign<&Histogram<B>> for Histogram<B> {
     /// Adds another worker's observations (same buckets).
-    fn add_assign(&mut self, rhs: &Histogram) {
-        for (x, y) in self.counts.iter_mut().zip(rhs.counts.iter()) {
+    fn add_assign(&mut self, other: &Histogram<B>) {
+        for (x, y) in self.counts.iter_mut().zip(other.counts.iter()) {
             *x += y;
         }
-        self.count += rhs.count;
-        self.sum += rhs.sum;
+        self.count += other.count;
+        self.sum += other.sum;
     }
 }
 
@@ -83,6 +133,8 @@ pub struct Snapshot {
     /// Time from a datagram's arrival to the last forwarded copy handed to
     /// the socket, for datagrams that were forwarded.
     pub forward_latency: Histogram,
+    /// Time from a join request to the member's media connected.
+    pub join_time: Histogram<JoinBuckets>,
     /// Members still joined (for the drain).
     pub members: usize,
 }
@@ -106,6 +158,7 @@ impl AddAssign<&Snapshot> for Snapshot {
             send_calls,
             recv_calls,
             forward_latency,
+            join_time,
             members,
         } = rhs;
         self.stats += stats;
@@ -118,6 +171,7 @@ impl AddAssign<&Snapshot> for Snapshot {
         self.send_calls += send_calls;
         self.recv_calls += recv_calls;
         self.forward_latency += forward_latency;
+        self.join_time += join_time;
         self.members += members;
     }
 }
@@ -313,26 +367,111 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
     );
     let _ = writeln!(o, "sfu_speaker_switches_total {}", st.speaker_switches);
 
-    let h = &s.forward_latency;
-    metric(
+    s.forward_latency.render(
         &mut o,
         "sfu_forward_latency_seconds",
-        "histogram",
         "From a datagram's arrival to its last forwarded copy handed to the socket.",
     );
-    let mut cum = 0;
-    for (b, c) in BUCKETS.iter().zip(h.counts.iter()) {
-        cum += c;
-        let _ = writeln!(o, "sfu_forward_latency_seconds_bucket{{le=\"{b}\"}} {cum}");
-    }
+    s.join_time.render(
+        &mut o,
+        "sfu_join_seconds",
+        "From a join request to the member's media connected (ICE and DTLS done).",
+    );
+    o
+}
+
+/// Appends the process's own counters (`process_*`, the names Prometheus
+/// client libraries use) and `sfu_build_info`.
+pub fn render_process(o: &mut String, p: Option<&ProcessStats>) {
+    metric(
+        o,
+        "sfu_build_info",
+        "gauge",
+        "Always 1; the version of the running binary as a label.",
+    );
     let _ = writeln!(
         o,
-        "sfu_forward_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
+        "sfu_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(o, "sfu_forward_latency_seconds_sum {}", h.sum);
-    let _ = writeln!(o, "sfu_forward_latency_seconds_count {}", h.count);
-    o
+    let Some(p) = p else { return };
+    let mut one = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
+        metric(o, name, kind, help);
+        let _ = writeln!(o, "{name} {value}");
+    };
+    one(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time of the process, in seconds.",
+        &p.cpu_seconds,
+    );
+    one(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process.",
+        &p.resident_bytes,
+    );
+    one(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        &p.open_fds,
+    );
+    if let Some(max) = p.max_fds {
+        one(
+            "process_max_fds",
+            "gauge",
+            "Soft limit on open file descriptors.",
+            &max,
+        );
+    }
+    one(
+        "process_threads",
+        "gauge",
+        "Threads of the process.",
+        &p.threads,
+    );
+    one(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        &p.start_time_seconds,
+    );
+}
+
+/// Appends the HTTPS listener's counters.
+pub fn render_tls(o: &mut String, t: &TlsStats) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        o,
+        "sfu_tls_handshakes_total",
+        "counter",
+        "TLS handshakes on the HTTPS address, by outcome (refused: too many in progress).",
+    );
+    for (outcome, n) in [
+        ("ok", get(&t.handshakes_ok)),
+        ("failed", get(&t.handshakes_failed)),
+        ("timeout", get(&t.handshakes_timed_out)),
+        ("refused", get(&t.handshakes_refused)),
+    ] {
+        let _ = writeln!(o, "sfu_tls_handshakes_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    metric(
+        o,
+        "sfu_tls_reloads_total",
+        "counter",
+        "Certificate reloads (SIGHUP), by outcome; a failed one keeps the previous certificate.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_tls_reloads_total{{outcome=\"ok\"}} {}",
+        get(&t.reloads_ok)
+    );
+    let _ = writeln!(
+        o,
+        "sfu_tls_reloads_total{{outcome=\"failed\"}} {}",
+        get(&t.reloads_failed)
+    );
 }
 
 /// Sums snapshots of several workers.

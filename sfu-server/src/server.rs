@@ -39,6 +39,7 @@ impl Server {
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
         let worker = Worker::spawn(config.udp, engine_config, Some(relay_tx), upstream).await?;
         let cluster = crate::cluster::start(&config, worker.clone(), relay_rx).await?;
+        let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
         let state = Arc::new(AppState {
@@ -46,22 +47,19 @@ impl Server {
             workers: Workers::new(vec![worker]),
             draining: AtomicBool::new(false),
             resources: Mutex::new(HashMap::new()),
+            https: https.clone(),
         });
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
-        let http = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, service);
-            tokio::select! {
-                r = serve => {
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "HTTP server stopped");
-                    }
-                }
-                _ = stopped.notified() => {}
-            }
-        });
+        let http = match https {
+            Some(https) => tokio::spawn(serve_http(
+                crate::tls::TlsListener::new(listener, https)?,
+                app,
+                stopped,
+            )),
+            None => tokio::spawn(serve_http(listener, app, stopped)),
+        };
         Ok(Server {
             state,
             http_addr,
@@ -116,47 +114,86 @@ impl Server {
     }
 }
 
+/// Serves the routes on `listener` (plain TCP or TLS) until `stopped`.
+async fn serve_http<L>(listener: L, app: axum::Router, stopped: Arc<Notify>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    // `tap_io` does nothing to the connection; it is how axum hands
+    // `ConnectInfo<SocketAddr>` to the handlers for any listener type.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::select! {
+        r = axum::serve(listener, service) => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }
+        _ = stopped.notified() => {}
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM, then drains.
 pub async fn serve(config: Config) -> io::Result<()> {
     let dev = config.auth_secret.is_none();
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let text_logs = config.log_format == crate::config::LogFormat::Text;
     let drain = Duration::from_secs(config.drain_timeout_secs);
+    let shutdown = shutdown_signal();
     let server = Server::start(config).await?;
     let http = server.http_addr();
-    tracing::info!(%http, udp = %server.udp_addr(), "sfu-server listening");
-    println!(
-        "sfu-server: open http://{http}/ in a browser (media on udp {})",
-        server.udp_addr()
-    );
-    if dev {
+    tracing::info!(%http, udp = %server.udp_addr(), tls = scheme == "https", dev_mode = dev, "sfu-server listening");
+    // For a person at a terminal; JSON logs must stay one object per line.
+    if text_logs {
         println!(
-            "sfu-server: no auth secret configured: development mode, accepting clients from loopback only, without tokens"
+            "sfu-server: open {scheme}://{http}/ in a browser (media on udp {})",
+            server.udp_addr()
         );
+        if dev {
+            println!(
+                "sfu-server: no auth secret configured: development mode, accepting clients from loopback only, without tokens"
+            );
+        }
     }
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!(deadline = ?drain, "shutting down: draining");
     server.drain(drain).await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a SIGTERM that comes right after the
+/// server said it is listening must drain it, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (int, term) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use media_core::PeerId;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// WHIP/WHEP resources by id.
     pub resources: Mutex<HashMap<String, Resource>>,
+    /// The HTTPS certificate and counters, when `tls_cert` is set.
+    pub https: Option<Arc<crate::tls::Https>>,
 }
 
 /// Why a join is not authorized.

@@ -1,27 +1,12 @@
 //! Runs the built `sfu-server` binary: token minting and configuration
 //! refusals (not the running server).
 
-use std::process::{Command, Output};
+mod binary;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use binary::{run, sfu_server};
 use sfu_server::auth::{self, Grants};
-
-/// The binary with no `SFU_*` or `RUST_LOG` settings inherited from the
-/// environment running the tests.
-fn sfu_server() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sfu-server"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SFU_") {
-            command.env_remove(&key);
-        }
-    }
-    command.env_remove("RUST_LOG");
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("the sfu-server binary runs")
-}
 
 fn now() -> u64 {
     SystemTime::now()

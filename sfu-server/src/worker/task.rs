@@ -41,6 +41,8 @@ pub(super) struct Task {
     sinks: HashMap<PeerId, mpsc::UnboundedSender<ServerMsg>>,
     /// Joins waiting for the engine's answer.
     pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
+    /// When each member not yet connected asked to join (`sfu_join_seconds`).
+    connecting: HashMap<PeerId, Instant>,
     next_peer: u64,
     relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
     upstream: Option<LinkId>,
@@ -66,6 +68,7 @@ impl Task {
             rx,
             sinks: HashMap::new(),
             pending: HashMap::new(),
+            connecting: HashMap::new(),
             next_peer: 1,
             relay_out,
             upstream,
@@ -192,6 +195,12 @@ impl Task {
     fn event(&mut self, e: Event) {
         let left = match &e {
             Event::PeerLeft { peer, .. } => Some(*peer),
+            Event::PeerConnected { peer } => {
+                if let Some(asked) = self.connecting.remove(peer) {
+                    self.snapshot.join_time.observe(asked.elapsed());
+                }
+                None
+            }
             _ => None,
         };
         if let Some(joined) = self.rooms.handle_event(e) {
@@ -205,6 +214,7 @@ impl Task {
         if let Some(peer) = left {
             self.sinks.remove(&peer);
             self.pending.remove(&peer);
+            self.connecting.remove(&peer);
         }
     }
 
@@ -274,6 +284,7 @@ impl Task {
     }
 
     fn join(&mut self, j: JoinRequest, reply: oneshot::Sender<Result<Joined, JoinError>>) {
+        let asked = Instant::now();
         if self.rooms.is_draining() {
             let _ = reply.send(Err(JoinError::Draining));
             return;
@@ -301,6 +312,7 @@ impl Task {
         if let Some(sink) = j.events {
             self.sinks.insert(peer, sink);
         }
+        self.connecting.insert(peer, asked);
         // The answer comes out of poll_output (Event::Answer) right after.
         self.pending.insert(peer, reply);
     }

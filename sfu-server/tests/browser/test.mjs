@@ -12,189 +12,38 @@
 //   VERBOSE=1    echo the pages' console as it happens
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
-import { networkInterfaces } from "node:os";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { audioArrives, BrowserRun, joinDemoPage, mediaConnected, refuseForeignInterfaces, until } from "./chromium.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.SFU_URL ?? "http://127.0.0.1:18080";
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SCREENSHOT = process.env.SCREENSHOT ?? resolve(here, "../../../target/browser-test.png");
 const PAGES = Number(process.env.PAGES ?? 3);
-const DEADLINE_MS = Number(process.env.DEADLINE_MS ?? 30000);
-const VERBOSE = process.env.VERBOSE === "1";
 const CHANNEL = `browser-test-${process.pid}`;
 
-// Flags from the project's build notes: headless, no GPU/QUIC/background traffic, a
-// fake microphone (a periodic beep) with the permission prompt auto-accepted,
-// and loopback candidates allowed (the namespace has nothing else).
-// Playwright's launch() gives the browser a fresh temporary user-data-dir.
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-dev-shm-usage",
-  "--use-fake-device-for-media-stream",
-  "--use-fake-ui-for-media-stream",
-  "--allow-loopback-in-peer-connection",
-];
+refuseForeignInterfaces("scripts/browser-test.sh");
 
-// Chromium gathers ICE candidates on every interface it can see; test
-// packets must stay on loopback, so refuse to run where there is any other.
-const foreign = Object.entries(networkInterfaces())
-  .flatMap(([name, addrs]) => addrs.filter((a) => !a.internal).map((a) => `${name} ${a.address}`));
-if (foreign.length > 0) {
-  console.error(`browser: refusing to run with non-loopback interfaces (${foreign.join(", ")});`);
-  console.error("browser: use scripts/browser-test.sh, which runs this in a namespace with only lo");
-  process.exit(2);
-}
-
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
-
-/** Polls `probe` until it returns a truthy value or the deadline passes. */
-async function until(what, probe, { deadline = DEADLINE_MS, every = 100 } = {}) {
-  const end = Date.now() + deadline;
-  let last;
-  for (;;) {
-    try {
-      last = await probe();
-      if (last && !last.notYet) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) {
-      const why = last instanceof Error ? last.message : JSON.stringify(last);
-      throw new Error(`${what}: not within ${deadline} ms (last: ${why})`);
-    }
-    await new Promise((r) => setTimeout(r, every));
-  }
-}
-
-/** In-page: the client's peer connection state and its inbound audio. */
-async function mediaState(page) {
-  return page.evaluate(async () => {
-    const pc = window.voice?.pc;
-    if (!pc) return { pc: false };
-    const inbound = [];
-    const stats = await pc.getStats();
-    // The addresses ICE settled on (both must be loopback).
-    let pair = null;
-    for (const s of stats.values()) {
-      if (s.type === "transport" && s.selectedCandidatePairId) {
-        const cp = stats.get(s.selectedCandidatePairId);
-        const addr = (id) => stats.get(id)?.address ?? stats.get(id)?.ip;
-        if (cp) pair = { local: addr(cp.localCandidateId), remote: addr(cp.remoteCandidateId) };
-      }
-    }
-    for (const s of stats.values()) {
-      if (s.type === "inbound-rtp" && s.kind === "audio") {
-        inbound.push({
-          mid: s.mid,
-          packetsReceived: s.packetsReceived ?? 0,
-          totalAudioEnergy: s.totalAudioEnergy ?? 0,
-          audioLevel: s.audioLevel ?? 0,
-        });
-      }
-    }
-    return {
-      pc: true,
-      ice: pc.iceConnectionState,
-      conn: pc.connectionState,
-      pair,
-      inbound,
-    };
-  });
-}
+const run = new BrowserRun();
+const log = run.log.bind(run);
+const check = run.check.bind(run);
+const pages = run.pages;
 
 /** In-page: the member list as rendered (peer ids from data-peer). */
 function renderedPeers(page) {
   return page.$$eval("#members li[data-peer]", (lis) => lis.map((li) => Number(li.dataset.peer)));
 }
 
-const results = [];
-async function check(name, fn) {
-  const start = Date.now();
-  try {
-    await fn();
-    results.push({ name, ok: true });
-    log(`PASS ${name} (${Date.now() - start} ms)`);
-  } catch (e) {
-    if (interrupted) return;
-    results.push({ name, ok: false });
-    log(`FAIL ${name}: ${e.message}`);
-    await diagnose();
-  }
-}
-
-const pages = []; // {page, name, logs, peer}
-
-async function diagnose() {
-  for (const p of pages) {
-    try {
-      const st = await mediaState(p.page);
-      const sdp = await p.page.evaluate(() => ({
-        local: window.voice?.pc?.localDescription?.sdp,
-        remote: window.voice?.pc?.remoteDescription?.sdp,
-      }));
-      const status = await p.page.textContent("#status");
-      console.log(`--- ${p.name}: status ${JSON.stringify(status)}; media ${JSON.stringify(st)}`);
-      console.log(`--- ${p.name}: local SDP\n${sdp.local ?? "(none)"}`);
-      console.log(`--- ${p.name}: remote SDP\n${sdp.remote ?? "(none)"}`);
-    } catch (e) {
-      console.log(`--- ${p.name}: cannot inspect: ${e.message}`);
-    }
-    console.log(`--- ${p.name}: console\n${p.logs.slice(-40).join("\n")}`);
-  }
-}
-
-let browser;
-let interrupted = false;
-// Stop at once when the script is interrupted or times out: close the browser
-// and exit (Playwright's own handlers would close the browser but leave this
-// process running into failing checks).
-for (const sig of ["SIGINT", "SIGTERM"]) {
-  process.on(sig, async () => {
-    interrupted = true;
-    console.log(`browser: interrupted (${sig})`);
-    await browser?.close().catch(() => {});
-    process.exit(130);
-  });
-}
 try {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-    handleSIGINT: false,
-    handleSIGTERM: false,
-  });
+  const browser = await run.launch(chromium);
   log(`chromium ${browser.version()}; ${PAGES} pages join channel ${CHANNEL} at ${BASE}`);
 
   await check(`join: ${PAGES} pages join ${CHANNEL}`, async () => {
     for (let i = 0; i < PAGES; i++) {
-      // One context per page: separate storage, like separate people.
-      const context = await browser.newContext();
-      const page = await context.newPage();
-      const p = { page, name: `page${i}`, logs: [], errors: [], peer: null };
-      page.on("console", (m) => {
-        const line = `${p.name} console.${m.type()}: ${m.text()}`;
-        p.logs.push(line);
-        if (VERBOSE) log(line);
-      });
-      page.on("pageerror", (e) => {
-        p.logs.push(`${p.name} pageerror: ${e.message}`);
-        p.errors.push(e.message);
-      });
-      pages.push(p);
+      const p = await run.openPage(`page${i}`);
       // Record whether the page ever shows someone speaking: the fake beep is
       // short, so a poll could fall between two beeps.
-      await page.addInitScript(() => {
+      await p.page.addInitScript(() => {
         window.sawSpeaking = [];
         new MutationObserver(() => {
           for (const li of document.querySelectorAll("#members li.speaking")) {
@@ -203,26 +52,12 @@ try {
           }
         }).observe(document, { subtree: true, attributes: true, attributeFilter: ["class"], childList: true });
       });
-      await page.goto(BASE + "/");
-      await page.fill("#channel", CHANNEL);
-      await page.fill("#identity", `user-${i}`);
-      await page.selectOption("#role", "speaker");
-      await page.click("#join");
-      p.peer = await until(`${p.name} joined`, async () => {
-        const status = await page.textContent("#status");
-        if (/fail|error/i.test(status)) throw new Error(`status: ${status}`);
-        return page.evaluate(() => window.voice.peer ?? { notYet: true, status: document.getElementById("status").textContent });
-      });
+      await joinDemoPage(p, { base: BASE, channel: CHANNEL, identity: `user-${i}` });
       log(`${p.name} joined as peer ${p.peer}`);
     }
     await Promise.all(
       pages.map((p) =>
-        until(`${p.name} ICE connected`, async () => {
-          const st = await mediaState(p.page);
-          return ["connected", "completed"].includes(st.ice) && st.conn === "connected" && st.pair
-            ? st
-            : { notYet: true, ...st };
-        }).then((st) => {
+        mediaConnected(p).then((st) => {
           if (!/^127\./.test(st.pair.local) || !/^127\./.test(st.pair.remote)) {
             throw new Error(`${p.name}: ICE pair ${st.pair.local} -> ${st.pair.remote} is not loopback`);
           }
@@ -248,11 +83,9 @@ try {
   await check("media: every page receives audio (packetsReceived > 50, totalAudioEnergy > 0)", async () => {
     await Promise.all(
       pages.map((p) =>
-        until(`${p.name} inbound audio`, async () => {
-          const st = await mediaState(p.page);
-          const good = st.inbound?.find((s) => s.packetsReceived > 50 && s.totalAudioEnergy > 0);
-          return good ?? { notYet: true, ...st };
-        }).then((s) => log(`${p.name} inbound mid ${s.mid}: ${s.packetsReceived} packets, energy ${s.totalAudioEnergy.toFixed(4)}`)),
+        audioArrives(p).then((s) =>
+          log(`${p.name} inbound mid ${s.mid}: ${s.packetsReceived} packets, energy ${s.totalAudioEnergy.toFixed(4)}`),
+        ),
       ),
     );
   });
@@ -309,13 +142,6 @@ try {
     if (errors.length) throw new Error(errors.join("; "));
   });
 } catch (e) {
-  results.push({ name: "harness", ok: false });
-  log(`FAIL harness: ${e.stack ?? e}`);
-} finally {
-  await browser?.close().catch(() => {});
+  run.harnessFailed(e);
 }
-
-const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed;
-console.log(`browser: ${passed} passed, ${failed} failed`);
-process.exit(interrupted ? 130 : failed === 0 && passed > 0 ? 0 : 1);
+await run.finish();
