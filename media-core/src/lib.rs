@@ -118,6 +118,7 @@
 
 #![warn(missing_docs)]
 
+mod answer;
 mod api;
 mod channel;
 mod config;

@@ -163,7 +163,7 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| offer_error(&e.to_string()))?;
 
-        let answer = answer.to_sdp_string();
+        let answer = crate::answer::with_candidates_in_every_section(&answer.to_sdp_string());
         // The audio m-lines, in SDP order, with their negotiated direction.
         // (str0m reports `MediaAdded` only once DTLS is up; the answer it just
         // wrote is the authoritative list now.)
