@@ -21,7 +21,9 @@ pub struct EngineConfig {
     /// Between 1 and 32 (clamped).
     pub slots_per_listener: usize,
     /// How loud a packet must be to count as speech, in RFC 6464 units
-    /// (`0` = 0 dBov, `127` = silence): 60 means louder than -60 dBov.
+    /// (`0` = 0 dBov, `127` = silence): 60 means louder than -60 dBov. A
+    /// sender's voice-activity bit moves this bar (10 dB lower with V = 1,
+    /// 20 dB higher with V = 0) but never vetoes loud audio.
     pub speech_level: u8,
     /// A selected speaker that has not sent speech for this long may be
     /// replaced by any new speaker, however quiet.

@@ -44,10 +44,9 @@ impl VoiceFrame {
         }
     }
 
-    /// Whether this frame counts as speech: loud enough, and not flagged as
-    /// non-speech by a sender that runs voice activity detection.
+    /// Whether this frame counts as speech ([`crate::selection::is_speech`]).
     pub(crate) fn is_speech(&self, speech_level: u8) -> bool {
-        self.level <= speech_level && self.vad != Some(false)
+        crate::selection::is_speech(self.level, self.vad, speech_level)
     }
 }
 

@@ -95,7 +95,10 @@
 //! Two speeds: per packet, the loudest voices by the RFC 6464 audio level
 //! (or by decoding the Opus payload when a client sends no level) are routed
 //! at once, with hysteresis; every 300 ms, the dominant speaker is decided
-//! with Volfin & Cohen's algorithm and always routed. A muted member is never
+//! with Volfin & Cohen's algorithm and always routed. The level decides what
+//! is speech; the sender's voice-activity bit only moves the bar
+//! ([`EngineConfig::speech_level`]), since many senders (aiortc, SIP
+//! gateways, music sources) send it as 0 on every packet. A muted member is never
 //! routed, and nobody hears their own voice.
 //!
 //! # Building blocks

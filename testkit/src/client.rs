@@ -107,6 +107,8 @@ struct Uplink {
     next_frame: Instant,
     /// Whether to put the RFC 6464 extension on packets.
     audio_level: bool,
+    /// The V bit on every packet, whatever the level ([`ClientSpec::voice_activity`]).
+    voice_activity: Option<bool>,
 }
 
 /// A simulated WebRTC client.
@@ -177,6 +179,11 @@ pub struct ClientSpec {
     pub slots: usize,
     /// Put the RFC 6464 audio level extension on sent packets.
     pub audio_level: bool,
+    /// The extension's voice-activity (V) bit: `None` sets it from the
+    /// level, as a browser's VAD does (louder than -60 dBov); `Some(v)`
+    /// sends `v` on every packet, as stacks without a VAD do (aiortc, SIP
+    /// gateways: always 0).
+    pub voice_activity: Option<bool>,
     /// Decode received audio.
     pub decode: bool,
     /// When a speaker talks (while its amplitude is above 0).
@@ -208,6 +215,7 @@ impl Default for ClientSpec {
             amplitude: 0.5,
             slots: 3,
             audio_level: true,
+            voice_activity: None,
             decode: true,
             talk: TalkPattern::Continuous,
             dtx: false,
@@ -274,6 +282,7 @@ impl Client {
                 ts: 0,
                 next_frame: now,
                 audio_level: spec.audio_level,
+                voice_activity: spec.voice_activity,
             }
         });
         let client = Client {
@@ -410,7 +419,7 @@ impl Client {
             let mut ext = if up.audio_level {
                 ExtensionValues {
                     audio_level: Some(-(frame.level as i8)),
-                    voice_activity: Some(frame.voiced),
+                    voice_activity: Some(up.voice_activity.unwrap_or(frame.voiced)),
                     ..Default::default()
                 }
             } else {
