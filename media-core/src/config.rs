@@ -48,6 +48,12 @@ pub struct EngineConfig {
     /// per (packet, listener) (BENCHMARKS.md). `false` keeps everything in
     /// str0m (for comparison; behaviour is the same).
     pub direct_srtp: bool,
+    /// Accept RFC 2198 redundant audio (RED) for Opus where a client offers
+    /// it (Chromium does): a sender's RED goes unchanged to listeners whose
+    /// slots negotiated RED (they can fill a lost packet from the next one,
+    /// at the cost of the redundant bytes), its plain Opus primary to the
+    /// others and over relay links. `false` answers Opus only.
+    pub red: bool,
     /// The wall-clock time at the `now` given to `Engine::new`, for the NTP
     /// timestamps of RTCP sender reports. Without it they count from
     /// 1970-01-01 at that instant (receivers only use differences).
@@ -69,6 +75,7 @@ impl Default for EngineConfig {
             max_addrs_per_peer: 8,
             dtls_cert: None,
             direct_srtp: true,
+            red: true,
             wallclock_at_start: None,
         }
     }
@@ -88,6 +95,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_addrs_per_peer", &self.max_addrs_per_peer)
             .field("dtls_cert", &self.dtls_cert.is_some())
             .field("direct_srtp", &self.direct_srtp)
+            .field("red", &self.red)
             .field("wallclock_at_start", &self.wallclock_at_start)
             .finish()
     }

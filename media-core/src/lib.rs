@@ -89,6 +89,8 @@
 //! or `sendrecv`) and one `recvonly` audio m-line per slot it wants to hear
 //! (up to [`EngineConfig::slots_per_listener`], default 3). The answer comes
 //! as [`Event::Answer`]. Roles and mutes change without renegotiation.
+//! Opus is the codec; RFC 2198 RED around Opus is accepted where offered
+//! ([`EngineConfig::red`]) and forwarded to the listeners that took it.
 //!
 //! # Speaker selection
 //!
@@ -137,6 +139,7 @@ mod ids;
 mod level;
 pub mod ntp;
 mod peer;
+mod red;
 mod relay;
 mod rng;
 mod rtp_writer;

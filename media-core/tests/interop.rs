@@ -3,12 +3,15 @@
 //!
 //! - Senders whose RFC 6464 voice-activity bit is always 0 (aiortc, SIP
 //!   gateways, music sources, stacks without a VAD): the level decides.
+//! - Clients that offer RFC 2198 RED for Opus (Chromium): a sender's RED goes
+//!   whole to listeners that negotiated it, as plain Opus to the others and
+//!   over relay links.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use media_core::{Command, EngineConfig, Role};
-use testkit::client::ClientSpec;
+use testkit::client::{Client, ClientSpec};
 use testkit::{link_to, Sim};
 
 const MS: Duration = Duration::from_millis(1);
@@ -101,4 +104,176 @@ fn an_edge_voice_with_v_bit_zero_reaches_the_whole_cluster() {
         .collect();
     assert!(sim.run_until_connected(Duration::from_secs(5)));
     both_heard(&mut sim, core_s, edge_s, &listeners);
+}
+
+/// A client that offers RED as Chromium does (and sends it when answered).
+fn with_red(spec: ClientSpec) -> ClientSpec {
+    ClientSpec { red: true, ..spec }
+}
+
+/// Opus's payload type in the test clients' offers (str0m's default).
+const OPUS_PT: u8 = 111;
+
+/// The payload types of the packets `c` received from `from` on.
+fn payload_types(c: &Client, from: Instant) -> BTreeSet<u8> {
+    c.streams
+        .values()
+        .flat_map(|s| &s.packets)
+        .filter(|p| p.at >= from)
+        .map(|p| p.pt)
+        .collect()
+}
+
+/// In `sim`: a RED sender talking, a listener that offered RED and one that
+/// did not, connected. Returns their indices.
+fn red_room(sim: &mut Sim) -> [usize; 3] {
+    let s = sim.join("s", "room", Role::Speaker, with_red(ClientSpec::speaker(0)));
+    let red = with_red(ClientSpec::listener());
+    let red = sim.join("red", "room", Role::Listener, red);
+    let plain = sim.join("plain", "room", Role::Listener, ClientSpec::listener());
+    assert!(sim.run_until_connected(Duration::from_secs(10)));
+    sim.set_talking(s, true);
+    [s, red, plain]
+}
+
+/// A RED sender, a listener that negotiated RED and one that did not: the
+/// first gets every packet as RED (the sender's payload, whole), the second
+/// plain Opus; both decode the voice. On both send paths.
+#[test]
+fn red_goes_whole_to_red_listeners_and_as_opus_to_the_others() {
+    for direct_srtp in [true, false] {
+        let config = EngineConfig {
+            direct_srtp,
+            ..EngineConfig::default()
+        };
+        let mut sim = Sim::new(config, Instant::now());
+        let [s, red, plain] = red_room(&mut sim);
+        let red_pt = sim.clients[s].red_pt.map(|pt| *pt).expect("RED answered");
+        assert_eq!(sim.clients[red].red_pt.map(|pt| *pt), Some(red_pt));
+        assert_eq!(sim.clients[plain].red_pt, None);
+        sim.run_for(Duration::from_secs(2));
+        let from = sim.now - Duration::from_millis(1500);
+
+        let (r, p) = (&sim.clients[red], &sim.clients[plain]);
+        assert_eq!(payload_types(r, from), [red_pt].into());
+        assert_eq!(payload_types(p, from), [OPUS_PT].into());
+        for c in [r, p] {
+            let name = &c.name;
+            assert_eq!(
+                c.tones_heard(from, sim.now, 70),
+                set(&[0]),
+                "{direct_srtp} {name}"
+            );
+            assert_eq!((c.decode_errors(), c.malformed_rtp), (0, 0), "{name}");
+        }
+        assert_eq!(sim.engine.stats().dropped_wrong_codec, 0);
+    }
+}
+
+/// With loss on both hops, a RED listener fills most lost packets from the
+/// next one's redundancy (the sender's, passed through: uplink losses too),
+/// a plain listener conceals them all.
+#[test]
+fn red_listeners_fill_single_losses_end_to_end() {
+    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    sim.net.uplink.loss = 0.08;
+    sim.net.downlink.loss = 0.08;
+    let [_, red, plain] = red_room(&mut sim);
+    sim.run_for(Duration::from_secs(8));
+
+    let totals = |c: &Client| {
+        c.streams.values().fold((0, 0), |(lost, rec), s| {
+            (lost + s.lost(), rec + s.recovered)
+        })
+    };
+    let (lost, recovered) = totals(&sim.clients[red]);
+    // Two hops of 8%: about 60 of 400 packets; a loss is filled unless the
+    // next packet was lost too (about 15% of them).
+    assert!(lost >= 20, "only {lost} lost: the test would prove nothing");
+    assert!(
+        recovered * 10 >= lost * 7 && recovered <= lost,
+        "RED listener: {recovered} of {lost} losses filled"
+    );
+    let (lost, recovered) = totals(&sim.clients[plain]);
+    assert!(
+        lost >= 20 && recovered == 0,
+        "plain listener: {recovered} of {lost}"
+    );
+    for c in [red, plain] {
+        let c = &sim.clients[c];
+        let from = sim.now - Duration::from_secs(6);
+        assert_eq!(c.tones_heard(from, sim.now, 200), set(&[0]));
+        assert_eq!(c.decode_errors(), 0);
+    }
+}
+
+/// `EngineConfig::red = false` answers Opus only, even to clients that offer
+/// RED; they send and receive plain Opus.
+#[test]
+fn red_can_be_turned_off() {
+    let config = EngineConfig {
+        red: false,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(config, Instant::now());
+    let [s, red, _] = red_room(&mut sim);
+    assert_eq!(
+        (sim.clients[s].red_pt, sim.clients[red].red_pt),
+        (None, None)
+    );
+    sim.run_for(Duration::from_secs(1));
+    let from = sim.now - Duration::from_millis(700);
+    assert_eq!(payload_types(&sim.clients[red], from), [OPUS_PT].into());
+    assert_eq!(sim.clients[red].tones_heard(from, sim.now, 30), set(&[0]));
+}
+
+/// Relay links carry the Opus primary: a RED listener beside a RED sender
+/// on an edge gets RED, one on the core gets plain Opus, both hear it.
+#[test]
+fn red_stays_on_the_node_the_sender_is_on() {
+    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let edge = sim.add_node();
+    sim.command_on(
+        edge,
+        Command::SetUpstream {
+            channel: "stage".into(),
+            link: Some(link_to(0)),
+        },
+    );
+    let s = sim.join_on(
+        edge,
+        "s",
+        "stage",
+        Role::Speaker,
+        with_red(ClientSpec::speaker(0)),
+    );
+    let near = sim.join_on(
+        edge,
+        "near",
+        "stage",
+        Role::Listener,
+        with_red(ClientSpec::listener()),
+    );
+    let far = sim.join_on(
+        0,
+        "far",
+        "stage",
+        Role::Listener,
+        with_red(ClientSpec::listener()),
+    );
+    assert!(sim.run_until_connected(Duration::from_secs(5)));
+    sim.set_talking(s, true);
+    sim.run_for(Duration::from_secs(2));
+    let from = sim.now - Duration::from_millis(1500);
+    let red_pt = sim.clients[near]
+        .red_pt
+        .map(|pt| *pt)
+        .expect("RED answered");
+    assert_eq!(payload_types(&sim.clients[near], from), [red_pt].into());
+    assert_eq!(payload_types(&sim.clients[far], from), [OPUS_PT].into());
+    for c in [near, far] {
+        let c = &sim.clients[c];
+        assert_eq!(c.tones_heard(from, sim.now, 70), set(&[0]), "{}", c.name);
+        assert_eq!(c.decode_errors(), 0);
+    }
 }

@@ -21,7 +21,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { audioArrives, BrowserRun, joinDemoPage, mediaConnected, refuseForeignInterfaces, until } from "./chromium.mjs";
 import { launchFirefox } from "./firefox.mjs";
-import { heardSources, whepListen, whipPublish } from "./whip-whep.mjs";
+import { answerCodecs, heardSources, payloadSizes, whepListen, whipPublish } from "./whip-whep.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.SFU_URL ?? "http://127.0.0.1:18080";
@@ -140,6 +140,18 @@ try {
           if (voices.length !== 2) throw new Error(`${p.name} heard ${voices.length} voices, only 2 publish`);
         }),
       );
+    });
+
+    await check("RED: Chromium's pages negotiated RED, Firefox's plain Opus, and heard each other above", async () => {
+      // Chromium offers RED and the server takes it: the Chromium publisher
+      // sends RED, which reaches whep-chromium whole and whep-firefox as
+      // plain Opus (both heard both voices in the check before).
+      const want = { "whip-chromium": "opus,red", "whep-chromium": "opus,red", "whip-firefox": "opus", "whep-firefox": "opus" };
+      for (const p of [...publishers, ...listeners]) {
+        const codecs = (await answerCodecs(p)).filter((c) => c !== "telephone-event").join(",");
+        if (codecs !== want[p.name]) throw new Error(`${p.name}: the answer has ${codecs}, want ${want[p.name]}`);
+      }
+      for (const p of listeners) log(`${p.name}: payload bytes per packet of its streams: ${(await payloadSizes(p)).join(", ")}`);
     });
   }
 

@@ -62,3 +62,24 @@ export function whepListen(p, url, slots) {
 export function heardSources(p) {
   return p.page.evaluate(() => window.heardSources ?? []);
 }
+
+/** The audio codecs the server's answer gave the page (e.g. ["opus", "red"]). */
+export function answerCodecs(p) {
+  return p.page.evaluate(() => {
+    const sdp = window.voice?.pc?.remoteDescription?.sdp ?? "";
+    return [...new Set([...sdp.matchAll(/^a=rtpmap:\d+ ([\w-]+)\/48000/gm)].map((m) => m[1].toLowerCase()))].sort();
+  });
+}
+
+/** Payload bytes per packet of each inbound audio stream that received any. */
+export function payloadSizes(p) {
+  return p.page.evaluate(async () => {
+    const out = [];
+    for (const s of (await window.voice.pc.getStats()).values()) {
+      if (s.type === "inbound-rtp" && s.kind === "audio" && s.packetsReceived > 0) {
+        out.push(Math.round(s.bytesReceived / s.packetsReceived));
+      }
+    }
+    return out.sort((a, b) => a - b);
+  });
+}
