@@ -386,8 +386,8 @@ impl Peer {
             return false;
         };
         // Not nackable: audio is not retransmitted (a late voice packet is
-        // useless, and Opus in-band FEC covers single losses), so str0m keeps
-        // no per-listener copy of it.
+        // useless; RED, where negotiated, fills single losses), so str0m
+        // keeps no per-listener copy of it.
         stream.write_rtp(
             RtpWrite::new(pt, rw.seq.into(), rw.ts, now, payload.clone())
                 .marker(rw.marker)
