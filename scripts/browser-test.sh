@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Real-browser test: headless Chromium (the Debian package) joins the demo
-# page from several tabs against a debug sfu-server and checks audio flows,
-# member lists, speaker highlighting and leaving.
+# Real-browser test in two WebRTC stacks: headless Chromium and headless
+# Firefox (the Debian packages chromium and firefox-esr) join the demo page
+# from several tabs against a debug sfu-server and check audio flows both
+# ways, member lists, speaker highlighting and leaving; then a page of each
+# publishes over WHIP and a page of each listens over WHEP
+# (sfu-server/tests/browser/test.mjs).
 #
-# Everything runs in a fresh network namespace that has only `lo`: Chromium
-# gathers ICE candidates on every interface it sees, and test packets must
-# stay on 127.0.0.0/8 (the build notes: "Keep every test packet on
-# loopback"). Needs root (ip netns); installs what is missing (idempotent).
+# Everything runs in a fresh network namespace whose only addresses are
+# loopback ones (scripts/lib/netns.sh): browsers gather ICE candidates on
+# every interface they see, and test packets must stay on 127.0.0.0/8. The
+# namespace has a veth pair on 127.0.0.2/.3 as its default route, without
+# which Firefox gathers no candidates at all. Needs root (ip netns);
+# installs what is missing (idempotent).
 #
 # Outputs: target/browser-test.png (screenshot), target/browser-test-server.log.
 # Environment: VERBOSE=1 echoes the pages' consoles; SFU_LOG is the server's
@@ -31,6 +36,7 @@ SUDO=""
 # --- what the test needs --------------------------------------------------
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/firefox-esr ] || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
@@ -45,10 +51,11 @@ if [ "$node_major" -lt 20 ]; then
   echo "browser-test: warning: node $(node --version) is older than playwright-core's minimum (20)"
 fi
 
-# playwright-core only (it never downloads a browser; we point it at
-# /usr/bin/chromium). `npm ci` only when the lock file changed since the last
-# install, so warm runs skip it.
-export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+# playwright-core for Chromium, puppeteer-core for Firefox (WebDriver BiDi);
+# neither downloads a browser (we point them at /usr/bin/chromium and
+# /usr/bin/firefox-esr). `npm ci` only when the lock file changed since the
+# last install, so warm runs skip it.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1
 (
   cd "$TEST_DIR"
   if [ ! -f package-lock.json ]; then
@@ -71,65 +78,33 @@ else
 fi
 
 # --- namespace, server, test ------------------------------------------------
+# shellcheck source=lib/processes.sh
+. scripts/lib/processes.sh
+# shellcheck source=lib/netns.sh
+. scripts/lib/netns.sh
 NS=sfu-browser-$$
 SERVER_LOG=$ROOT/target/browser-test-server.log
 server_pid=""
 test_pid=""
-# Stops one process we started: TERM, then KILL if it is still there after 5 s.
-stop() {
-  kill "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do
-    kill -0 "$1" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$1" 2>/dev/null
-  wait "$1" 2>/dev/null
-}
-cleanup() {
-  set +e
-  # The test first (timeout(1) passes the TERM on to node, which closes
-  # Chromium), then the server (it drains: members leave as pages close).
-  [ -n "$test_pid" ] && stop "$test_pid"
-  [ -n "$server_pid" ] && stop "$server_pid"
-  # Anything else still in our namespace (a browser left behind).
-  for pid in $($SUDO ip netns pids "$NS" 2>/dev/null); do stop "$pid"; done
-  $SUDO ip netns del "$NS" 2>/dev/null
-}
-trap cleanup EXIT
+trap 'netns_cleanup "$NS"' EXIT
 trap 'exit 130' INT TERM
 
-$SUDO ip netns add "$NS"
-$SUDO ip netns exec "$NS" ip link set lo up
-in_ns() { $SUDO ip netns exec "$NS" "$@"; }
+netns_create "$NS" veth
 
-# Started directly, not through in_ns: $! must be the server itself.
+# Started directly, not through in_netns: $! must be the server itself.
 $SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$PORT --udp 127.0.0.1:0 --log "${SFU_LOG:-info}" \
   >"$SERVER_LOG" 2>&1 &
 server_pid=$!
 
-healthy() {
-  in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && grep -q '^ok' <&3" 2>/dev/null
-}
 for _ in $(seq 1 100); do
-  healthy && break
+  netns_healthy "$NS" $PORT && break
   kill -0 "$server_pid" 2>/dev/null || { echo "browser-test: the server exited:"; cat "$SERVER_LOG"; exit 1; }
   sleep 0.1
 done
-healthy || { echo "browser-test: the server did not become healthy"; cat "$SERVER_LOG"; exit 1; }
+netns_healthy "$NS" $PORT || { echo "browser-test: the server did not become healthy"; cat "$SERVER_LOG"; exit 1; }
 echo "browser-test: server up in namespace $NS ($(grep -m1 -o 'media on udp [0-9.:]*' "$SERVER_LOG" || true))"
 
-# In the background and waited for, so that an INT/TERM reaches the trap at
-# once (bash runs traps only between foreground commands).
-$SUDO ip netns exec "$NS" env SFU_URL="http://127.0.0.1:$PORT" SCREENSHOT="$ROOT/target/browser-test.png" \
-  VERBOSE="${VERBOSE:-0}" timeout 180 node "$TEST_DIR/test.mjs" &
-test_pid=$!
-rc=0
-wait "$test_pid" || rc=$?
-test_pid=""
-if [ "$rc" -ne 0 ]; then
-  [ "$rc" -eq 124 ] && echo "browser-test: the test ran past 180 s"
-  echo "browser-test: server log (last 60 lines of $SERVER_LOG):"
-  tail -n 60 "$SERVER_LOG"
-fi
+netns_run_test "$NS" 180 "$SERVER_LOG" browser-test env SFU_URL="http://127.0.0.1:$PORT" \
+  SCREENSHOT="$ROOT/target/browser-test.png" VERBOSE="${VERBOSE:-0}" node "$TEST_DIR/test.mjs"
 echo "browser-test: done in $(($(date +%s) - started)) s, exit $rc"
 exit "$rc"

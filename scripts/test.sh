@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# fuzz smoke run, the browser test and the operations kit (Prometheus,
-# coturn, TLS). This is the README's test command and what CI runs.
+# fuzz smoke run, the aiortc interop test, the browser test (Chromium and
+# Firefox) and the operations kit (Prometheus, coturn, TLS). This is the
+# README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Where cargo builds (a relative CARGO_TARGET_DIR is relative to this folder).
@@ -22,8 +23,14 @@ cargo test --workspace --locked
 echo "== fuzz smoke (${FUZZ_SECONDS:=20} s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
 
+if [ -x scripts/interop-test.sh ]; then
+  echo "== interop test (aiortc over WHIP and WHEP)"
+  # The server binary `cargo test --workspace` built (see the browser test).
+  SFU_SERVER_BIN="$target/debug/sfu-server" scripts/interop-test.sh
+fi
+
 if [ -x scripts/browser-test.sh ]; then
-  echo "== browser test (headless Chromium)"
+  echo "== browser test (headless Chromium and Firefox)"
   # The server binary `cargo test --workspace` built above (cargo builds a
   # package's binaries for its integration tests: CARGO_BIN_EXE_sfu-server).
   # `cargo build -p sfu-server` would compile media-core, cascade and the

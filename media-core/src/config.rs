@@ -21,7 +21,9 @@ pub struct EngineConfig {
     /// Between 1 and 32 (clamped).
     pub slots_per_listener: usize,
     /// How loud a packet must be to count as speech, in RFC 6464 units
-    /// (`0` = 0 dBov, `127` = silence): 60 means louder than -60 dBov.
+    /// (`0` = 0 dBov, `127` = silence): 60 means louder than -60 dBov. A
+    /// sender's voice-activity bit moves this bar (10 dB lower with V = 1,
+    /// 20 dB higher with V = 0) but never vetoes loud audio.
     pub speech_level: u8,
     /// A selected speaker that has not sent speech for this long may be
     /// replaced by any new speaker, however quiet.
@@ -46,6 +48,12 @@ pub struct EngineConfig {
     /// per (packet, listener) (BENCHMARKS.md). `false` keeps everything in
     /// str0m (for comparison; behaviour is the same).
     pub direct_srtp: bool,
+    /// Accept RFC 2198 redundant audio (RED) for Opus where a client offers
+    /// it (Chromium does): a sender's RED goes unchanged to listeners whose
+    /// slots negotiated RED (they can fill a lost packet from the next one,
+    /// at the cost of the redundant bytes), its plain Opus primary to the
+    /// others and over relay links. `false` answers Opus only.
+    pub red: bool,
     /// The wall-clock time at the `now` given to `Engine::new`, for the NTP
     /// timestamps of RTCP sender reports. Without it they count from
     /// 1970-01-01 at that instant (receivers only use differences).
@@ -67,6 +75,7 @@ impl Default for EngineConfig {
             max_addrs_per_peer: 8,
             dtls_cert: None,
             direct_srtp: true,
+            red: true,
             wallclock_at_start: None,
         }
     }
@@ -86,6 +95,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_addrs_per_peer", &self.max_addrs_per_peer)
             .field("dtls_cert", &self.dtls_cert.is_some())
             .field("direct_srtp", &self.direct_srtp)
+            .field("red", &self.red)
             .field("wallclock_at_start", &self.wallclock_at_start)
             .finish()
     }

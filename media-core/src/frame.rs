@@ -24,6 +24,10 @@ pub(crate) struct VoiceFrame {
     pub(crate) vad: Option<bool>,
     /// The Opus payload, shared by every listener it is forwarded to.
     pub(crate) payload: Arc<[u8]>,
+    /// The RFC 2198 RED payload the sender wrapped `payload` in, for
+    /// listeners that negotiated RED (local senders only: relay messages
+    /// carry the Opus payload).
+    pub(crate) red: Option<crate::red::RedPayload>,
     /// When the sender captured it (`abs-capture-time`, forwarded unchanged
     /// so that receivers can measure end-to-end delay). Local members only:
     /// relay messages do not carry it.
@@ -44,10 +48,9 @@ impl VoiceFrame {
         }
     }
 
-    /// Whether this frame counts as speech: loud enough, and not flagged as
-    /// non-speech by a sender that runs voice activity detection.
+    /// Whether this frame counts as speech ([`crate::selection::is_speech`]).
     pub(crate) fn is_speech(&self, speech_level: u8) -> bool {
-        self.level <= speech_level && self.vad != Some(false)
+        crate::selection::is_speech(self.level, self.vad, speech_level)
     }
 }
 

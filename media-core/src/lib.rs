@@ -89,13 +89,18 @@
 //! or `sendrecv`) and one `recvonly` audio m-line per slot it wants to hear
 //! (up to [`EngineConfig::slots_per_listener`], default 3). The answer comes
 //! as [`Event::Answer`]. Roles and mutes change without renegotiation.
+//! Opus is the codec; RFC 2198 RED around Opus is accepted where offered
+//! ([`EngineConfig::red`]) and forwarded to the listeners that took it.
 //!
 //! # Speaker selection
 //!
 //! Two speeds: per packet, the loudest voices by the RFC 6464 audio level
 //! (or by decoding the Opus payload when a client sends no level) are routed
 //! at once, with hysteresis; every 300 ms, the dominant speaker is decided
-//! with Volfin & Cohen's algorithm and always routed. A muted member is never
+//! with Volfin & Cohen's algorithm and always routed. The level decides what
+//! is speech; the sender's voice-activity bit only moves the bar
+//! ([`EngineConfig::speech_level`]), since many senders (aiortc, SIP
+//! gateways, music sources) send it as 0 on every packet. A muted member is never
 //! routed, and nobody hears their own voice.
 //!
 //! # Building blocks
@@ -118,6 +123,7 @@
 
 #![warn(missing_docs)]
 
+mod answer;
 mod api;
 mod channel;
 mod config;
@@ -133,6 +139,7 @@ mod ids;
 mod level;
 pub mod ntp;
 mod peer;
+mod red;
 mod relay;
 mod rng;
 mod rtp_writer;

@@ -23,8 +23,8 @@ use crate::effects::{Effects, Signal};
 use crate::frame::VoiceFrame;
 use crate::level::OpusLevelMeter;
 use crate::rng::Rng;
-use crate::rtp_writer::{self, HeaderExtIds, SlotReport, SlotStream};
-use crate::slot::{Rewritten, SlotRewriter};
+use crate::rtp_writer::{self, HeaderExtIds, SlotPacket, SlotReport, SlotStream};
+use crate::slot::SlotRewriter;
 use crate::srtp::tap::{self, KeyCell};
 use crate::srtp::SrtpTx;
 use crate::timer::TimerKey;
@@ -74,8 +74,14 @@ pub(crate) struct Peer {
     pub(crate) source: SourceId,
     /// The payload type of Opus the client sends (None: it sends no audio).
     pub(crate) uplink_pt: Option<Pt>,
+    /// The payload type of RED (RFC 2198, Opus inside) the client may send
+    /// instead of plain Opus, when negotiated.
+    pub(crate) uplink_red_pt: Option<Pt>,
     /// The payload type of Opus the client receives on its slots.
     pub(crate) slot_pt: Option<Pt>,
+    /// The payload type of RED on its slots, when negotiated: a sender's RED
+    /// is forwarded whole under it.
+    slot_red_pt: Option<Pt>,
     pub(crate) slots: Vec<Slot>,
     pub(crate) connected: bool,
     /// str0m reported an error; the peer is about to be removed.
@@ -146,7 +152,7 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .set_dtls_cert(setup.dtls_cert.clone())
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, config.red)
             // Forwarded unchanged, so listeners can measure end-to-end delay.
             .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime);
         if config.direct_srtp {
@@ -163,7 +169,7 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| offer_error(&e.to_string()))?;
 
-        let answer = answer.to_sdp_string();
+        let answer = crate::answer::with_candidates_in_every_section(&answer.to_sdp_string());
         // The audio m-lines, in SDP order, with their negotiated direction.
         // (str0m reports `MediaAdded` only once DTLS is up; the answer it just
         // wrote is the authoritative list now.)
@@ -187,6 +193,16 @@ impl Peer {
             .find(|(_, d)| d.is_receiving())
             .map(|(m, _)| *m);
         let uplink_pt = uplink.and_then(|m| opus_pt(&rtc, m));
+        // str0m folds RED onto the Opus parameters it negotiated: one RED
+        // payload type per session, none when the client did not offer it.
+        let red_pt = |rtc: &Rtc, opus: Option<Pt>| -> Option<Pt> {
+            let opus = opus?;
+            rtc.codec_config()
+                .iter()
+                .find(|p| p.pt() == opus)
+                .and_then(|p| p.red())
+        };
+        let uplink_red_pt = red_pt(&rtc, uplink_pt);
         let mut slots = Vec::new();
         let mut slot_pt = None;
         for (mid, dir) in &medias {
@@ -229,6 +245,7 @@ impl Peer {
                 api.remove_stream_tx(s.ssrc);
             }
         }
+        let slot_red_pt = red_pt(&rtc, slot_pt);
         if uplink_pt.is_none() && slots.is_empty() {
             return Err(Error::UnusableOffer(
                 "no Opus audio m-line the engine can send or receive on",
@@ -245,7 +262,9 @@ impl Peer {
             muted: false,
             source: setup.source,
             uplink_pt,
+            uplink_red_pt,
             slot_pt,
+            slot_red_pt,
             slots,
             connected: false,
             failed: false,
@@ -333,8 +352,14 @@ impl Peer {
         now: Instant,
         fx: &mut Effects,
     ) -> bool {
-        let (Some(pt), Some(s)) = (self.slot_pt, self.slots.get_mut(slot)) else {
+        let (Some(opus_pt), Some(s)) = (self.slot_pt, self.slots.get_mut(slot)) else {
             return false;
+        };
+        // The sender's RED whole where this listener negotiated RED with the
+        // same Opus payload type inside; plain Opus otherwise.
+        let (pt, payload) = match (&frame.red, self.slot_red_pt) {
+            (Some(red), Some(red_pt)) if red.opus_pt == *opus_pt => (red_pt, &red.payload),
+            _ => (opus_pt, &frame.payload),
         };
         let samples = crate::frame::opus_samples(&frame.payload);
         let Some(rw) = s
@@ -345,7 +370,8 @@ impl Peer {
         };
         s.last_active = Some(now);
         if let Some(direct) = &mut self.direct {
-            direct.send(s, pt, rw, frame, now, fx);
+            let packet = SlotPacket { pt, payload, rw };
+            direct.send(s, packet, frame, now, fx);
             return true;
         }
         let ssrc = s.ssrc;
@@ -360,10 +386,10 @@ impl Peer {
             return false;
         };
         // Not nackable: audio is not retransmitted (a late voice packet is
-        // useless, and Opus in-band FEC covers single losses), so str0m keeps
-        // no per-listener copy of it.
+        // useless; RED, where negotiated, fills single losses), so str0m
+        // keeps no per-listener copy of it.
         stream.write_rtp(
-            RtpWrite::new(pt, rw.seq.into(), rw.ts, now, frame.payload.clone())
+            RtpWrite::new(pt, rw.seq.into(), rw.ts, now, payload.clone())
                 .marker(rw.marker)
                 .ext_vals(ext)
                 .csrc(&[frame.source.0]),
@@ -450,25 +476,24 @@ impl Direct {
     fn send(
         &mut self,
         slot: &mut Slot,
-        pt: Pt,
-        rw: Rewritten,
+        packet: SlotPacket<'_>,
         frame: &VoiceFrame,
         now: Instant,
         fx: &mut Effects,
     ) {
         let stream = SlotStream {
             ssrc: slot.ssrc,
-            pt,
             mid: &slot.mid,
             exts: slot.exts,
         };
-        let (mut pkt, header_len) = rtp_writer::rtp_packet(stream, rw, frame);
+        let (rw, payload_len) = (packet.rw, packet.payload.len());
+        let (mut pkt, header_len) = rtp_writer::rtp_packet(stream, packet, frame);
         if self.tx.seal_rtp(&mut pkt, header_len, rw.seq).is_err() {
             fx.stats.dropped_seal += 1;
             return;
         }
         fx.transmit(Transmit::new(self.local, self.remote, pkt));
-        if !slot.report.count(frame.payload.len(), now) {
+        if !slot.report.count(payload_len, now) {
             return;
         }
         let mut sr = rtp_writer::sender_report(

@@ -64,28 +64,33 @@ impl SlotReport {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlotStream<'a> {
     pub(crate) ssrc: Ssrc,
-    pub(crate) pt: Pt,
     pub(crate) mid: &'a Mid,
     pub(crate) exts: HeaderExtIds,
 }
 
-/// An RTP packet (RFC 3550 §5.1) of `frame` rewritten to `rw` on a slot's
-/// stream, with CSRC = the voice and the negotiated one-byte extensions:
-/// audio level, mid, and `abs-capture-time` passed through from the
-/// speaker. Returns the packet and its header length; room for the SRTP
-/// tag is reserved.
+/// What one packet of a slot carries: a payload type and its bytes (the
+/// voice's Opus, or the RED it came in), at the rewritten sequence number
+/// and timestamp.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotPacket<'a> {
+    pub(crate) pt: Pt,
+    pub(crate) payload: &'a [u8],
+    pub(crate) rw: Rewritten,
+}
+
+/// An RTP packet (RFC 3550 §5.1) of `frame` on a slot's stream, with CSRC =
+/// the voice and the negotiated one-byte extensions: audio level, mid, and
+/// `abs-capture-time` passed through from the speaker. Returns the packet
+/// and its header length; room for the SRTP tag is reserved.
 pub(crate) fn rtp_packet(
     stream: SlotStream<'_>,
-    rw: Rewritten,
+    packet: SlotPacket<'_>,
     frame: &VoiceFrame,
 ) -> (Vec<u8>, usize) {
-    let payload = &frame.payload[..];
+    let SlotPacket { pt, payload, rw } = packet;
     let mut pkt = Vec::with_capacity(16 + 28 + payload.len() + SRTP_OVERHEAD);
     // V=2, X when there are extensions, one CSRC (the voice).
-    pkt.extend_from_slice(&[
-        0x80 | 0x01,
-        (u8::from(rw.marker) << 7) | (*stream.pt & 0x7f),
-    ]);
+    pkt.extend_from_slice(&[0x80 | 0x01, (u8::from(rw.marker) << 7) | (*pt & 0x7f)]);
     pkt.extend_from_slice(&(rw.seq as u16).to_be_bytes());
     pkt.extend_from_slice(&rw.ts.to_be_bytes());
     pkt.extend_from_slice(&stream.ssrc.to_be_bytes());

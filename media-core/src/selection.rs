@@ -14,6 +14,9 @@
 //!   once its smoothed level falls below speech (two or three packets into a
 //!   pause) it is judged like any other, so that a new voice starting as the
 //!   dominant one stops is heard at once rather than after the expiry.
+//!
+//! What counts as speech ([`is_speech`]) is decided by the level; the
+//! sender's voice-activity flag only moves the bar.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +26,34 @@ use crate::SourceId;
 /// How much of each new level enters the smoothed level (a short EWMA: a
 /// voice's level settles within about five 20 ms packets).
 const SMOOTHING: f32 = 0.3;
+
+/// How much louder than the speech level a packet whose sender says "no
+/// voice activity" (V = 0) must be to count as speech, in dB. Browsers'
+/// V=0 packets are background noise, well below -40 dBov after their noise
+/// suppression; a sender without a VAD (aiortc, SIP gateways, music) sends
+/// V = 0 on its loudest speech, which must still be heard.
+const VAD_OFF_MARGIN_DB: u8 = 20;
+
+/// How much quieter than the speech level a packet whose sender says "voice
+/// activity" (V = 1) may be and still count as speech, in dB: a soft voice
+/// far from the microphone.
+const VAD_ON_ALLOWANCE_DB: u8 = 10;
+
+/// Whether one packet counts as speech: its RFC 6464 `level` (0 = 0 dBov ..
+/// 127 = silence) is at or above the bar, `speech_level`.
+///
+/// The voice-activity bit is advisory, as the level is what LiveKit, Jitsi
+/// and mediasoup route by: V = 1 lowers the bar by
+/// [`VAD_ON_ALLOWANCE_DB`], V = 0 raises it by [`VAD_OFF_MARGIN_DB`], and
+/// neither vetoes loud audio. Without the bit the bar stays.
+pub(crate) fn is_speech(level: u8, vad: Option<bool>, speech_level: u8) -> bool {
+    let bar = match vad {
+        Some(true) => speech_level.saturating_add(VAD_ON_ALLOWANCE_DB).min(126),
+        Some(false) => speech_level.saturating_sub(VAD_OFF_MARGIN_DB),
+        None => speech_level,
+    };
+    level <= bar
+}
 
 #[derive(Debug, Clone, Copy)]
 struct SourceLevel {
@@ -287,6 +318,48 @@ mod tests {
         assert!(s.pin(Some(SourceId(3)), t0));
         assert!(s.is_selected(SourceId(3)));
         assert!(s.is_selected(SourceId(1)));
+    }
+
+    #[test]
+    fn the_level_decides_and_the_v_bit_moves_the_bar() {
+        // Default bar: -60 dBov.
+        let speech = |level, vad| is_speech(level, vad, 60);
+        // Without the bit: the bar itself.
+        assert!(speech(60, None) && !speech(61, None));
+        // V = 0 never vetoes loud audio (aiortc's tone, a SIP call) ...
+        assert!(speech(0, Some(false)) && speech(20, Some(false)) && speech(40, Some(false)));
+        // ... but background noise with V = 0 is not speech.
+        assert!(!speech(41, Some(false)) && !speech(55, Some(false)));
+        // V = 1 lets a soft voice through, never digital silence.
+        assert!(speech(70, Some(true)) && !speech(71, Some(true)));
+        assert!(!speech(127, Some(true)) && !is_speech(127, Some(true), 127));
+        // Bars at the ends of the scale do not wrap.
+        assert!(is_speech(0, Some(false), 5) && !is_speech(1, Some(false), 5));
+    }
+
+    #[test]
+    fn a_voice_with_v_bit_zero_is_selected_beside_one_with_v_bit_one() {
+        let t0 = testkit::epoch();
+        let mut s = sel();
+        // Voice 1 has a VAD (V = 1), voice 2 has none (V = 0 always, as
+        // aiortc): both loud, both selected at their first packet.
+        let speech = |level, vad| is_speech(level, vad, 60);
+        assert!(s.on_packet(SourceId(1), 30, speech(30, Some(true)), t0));
+        assert!(s.on_packet(SourceId(2), 25, speech(25, Some(false)), t0));
+        assert_eq!(s.selected(), &[SourceId(1), SourceId(2)]);
+        // Voice 2 keeps talking while voice 1 pauses past the expiry.
+        for n in 1..=10u32 {
+            let at = t0 + n * 20 * MS;
+            s.on_packet(SourceId(2), 25, speech(25, Some(false)), at);
+            s.on_packet(SourceId(1), 127, speech(127, Some(true)), at);
+        }
+        let now = t0 + 200 * MS;
+        assert!(s.is_speaking(SourceId(2), now) && !s.is_speaking(SourceId(1), now));
+        // Noise with V = 0 takes no place; a new voice takes voice 1's,
+        // not that of the V=0 voice that is still talking.
+        assert!(!s.on_packet(SourceId(4), 50, speech(50, Some(false)), now));
+        assert!(s.on_packet(SourceId(3), 30, speech(30, Some(true)), now));
+        assert_eq!(s.selected(), &[SourceId(3), SourceId(2)]);
     }
 
     #[test]

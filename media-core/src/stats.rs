@@ -30,7 +30,8 @@ pub struct EngineStats {
     pub dropped_address_limit: u64,
     /// Audio from listeners or server-muted members (not routed).
     pub dropped_not_allowed: u64,
-    /// Audio packets that were not Opus on the negotiated payload type.
+    /// Audio packets that were not Opus on the negotiated payload type (nor
+    /// well-formed RED with an Opus primary, where RED was negotiated).
     pub dropped_wrong_codec: u64,
     /// Audio packets from voices not selected as active speakers.
     pub not_selected: u64,

@@ -9,7 +9,10 @@
 //! and a histogram of one-way latency from `abs-capture-time`
 //! ([`Client::latency`]). A count-only listener can skip str0m for media
 //! ([`ClientSpec::raw_media`]): it reads the plain RTP header of each
-//! datagram as it arrives ([`parse_rtp_header`]).
+//! datagram as it arrives ([`parse_rtp_header`]). With [`ClientSpec::red`]
+//! a client offers RFC 2198 RED as Chromium does, sends each frame with the
+//! one before it, and fills a single lost packet from the next one's
+//! redundancy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -19,7 +22,9 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{AbsCaptureTime, Extension, ExtensionValues, RtpWrite};
+use str0m::rtp::{
+    AbsCaptureTime, Extension, ExtensionValues, RedDecoder, RedEncoder, RedundantBlock, RtpWrite,
+};
 use str0m::{Candidate, Event as RtcEvent, Input as RtcInput, Output as RtcOutput, Rtc};
 
 use media_core::{ntp, DatagramKind};
@@ -47,6 +52,8 @@ pub struct Received {
     pub ts: u32,
     /// Marker bit.
     pub marker: bool,
+    /// Payload type (Opus, or RED when both ends negotiated it).
+    pub pt: u8,
     /// First CSRC, if any.
     pub csrc: Option<u32>,
     /// RFC 6464 level from the extension (0 loudest .. 127), if present.
@@ -72,6 +79,9 @@ pub struct StreamLog {
     pub decoder: Option<ToneListener>,
     /// RFC 3550 statistics of the stream (kept also when `packets` is not).
     pub stats: StreamStats,
+    /// Lost packets whose frame was decoded from the next packet's RED
+    /// redundancy instead of being concealed.
+    pub recovered: u64,
 }
 
 impl StreamLog {
@@ -107,6 +117,40 @@ struct Uplink {
     next_frame: Instant,
     /// Whether to put the RFC 6464 extension on packets.
     audio_level: bool,
+    /// The V bit on every packet, whatever the level ([`ClientSpec::voice_activity`]).
+    voice_activity: Option<bool>,
+    /// The last frame sent (RTP timestamp, Opus payload): the redundant
+    /// block of the next one, when RED was negotiated.
+    previous: Option<(u32, Vec<u8>)>,
+}
+
+/// What a received packet gives the decoder: its Opus frame, and the frame
+/// before it when the packet was RED with redundancy.
+struct Payload<'a> {
+    opus: &'a [u8],
+    previous: Option<&'a [u8]>,
+}
+
+impl Uplink {
+    /// `opus` (the frame at RTP time `ts`) as an RFC 2198 RED payload with
+    /// the frame sent before it as the one redundant block, as Chromium
+    /// sends it (none when that is out of the 14-bit offset's reach).
+    fn wrap_red(&mut self, opus_pt: Pt, ts: u32, opus: Vec<u8>) -> Vec<u8> {
+        let redundant: Vec<RedundantBlock> = self
+            .previous
+            .take()
+            .map(|(at, payload)| RedundantBlock {
+                pt: *opus_pt,
+                timestamp_offset: ts.wrapping_sub(at),
+                payload,
+            })
+            .filter(RedundantBlock::fits)
+            .into_iter()
+            .collect();
+        let red = RedEncoder::encode(*opus_pt, &opus, &redundant);
+        self.previous = Some((ts, opus));
+        red
+    }
 }
 
 /// A simulated WebRTC client.
@@ -140,6 +184,8 @@ pub struct Client {
     raw_media: bool,
     /// Header extension ids of the session (from the answer).
     pub ext_ids: ExtIds,
+    /// The RED payload type, when the answer negotiated RED.
+    pub red_pt: Option<Pt>,
     /// RTP packets sent.
     pub packets_sent: u64,
     /// 20 ms frames encoded but not sent (DTX).
@@ -152,7 +198,8 @@ pub struct Client {
     pub latency: LatencyHistogram,
     /// Received packets without abs-capture-time.
     pub packets_without_capture_time: u64,
-    /// Datagrams that looked like RTP but did not parse (raw media mode).
+    /// Datagrams that looked like RTP but did not parse (raw media mode),
+    /// and RED payloads that did not parse.
     pub malformed_rtp: u64,
 }
 
@@ -177,6 +224,11 @@ pub struct ClientSpec {
     pub slots: usize,
     /// Put the RFC 6464 audio level extension on sent packets.
     pub audio_level: bool,
+    /// The extension's voice-activity (V) bit: `None` sets it from the
+    /// level, as a browser's VAD does (louder than -60 dBov); `Some(v)`
+    /// sends `v` on every packet, as stacks without a VAD do (aiortc, SIP
+    /// gateways: always 0).
+    pub voice_activity: Option<bool>,
     /// Decode received audio.
     pub decode: bool,
     /// When a speaker talks (while its amplitude is above 0).
@@ -185,6 +237,10 @@ pub struct ClientSpec {
     /// the RTP timestamp advances 20 ms per frame, sent or not, the
     /// sequence number only per packet sent.
     pub dtx: bool,
+    /// Offer RFC 2198 RED for Opus (`red/48000/2`, as Chromium does). When
+    /// the answer has it, a speaker sends every frame as RED with the frame
+    /// before it, and received RED fills a single lost packet.
+    pub red: bool,
     /// Maps the client's `Instant`s to wall-clock time: speakers stamp every
     /// packet with `abs-capture-time` (the time it is handed to str0m), and
     /// listeners measure one-way latency from it. Give every client of a
@@ -208,9 +264,11 @@ impl Default for ClientSpec {
             amplitude: 0.5,
             slots: 3,
             audio_level: true,
+            voice_activity: None,
             decode: true,
             talk: TalkPattern::Continuous,
             dtx: false,
+            red: false,
             capture_clock: None,
             log_packets: true,
             raw_media: false,
@@ -246,7 +304,7 @@ impl Client {
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, spec.red)
             .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
             .set_dtls_cert(cert.clone())
             .build(now);
@@ -274,6 +332,8 @@ impl Client {
                 ts: 0,
                 next_frame: now,
                 audio_level: spec.audio_level,
+                voice_activity: spec.voice_activity,
+                previous: None,
             }
         });
         let client = Client {
@@ -294,6 +354,7 @@ impl Client {
             log_packets: spec.log_packets,
             raw_media: spec.raw_media && !spec.decode,
             ext_ids: ExtIds::default(),
+            red_pt: None,
             packets_sent: 0,
             frames_suppressed: 0,
             frames_talked: 0,
@@ -325,6 +386,13 @@ impl Client {
             .accept_answer(pending, answer)
             .map_err(|e| format!("answer not accepted: {e}"))?;
         self.ext_ids = ExtIds::from_sdp(sdp);
+        // str0m folds a negotiated RED onto the Opus parameters.
+        self.red_pt = self
+            .rtc
+            .codec_config()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| p.red());
         if let Some(up) = &mut self.uplink {
             let remote = self
                 .rtc
@@ -410,7 +478,7 @@ impl Client {
             let mut ext = if up.audio_level {
                 ExtensionValues {
                     audio_level: Some(-(frame.level as i8)),
-                    voice_activity: Some(frame.voiced),
+                    voice_activity: Some(up.voice_activity.unwrap_or(frame.voiced)),
                     ..Default::default()
                 }
             } else {
@@ -418,6 +486,10 @@ impl Client {
             };
             let (seq, mid) = (up.seq, up.mid);
             up.seq += 1;
+            let (pt, payload) = match self.red_pt {
+                Some(red_pt) => (red_pt, up.wrap_red(pt, ts, frame.payload)),
+                None => (pt, frame.payload),
+            };
             ext.abs_capture_time = self.wall_time(now).map(|capture_time| AbsCaptureTime {
                 capture_time,
                 clock_offset: None,
@@ -425,7 +497,7 @@ impl Client {
             let mut api = self.rtc.direct_api();
             if let Some(stream) = api.stream_tx_by_mid(mid, None) {
                 stream.write_rtp(
-                    RtpWrite::new(pt, seq.into(), ts, wallclock, frame.payload)
+                    RtpWrite::new(pt, seq.into(), ts, wallclock, payload)
                         .marker(marker)
                         .ext_vals(ext),
                 );
@@ -486,6 +558,7 @@ impl Client {
                         seq: extend_seq(highest, h.seq),
                         ts: h.ts,
                         marker: h.marker,
+                        pt: h.pt,
                         csrc: h.csrc,
                         level: h.audio_level.map(|(l, _)| l),
                         tone: None,
@@ -511,7 +584,7 @@ impl Client {
         ssrc: u32,
         mut r: Received,
         capture: Option<SystemTime>,
-        payload: Option<&[u8]>,
+        payload: Option<Payload<'_>>,
     ) {
         r.latency = capture.and_then(|c| self.wall_time(r.at)?.duration_since(c).ok());
         match (capture, r.latency) {
@@ -527,6 +600,7 @@ impl Client {
             packets: Vec::new(),
             decoder: decode.then(|| ToneListener::new(tones)),
             stats: StreamStats::default(),
+            recovered: 0,
         });
         let last = (log.stats.received > 0).then_some(log.stats.highest_seq);
         log.stats.on_packet(
@@ -537,14 +611,23 @@ impl Client {
         );
         if let (Some(d), Some(payload)) = (log.decoder.as_mut(), payload) {
             // Conceal a gap as a browser's jitter buffer would, so the
-            // decoder state stays honest across losses.
+            // decoder state stays honest across losses; the frame just
+            // before this packet's comes from its RED redundancy if it has
+            // some.
             if let Some(last) = last {
                 let gap = r.seq.saturating_sub(last + 1).min(10) as usize;
-                if gap > 0 {
-                    d.conceal(gap);
+                match payload.previous {
+                    Some(previous) if gap > 0 => {
+                        d.conceal(gap - 1);
+                        if d.decode(previous).is_ok() {
+                            log.recovered += 1;
+                        }
+                    }
+                    _ if gap > 0 => d.conceal(gap),
+                    _ => {}
                 }
             }
-            r.tone = d.decode(payload).ok().flatten();
+            r.tone = d.decode(payload.opus).ok().flatten();
         }
         if self.log_packets {
             log.packets.push(r);
@@ -593,6 +676,7 @@ impl Client {
                     seq: *p.seq_no,
                     ts: p.header.timestamp,
                     marker: p.header.marker,
+                    pt: *p.header.payload_type,
                     csrc: (p.header.csrc_count > 0).then_some(p.header.csrc[0]),
                     level: p
                         .header
@@ -604,7 +688,27 @@ impl Client {
                     latency: None,
                 };
                 let capture = p.header.ext_vals.abs_capture_time.map(|a| a.capture_time);
-                self.record(*p.header.ssrc, received, capture, Some(&p.payload));
+                if Some(p.header.payload_type) != self.red_pt {
+                    let payload = Payload {
+                        opus: &p.payload,
+                        previous: None,
+                    };
+                    self.record(*p.header.ssrc, received, capture, Some(payload));
+                    return;
+                }
+                // RED: the primary is this packet's frame; the newest
+                // redundant block is the frame before it.
+                let blocks = RedDecoder::decode(&p.payload).unwrap_or_default();
+                let Some((primary, redundant)) = blocks.split_last().filter(|(b, _)| b.is_primary)
+                else {
+                    self.malformed_rtp += 1;
+                    return;
+                };
+                let payload = Payload {
+                    opus: primary.payload,
+                    previous: redundant.last().map(|b| b.payload),
+                };
+                self.record(*p.header.ssrc, received, capture, Some(payload));
             }
             _ => {}
         }

@@ -109,6 +109,7 @@ impl Engine {
                     vad,
                     // One copy per frame and node: str0m wants `Arc<[u8]>`.
                     payload: Arc::from(&payload[..]),
+                    red: None,
                     capture: None,
                 };
                 self.route(k, &frame, now, Some(link));

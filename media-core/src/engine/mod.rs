@@ -21,6 +21,7 @@ use crate::frame::{level_from_ext, VoiceFrame};
 use crate::level::OpusLevelMeter;
 use crate::ntp::NtpClock;
 use crate::peer::{Peer, PeerSetup};
+use crate::red::RedPayload;
 use crate::rng::Rng;
 use crate::slab::Slab;
 use crate::stats::EngineStats;
@@ -597,10 +598,30 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        if Some(p.header.payload_type) != peer.uplink_pt {
+        let Some(opus_pt) = peer.uplink_pt else {
             self.fx.stats.dropped_wrong_codec += 1;
             return;
-        }
+        };
+        // Plain Opus, or RED around it (where negotiated): then the Opus
+        // primary is what is measured, selected and relayed, and the RED
+        // goes whole to the listeners that take it (`red.rs`).
+        let pt = p.header.payload_type;
+        let (payload, red) = if pt == opus_pt {
+            (p.payload, None)
+        } else if Some(pt) == peer.uplink_red_pt {
+            let Some((primary, all_opus)) = crate::red::opus_primary(&p.payload, *opus_pt) else {
+                self.fx.stats.dropped_wrong_codec += 1;
+                return;
+            };
+            let red = all_opus.then(|| RedPayload {
+                payload: p.payload.clone(),
+                opus_pt: *opus_pt,
+            });
+            (Arc::from(primary), red)
+        } else {
+            self.fx.stats.dropped_wrong_codec += 1;
+            return;
+        };
         if !peer.may_speak() {
             self.fx.stats.dropped_not_allowed += 1;
             return;
@@ -617,7 +638,7 @@ impl Engine {
                         Err(_) => return,
                     },
                 };
-                match meter.measure(&p.payload) {
+                match meter.measure(&payload) {
                     Some(l) => l,
                     None => {
                         self.fx.stats.level_decode_errors += 1;
@@ -632,7 +653,8 @@ impl Engine {
             rtp_ts: p.header.timestamp,
             level,
             vad: p.header.ext_vals.voice_activity,
-            payload: p.payload,
+            payload,
+            red,
             capture: p.header.ext_vals.abs_capture_time,
         };
         let ch = peer.channel;

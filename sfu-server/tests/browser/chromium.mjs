@@ -1,6 +1,8 @@
 // What the browser tests share: the Chromium flags, the refusal to run where
-// packets could leave loopback, polling with a deadline, and the WebRTC
-// state of a page's client.
+// packets could leave loopback, polling with a deadline, the WebRTC state of
+// a page's client, and a run of checks over pages of one or more browsers
+// (Chromium through Playwright; Firefox through firefox.mjs, whose pages
+// answer the same calls).
 import { networkInterfaces } from "node:os";
 
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -25,16 +27,20 @@ export const ARGS = [
   "--allow-loopback-in-peer-connection",
 ];
 
-/** Exits unless the only network interfaces are loopback ones. */
+/** Exits unless every network address is a loopback one (127.0.0.0/8). */
 export function refuseForeignInterfaces(script) {
-  // Chromium gathers ICE candidates on every interface it can see; test
-  // packets must stay on loopback.
+  // Browsers gather ICE candidates on every interface they can see; test
+  // packets must stay on loopback. Interfaces other than `lo` may exist when
+  // they carry 127.0.0.0/8 addresses only (the veth pair that gives Firefox
+  // a default route inside the test's namespace).
   const foreign = Object.entries(networkInterfaces()).flatMap(([name, addrs]) =>
-    addrs.filter((a) => !a.internal).map((a) => `${name} ${a.address}`),
+    addrs
+      .filter((a) => !a.internal && !(a.family === "IPv4" && a.address.startsWith("127.")))
+      .map((a) => `${name} ${a.address}`),
   );
   if (foreign.length > 0) {
-    console.error(`browser: refusing to run with non-loopback interfaces (${foreign.join(", ")});`);
-    console.error(`browser: use ${script}, which runs this in a namespace with only lo`);
+    console.error(`browser: refusing to run with non-loopback addresses (${foreign.join(", ")});`);
+    console.error(`browser: use ${script}, which runs this in a namespace with loopback addresses only`);
     process.exit(2);
   }
 }
@@ -110,27 +116,32 @@ export async function mediaState(page) {
 }
 
 /**
- * One test run: a Chromium, its pages, named checks with their results, a
- * diagnosis of every page when a check fails, and a clean stop on
- * SIGINT/SIGTERM (Playwright's own handlers would close the browser but
- * leave this process running into failing checks).
+ * One test run: its browsers (the first is Chromium), their pages, named
+ * checks with their results, a diagnosis of every page when a check fails,
+ * and a clean stop on SIGINT/SIGTERM (Playwright's own handlers would close
+ * the browser but leave this process running into failing checks).
  */
 export class BrowserRun {
   constructor({ verbose = process.env.VERBOSE === "1" } = {}) {
     this.t0 = Date.now();
     this.verbose = verbose;
     this.results = [];
-    this.pages = []; // {page, name, logs, errors, peer}
+    this.pages = []; // {page, name, browser, logs, errors, peer}
     this.browser = null;
+    this.browsers = [];
     this.interrupted = false;
     for (const sig of ["SIGINT", "SIGTERM"]) {
       process.on(sig, async () => {
         this.interrupted = true;
         console.log(`browser: interrupted (${sig})`);
-        await this.browser?.close().catch(() => {});
+        await this.closeBrowsers();
         process.exit(130);
       });
     }
+  }
+
+  async closeBrowsers() {
+    await Promise.all(this.browsers.map((b) => b.close().catch(() => {})));
   }
 
   log(...a) {
@@ -146,14 +157,24 @@ export class BrowserRun {
       handleSIGINT: false,
       handleSIGTERM: false,
     });
+    this.browsers.push(this.browser);
     return this.browser;
   }
 
-  /** A page in a context of its own (separate storage, like separate people). */
-  async openPage(name, contextOptions = {}) {
-    const context = await this.browser.newContext(contextOptions);
+  /** Adds a browser started elsewhere (firefox.mjs); closed with the run. */
+  adopt(browser) {
+    this.browsers.push(browser);
+    return browser;
+  }
+
+  /**
+   * A page in a context of its own (separate storage, like separate people),
+   * in `browser` (default: the Chromium of `launch`).
+   */
+  async openPage(name, contextOptions = {}, browser = this.browser) {
+    const context = await browser.newContext(contextOptions);
     const page = await context.newPage();
-    const p = { page, name, logs: [], errors: [], peer: null };
+    const p = { page, name, browser: browser.kind ?? "chromium", logs: [], errors: [], peer: null };
     page.on("console", (m) => {
       const line = `${p.name} console.${m.type()}: ${m.text()}`;
       p.logs.push(line);
@@ -209,7 +230,7 @@ export class BrowserRun {
 
   /** Closes the browser, prints the tally and exits (0: all passed). */
   async finish() {
-    await this.browser?.close().catch(() => {});
+    await this.closeBrowsers();
     const passed = this.results.filter((r) => r.ok).length;
     const failed = this.results.length - passed;
     console.log(`browser: ${passed} passed, ${failed} failed`);

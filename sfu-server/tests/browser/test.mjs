@@ -1,33 +1,45 @@
-// Real-browser test of the demo page (sfu-server/web/index.html) and the
-// client module (sfu-client.js) against a running sfu-server.
+// Real-browser test of the demo page (sfu-server/web/index.html), the
+// client module (sfu-client.js) and WHIP/WHEP against a running sfu-server,
+// in two independent WebRTC stacks: Chromium and Firefox pages join the same
+// channel and hear each other, then a page of each publishes over WHIP and
+// a page of each listens over WHEP.
 //
 // Run by scripts/browser-test.sh, which starts the server and this test in a
-// network namespace that has only `lo` (test packets stay on loopback).
-// Environment:
-//   SFU_URL      the server's HTTP base (default http://127.0.0.1:18080)
-//   CHROMIUM     the browser binary (default /usr/bin/chromium; never downloaded)
-//   SCREENSHOT   where to save a screenshot (default <repo>/target/browser-test.png)
-//   PAGES        how many browser pages join (default 3)
-//   DEADLINE_MS  per-check deadline (default 30000)
-//   VERBOSE=1    echo the pages' console as it happens
+// network namespace with loopback addresses only (test packets stay on
+// 127.0.0.0/8). Environment:
+//   SFU_URL        the server's HTTP base (default http://127.0.0.1:18080)
+//   CHROMIUM       the Chromium binary (default /usr/bin/chromium; never downloaded)
+//   FIREFOX        the Firefox binary (default /usr/bin/firefox-esr; never downloaded)
+//   SCREENSHOT     where to save a screenshot (default <repo>/target/browser-test.png)
+//   PAGES          how many Chromium pages join the demo page (default 3)
+//   FIREFOX_PAGES  how many Firefox pages join it (default 2; 0: Chromium only)
+//   DEADLINE_MS    per-check deadline (default 30000)
+//   VERBOSE=1      echo the pages' console as it happens
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { audioArrives, BrowserRun, joinDemoPage, mediaConnected, refuseForeignInterfaces, until } from "./chromium.mjs";
+import { launchFirefox } from "./firefox.mjs";
+import { answerCodecs, heardSources, payloadSizes, whepListen, whipPublish } from "./whip-whep.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.SFU_URL ?? "http://127.0.0.1:18080";
 const SCREENSHOT = process.env.SCREENSHOT ?? resolve(here, "../../../target/browser-test.png");
-const PAGES = Number(process.env.PAGES ?? 3);
+const CHROMIUM_PAGES = Number(process.env.PAGES ?? 3);
+const FIREFOX_PAGES = Number(process.env.FIREFOX_PAGES ?? 2);
+const PAGES = CHROMIUM_PAGES + FIREFOX_PAGES;
 const CHANNEL = `browser-test-${process.pid}`;
+const WHIP_CHANNEL = `whip-test-${process.pid}`;
+const WHEP_SLOTS = 3;
 
 refuseForeignInterfaces("scripts/browser-test.sh");
 
 const run = new BrowserRun();
 const log = run.log.bind(run);
 const check = run.check.bind(run);
-const pages = run.pages;
+// The pages on the demo page (run.pages also has the WHIP/WHEP ones).
+const pages = [];
 
 /** In-page: the member list as rendered (peer ids from data-peer). */
 function renderedPeers(page) {
@@ -36,11 +48,13 @@ function renderedPeers(page) {
 
 try {
   const browser = await run.launch(chromium);
-  log(`chromium ${browser.version()}; ${PAGES} pages join channel ${CHANNEL} at ${BASE}`);
+  const firefox = FIREFOX_PAGES > 0 ? run.adopt(await launchFirefox()) : null;
+  log(`chromium ${browser.version()}${firefox ? `, ${firefox.version()}` : ""}`);
+  log(`${CHROMIUM_PAGES} Chromium and ${FIREFOX_PAGES} Firefox pages join channel ${CHANNEL} at ${BASE}`);
 
-  await check(`join: ${PAGES} pages join ${CHANNEL}`, async () => {
+  await check(`join: ${PAGES} pages (${CHROMIUM_PAGES} Chromium, ${FIREFOX_PAGES} Firefox) join ${CHANNEL}`, async () => {
     for (let i = 0; i < PAGES; i++) {
-      const p = await run.openPage(`page${i}`);
+      const p = i < CHROMIUM_PAGES ? await run.openPage(`page${i}`) : await run.openPage(`firefox${i - CHROMIUM_PAGES}`, {}, firefox);
       // Record whether the page ever shows someone speaking: the fake beep is
       // short, so a poll could fall between two beeps.
       await p.page.addInitScript(() => {
@@ -53,6 +67,7 @@ try {
         }).observe(document, { subtree: true, attributes: true, attributeFilter: ["class"], childList: true });
       });
       await joinDemoPage(p, { base: BASE, channel: CHANNEL, identity: `user-${i}` });
+      pages.push(p);
       log(`${p.name} joined as peer ${p.peer}`);
     }
     await Promise.all(
@@ -90,6 +105,56 @@ try {
     );
   });
 
+  if (firefox) {
+    const publishers = [];
+    const listeners = [];
+    await check(
+      `WHIP/WHEP: a Chromium and a Firefox page publish to ${WHIP_CHANNEL}; a page of each listens with ${WHEP_SLOTS} slots`,
+      async () => {
+        for (const [name, b] of [["whip-chromium", browser], ["whip-firefox", firefox]]) {
+          const p = await run.openPage(name, {}, b);
+          await p.page.goto(BASE + "/");
+          log(`${name} published: ${await whipPublish(p, `${BASE}/whip/${WHIP_CHANNEL}`)}`);
+          publishers.push(p);
+        }
+        for (const [name, b] of [["whep-chromium", browser], ["whep-firefox", firefox]]) {
+          const p = await run.openPage(name, {}, b);
+          await p.page.goto(BASE + "/");
+          log(`${name} listens: ${await whepListen(p, `${BASE}/whep/${WHIP_CHANNEL}`, WHEP_SLOTS)}`);
+          listeners.push(p);
+        }
+        await Promise.all([...publishers, ...listeners].map((p) => mediaConnected(p)));
+      },
+    );
+
+    await check("WHIP/WHEP: each WHEP page receives audio from both publishers (two voices, energy > 0)", async () => {
+      if (listeners.length !== 2) throw new Error("the WHEP pages did not connect");
+      await Promise.all(
+        listeners.map(async (p) => {
+          const s = await audioArrives(p);
+          const voices = await until(`${p.name} hears both publishers`, async () => {
+            const heard = await heardSources(p);
+            return heard.length >= 2 ? heard : { notYet: true, heard };
+          });
+          log(`${p.name}: ${s.packetsReceived} packets on mid ${s.mid}, voices ${voices.join(", ")}`);
+          if (voices.length !== 2) throw new Error(`${p.name} heard ${voices.length} voices, only 2 publish`);
+        }),
+      );
+    });
+
+    await check("RED: Chromium's pages negotiated RED, Firefox's plain Opus, and heard each other above", async () => {
+      // Chromium offers RED and the server takes it: the Chromium publisher
+      // sends RED, which reaches whep-chromium whole and whep-firefox as
+      // plain Opus (both heard both voices in the check before).
+      const want = { "whip-chromium": "opus,red", "whep-chromium": "opus,red", "whip-firefox": "opus", "whep-firefox": "opus" };
+      for (const p of [...publishers, ...listeners]) {
+        const codecs = (await answerCodecs(p)).filter((c) => c !== "telephone-event").join(",");
+        if (codecs !== want[p.name]) throw new Error(`${p.name}: the answer has ${codecs}, want ${want[p.name]}`);
+      }
+      for (const p of listeners) log(`${p.name}: payload bytes per packet of its streams: ${(await payloadSizes(p)).join(", ")}`);
+    });
+  }
+
   await check("send path: the server sealed every page's audio itself (direct SRTP, no str0m fallback)", async () => {
     const text = await (await fetch(BASE + "/metrics")).text();
     const value = (path) => {
@@ -99,7 +164,8 @@ try {
     };
     const [direct, str0m] = [value("direct"), value("str0m")];
     log(`send path: direct ${direct}, str0m ${str0m}`);
-    if (direct < PAGES || str0m !== 0) throw new Error(`direct ${direct}, str0m ${str0m}; want ${PAGES} and 0`);
+    const want = run.pages.length;
+    if (direct < want || str0m !== 0) throw new Error(`direct ${direct}, str0m ${str0m}; want ${want} and 0`);
   });
 
   await check("speakers: the fake mics' beeps highlight speaking members", async () => {
@@ -138,7 +204,7 @@ try {
   });
 
   await check("client: no uncaught errors in the pages", async () => {
-    const errors = pages.flatMap((p) => p.errors.map((e) => `${p.name}: ${e}`));
+    const errors = run.pages.flatMap((p) => p.errors.map((e) => `${p.name}: ${e}`));
     if (errors.length) throw new Error(errors.join("; "));
   });
 } catch (e) {
