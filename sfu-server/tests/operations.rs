@@ -80,6 +80,7 @@ async fn moderator_mutes_a_speaker() {
                 can_subscribe: true,
                 can_moderate: moderate,
                 exp: unix_now() + 600,
+                jti: None,
             },
         )
     };
