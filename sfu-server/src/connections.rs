@@ -84,7 +84,7 @@ pub async fn serve<L>(
             }
             continue;
         };
-        let io = TokioIo::new(Held { io, _slot: slot });
+        let io = TokioIo::new(Held { _slot: slot, io });
         let app = app.clone();
         // Whether a request came: a connection that times out before its
         // first one is a refusal; an idle keep-alive one is not.
@@ -141,8 +141,10 @@ async fn refuse<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io) {
 /// A connection and its slot: the slot is free again when the connection
 /// is dropped, which for a WebSocket is when the socket closes.
 struct Held<Io> {
-    io: Io,
+    // Dropped first (fields drop in order): the slot is free by the time
+    // the client sees the connection close.
     _slot: OwnedSemaphorePermit,
+    io: Io,
 }
 
 impl<Io: AsyncRead + Unpin> AsyncRead for Held<Io> {

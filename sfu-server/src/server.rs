@@ -26,8 +26,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the HTTP listener and the media socket and starts serving.
+    /// Binds the HTTP listener and the media socket and starts serving. A
+    /// configuration [`Config::validate`] refuses is refused here too
+    /// (`InvalidInput`), so that no embedder runs with a weak secret.
     pub async fn start(config: Config) -> io::Result<Server> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let engine_config = EngineConfig {
             slots_per_listener: config.slots,
             seed: unix_now() ^ u64::from(std::process::id()) << 32,

@@ -29,6 +29,8 @@ use crate::worker::{JoinError, JoinRequest, Worker};
 const CLOSE_POLICY: u16 = 1008;
 /// WebSocket close code: a message too big to process.
 const CLOSE_TOO_BIG: u16 = 1009;
+/// How long a session the server closes waits for the client's close.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// `GET /ws`.
 pub async fn upgrade(
@@ -196,6 +198,7 @@ impl Session {
             reason: code.into(),
         };
         let _ = socket.send(Message::Close(Some(frame))).await;
+        linger(socket).await;
     }
 
     async fn leave(&mut self) {
@@ -438,6 +441,37 @@ async fn until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// After the server's close frame: waits (at most [`LINGER`]) for the
+/// client to answer it and close, so that the socket is not closed with
+/// unread data in it, which resets the connection and discards the error
+/// and close frame if the client did not read them yet. After an
+/// oversized frame the rest of it is unread and the stream reads nothing
+/// more: then the wait runs out.
+async fn linger(socket: &mut WebSocket) {
+    let deadline = Instant::now() + LINGER;
+    let mut errors = 0;
+    let _ = tokio::time::timeout_at(deadline, async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Close(_))) => return,
+                // The stream gave up (as it does after an oversized frame)
+                // or keeps failing: only time lets the client read.
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+                Some(Err(_)) if errors >= 3 => {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+                Some(Err(_)) => errors += 1,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether a read failed because a frame or message was over the limit.

@@ -12,7 +12,7 @@ use testkit::client::ClientSpec;
 use testkit::udp::UdpPeer;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "test-secret-of-some-length";
+const SECRET: &str = "test-secret-of-some-length-test-secret";
 
 fn token(channel: &str, publish: bool, subscribe: bool, exp_in: i64) -> String {
     let grants = Grants {
@@ -176,8 +176,7 @@ async fn websocket_garbage_gets_errors_and_the_socket_stays_usable() {
     }
     ws.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
     assert_eq!(ws.recv().await["code"], "bad_request");
-    ws.send_raw(Message::Text("x".repeat(70_000).into())).await;
-    assert_eq!(ws.recv().await["code"], "too_large");
+    // (A message over the size limit ends the session: tests/limits.rs.)
 
     // Joins: no token, wrong channel, bad offer.
     let (_p, offer) = UdpPeer::new("x", &ClientSpec::speaker(0)).unwrap();
