@@ -336,7 +336,13 @@ impl Config {
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
-    /// `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`) ← command-line overrides.
+    /// `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
+    /// origin rules: `SFU_MAX_MEMBERS_PER_CHANNEL`, `SFU_MAX_CHANNELS`,
+    /// `SFU_JOINS_PER_TOKEN_PER_MINUTE`, `SFU_JOINS_PER_IP_PER_MINUTE`,
+    /// `SFU_MAX_HTTP_CONNECTIONS`, `SFU_MAX_WS_CONNECTIONS`,
+    /// `SFU_HTTP_HEADER_TIMEOUT_SECS`, `SFU_WS_JOIN_TIMEOUT_SECS`,
+    /// `SFU_WS_MAX_MESSAGE_BYTES`, `SFU_ALLOWED_ORIGINS` (comma separated),
+    /// `SFU_DEV_MODERATION`) ← command-line overrides.
     ///
     /// `env` looks a variable up (`|k| std::env::var(k).ok()` in the binary).
     /// Does not [`validate`](Config::validate).
@@ -529,7 +535,9 @@ impl Config {
     /// Refuses configurations that would be unsafe or cannot work: HTTP or
     /// UDP bound beyond loopback without `auth_secret` unless `insecure`;
     /// `turn_urls` without `turn_secret`; `slots` 0 or more than
-    /// [`MAX_SLOTS`]; an empty `auth_secret` or `turn_secret`; STUN/TURN URLs
+    /// [`MAX_SLOTS`]; an empty `auth_secret` or `turn_secret`; any secret
+    /// shorter than [`MIN_SECRET_BYTES`]; a limit of 0; an allowed origin
+    /// that is not an origin; STUN/TURN URLs
     /// with the wrong scheme or characters that cannot go into a header;
     /// `turn_ttl_secs` or `max_body_bytes` of 0; a `log` directive that does
     /// not parse.

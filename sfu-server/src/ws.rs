@@ -247,23 +247,16 @@ impl Session {
         }
     }
 
-    /// Refusals every `authorize` and `join` checks first.
-    fn may_ask(&self, req: &'static str) -> Result<(), ServerMsg> {
+    /// What every `authorize` and `join` is refused for first, as code and
+    /// message.
+    fn refused_before_ask(&self) -> Option<(&'static str, &'static str)> {
         if self.membership.is_some() {
-            return Err(ServerMsg::error(
-                "already_joined",
-                "leave first to join another channel",
-                Some(req),
-            ));
+            return Some(("already_joined", "leave first to join another channel"));
         }
         if self.state.is_draining() {
-            return Err(ServerMsg::error(
-                "shutting_down",
-                "the server is shutting down",
-                Some(req),
-            ));
+            return Some(("shutting_down", "the server is shutting down"));
         }
-        Ok(())
+        None
     }
 
     /// `ask` as the admission checks take it.
@@ -279,8 +272,8 @@ impl Session {
 
     fn authorize(&mut self, ask: Ask) -> ServerMsg {
         let req = "authorize";
-        if let Err(refused) = self.may_ask(req) {
-            return refused;
+        if let Some((code, message)) = self.refused_before_ask() {
+            return ServerMsg::error(code, message, Some(req));
         }
         let grants = match self.state.admit(&self.join_ask(&ask)) {
             Ok(g) => g,
@@ -302,8 +295,8 @@ impl Session {
 
     async fn join(&mut self, ask: Ask, offer: String) -> ServerMsg {
         let req = "join";
-        if let Err(refused) = self.may_ask(req) {
-            return refused;
+        if let Some((code, message)) = self.refused_before_ask() {
+            return ServerMsg::error(code, message, Some(req));
         }
         // A join after an `authorize` for the same channel (and role) uses
         // that token and was counted then.
