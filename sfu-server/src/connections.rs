@@ -8,7 +8,7 @@
 //!   head within `http_header_timeout_secs` (slowloris), or an idle
 //!   keep-alive connection that sends no next request within it, is closed
 //!   (counted as a refusal when the connection never sent a request);
-//! - request heads of at most [`MAX_HEAD_BYTES`].
+//! - request heads of at most [`MAX_HEAD_BYTES`] (past it: `431`, closed).
 //!
 //! The handlers get the client's address as axum's `ConnectInfo`.
 
@@ -68,7 +68,7 @@ pub async fn serve<L>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES);
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,
