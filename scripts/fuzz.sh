@@ -11,7 +11,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz --version "^0.13"
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(sdp_offer datagrams relay_wire)
+[ ${#targets[@]} -gt 0 ] || targets=(sdp_offer datagrams relay_wire ws_message jwt whip_request)
 cd fuzz
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s"

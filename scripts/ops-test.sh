@@ -158,7 +158,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 SPKI=$(openssl x509 -in "$OUT/tls-cert.pem" -pubkey -noout | openssl pkey -pubin -outform der |
   openssl dgst -sha256 -binary | base64)
 
-TURN_SECRET=$(head -c 24 /dev/urandom | base64)
+TURN_SECRET=$(head -c 32 /dev/urandom | base64)
 # Loopback only; relays between loopback addresses (coturn refuses loopback
 # peers by default); REST API credentials; no TLS/DTLS listeners, no CLI.
 $SUDO ip netns exec "$NS" turnserver -n --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
@@ -175,6 +175,8 @@ udp = "127.0.0.1:0"
 tls_cert = "$OUT/tls-cert.pem"
 tls_key = "$OUT/tls-key.pem"
 turn_urls = ["turn:127.0.0.1:13478?transport=udp"]
+# Development mode admits pages of loopback origins only; this one is named.
+allowed_origins = ["https://sfu.test:18443"]
 EOF
 [ "$(SFU_TURN_SECRET=$TURN_SECRET "$SERVER" --check-config "$OUT/sfu-tls.toml")" = "ok" ]
 $SUDO ip netns exec "$NS" env SFU_TURN_SECRET="$TURN_SECRET" "$SERVER" --config "$OUT/sfu-tls.toml" \

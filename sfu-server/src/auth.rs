@@ -29,8 +29,14 @@ pub struct Grants {
     /// May server-mute others and change their role.
     #[serde(default)]
     pub can_moderate: bool,
-    /// Expiry, seconds since the Unix epoch.
+    /// Expiry, seconds since the Unix epoch. A member is removed when it
+    /// passes, not only refused at the join.
     pub exp: u64,
+    /// Token id (`jti`, optional): tokens with the same id share one join
+    /// allowance (`joins_per_token_per_minute`); without one the token
+    /// itself is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Grants {
@@ -39,16 +45,18 @@ impl Grants {
         self.channel == "*" || self.channel == channel
     }
 
-    /// All grants for `identity` on any channel, never expiring (development
-    /// mode).
-    pub fn dev(identity: &str) -> Grants {
+    /// Development mode's grants for `identity`: any channel, speak and
+    /// listen, never expiring; moderation only when `can_moderate` (off by
+    /// default: every loopback client would otherwise moderate everyone).
+    pub fn dev(identity: &str, can_moderate: bool) -> Grants {
         Grants {
             sub: identity.to_owned(),
             channel: "*".to_owned(),
             can_publish: true,
             can_subscribe: true,
-            can_moderate: true,
+            can_moderate,
             exp: u64::MAX,
+            jti: None,
         }
     }
 }
@@ -133,8 +141,9 @@ struct Header {
 /// The token must be at most [`MAX_TOKEN_LEN`] bytes of exactly three
 /// base64url (no padding) parts; the header's `alg` must be `HS256` (`none`
 /// and everything else are refused); the signature is checked in constant
-/// time; `exp` must be later than `now_unix`; `sub` and `channel` must not be
-/// empty. Channel and grant checks are left to the caller
+/// time; `exp` must be later than `now_unix`; `sub` and `channel` must be
+/// well-formed names ([`crate::names`]: not empty, not too long, no control
+/// characters). Channel and grant checks are left to the caller
 /// ([`Grants::admits`]).
 pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Grants, AuthError> {
     if token.is_empty() {
@@ -176,11 +185,18 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Grants, AuthE
 
     let grants: Grants = serde_json::from_slice(&claims)
         .map_err(|_| AuthError::Malformed("claims are not JSON with sub, channel and exp"))?;
-    if grants.sub.is_empty() {
-        return Err(AuthError::Malformed("empty sub"));
+    if crate::names::check_identity(&grants.sub).is_err() {
+        return Err(AuthError::Malformed(
+            "sub is not an identity (1 to 128 bytes, no control characters)",
+        ));
     }
-    if grants.channel.is_empty() {
-        return Err(AuthError::Malformed("empty channel"));
+    if crate::names::check_channel(&grants.channel).is_err() {
+        return Err(AuthError::Malformed(
+            "channel is not a channel name (1 to 128 bytes, no control characters)",
+        ));
+    }
+    if grants.jti.as_ref().is_some_and(|id| id.len() > 256) {
+        return Err(AuthError::Malformed("jti is longer than 256 bytes"));
     }
     if grants.exp <= now_unix {
         return Err(AuthError::Expired);
@@ -202,6 +218,7 @@ mod tests {
             can_subscribe: true,
             can_moderate: false,
             exp: 2_000_000_000,
+            jti: None,
         }
     }
 
@@ -250,6 +267,7 @@ mod tests {
                 can_subscribe: true,
                 can_moderate: false,
                 exp: NOW,
+                jti: None,
             }
         );
         assert!(g.admits("anything"));
@@ -312,6 +330,25 @@ mod tests {
     }
 
     #[test]
+    fn token_ids_are_kept() {
+        let claims = br#"{"sub":"a","channel":"c","exp":2000000000,"jti":"id-7"}"#;
+        let g = verify(b"k", &raw_token(b"k", br#"{"alg":"HS256"}"#, claims), NOW).unwrap();
+        assert_eq!(g.jti.as_deref(), Some("id-7"));
+        let long = format!(
+            r#"{{"sub":"a","channel":"c","exp":2000000000,"jti":"{}"}}"#,
+            "i".repeat(257)
+        );
+        assert!(matches!(
+            verify(
+                b"k",
+                &raw_token(b"k", br#"{"alg":"HS256"}"#, long.as_bytes()),
+                NOW
+            ),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn expiry() {
         let mut g = grants();
         g.exp = NOW;
@@ -354,6 +391,16 @@ mod tests {
             br#"{"sub":"","channel":"c","exp":2000000000}"#,
             br#"{"sub":"a","channel":"","exp":2000000000}"#,
             br#"{"sub":"a","channel":"c","exp":2000000000,"can_publish":"yes"}"#,
+            // Names that would forge log lines or are nobody's name.
+            br#"{"sub":"a\nfake: log line","channel":"c","exp":2000000000}"#,
+            br#"{"sub":"a","channel":"c\u001b[2J","exp":2000000000}"#,
+            br#"{"sub":"adm\u202enimda","channel":"c","exp":2000000000}"#,
+            &format!(
+                r#"{{"sub":"{}","channel":"c","exp":2000000000}}"#,
+                "x".repeat(129)
+            )
+            .into_bytes(),
+            br#"{"sub":"a","channel":"c","exp":2000000000,"jti":7}"#,
         ] {
             malformed(&raw_token(b"k", br#"{"alg":"HS256"}"#, claims));
         }
@@ -401,9 +448,10 @@ mod tests {
         assert!(g.admits("lobby"));
         assert!(!g.admits("other"));
         assert!(!g.admits("*"));
-        let dev = Grants::dev("bob");
-        assert!(dev.admits("anything") && dev.can_publish && dev.can_moderate);
+        let dev = Grants::dev("bob", false);
+        assert!(dev.admits("anything") && dev.can_publish && !dev.can_moderate);
         assert_eq!(dev.sub, "bob");
+        assert!(Grants::dev("bob", true).can_moderate);
 
         for e in [
             AuthError::Missing,

@@ -43,7 +43,9 @@ pub struct Config {
     /// The TURN server's shared secret (coturn `use-auth-secret` /
     /// `static-auth-secret`); required when `turn_urls` is not empty.
     pub turn_secret: Option<String>,
-    /// Lifetime of TURN credentials in seconds; default 86400.
+    /// Lifetime of TURN credentials in seconds; default 600. The TURN server
+    /// checks the expiry when an allocation is made, not for its life: the
+    /// credentials only need to outlive the connection set-up.
     pub turn_ttl_secs: u64,
     /// Graceful shutdown deadline in seconds; default 30.
     pub drain_timeout_secs: u64,
@@ -68,7 +70,42 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Log lines as human-readable text (default) or one JSON object each.
     pub log_format: LogFormat,
+    /// Members of one channel on this node at most; default 10000.
+    pub max_members_per_channel: usize,
+    /// Channels with members on this node at most; default 5000.
+    pub max_channels: usize,
+    /// Joins (and `authorize` requests) one token may make per minute; 0 is
+    /// no limit; default 10.
+    pub joins_per_token_per_minute: u32,
+    /// Joins (and `authorize` requests) one client address may attempt per
+    /// minute, refused ones included; 0 is no limit; default 60.
+    pub joins_per_ip_per_minute: u32,
+    /// TCP connections on the HTTP address at once (WebSockets included);
+    /// default 16384.
+    pub max_http_connections: usize,
+    /// WebSocket sessions at once; default 15000.
+    pub max_ws_connections: usize,
+    /// Seconds a client has to send a request's headers (and an idle
+    /// keep-alive connection waits for the next request); default 10.
+    pub http_header_timeout_secs: u64,
+    /// Seconds a WebSocket session may stay without being in a channel;
+    /// default 20.
+    pub ws_join_timeout_secs: u64,
+    /// Largest WebSocket message (and frame) a client may send, in bytes;
+    /// default 65536.
+    pub ws_max_message_bytes: usize,
+    /// Web origins (`https://app.example.org`) whose pages may use `/ws` and
+    /// WHIP/WHEP. Empty: any origin with a token, and in development mode
+    /// loopback origins only.
+    pub allowed_origins: Vec<String>,
+    /// Development mode only: give every client the moderation grant
+    /// (default false: nobody can moderate in development mode).
+    pub dev_moderation: bool,
 }
+
+/// Secrets shorter than this many bytes are refused: a shorter HMAC key is
+/// within reach of an offline guess from one token or one TURN credential.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// How log lines are written (to standard output).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
@@ -116,7 +153,7 @@ impl Default for Config {
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
             turn_secret: None,
-            turn_ttl_secs: 86_400,
+            turn_ttl_secs: 600,
             drain_timeout_secs: 30,
             role: NodeRole::Standalone,
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
@@ -127,6 +164,17 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             log_format: LogFormat::Text,
+            max_members_per_channel: 10_000,
+            max_channels: 5_000,
+            joins_per_token_per_minute: 10,
+            joins_per_ip_per_minute: 60,
+            max_http_connections: 16_384,
+            max_ws_connections: 15_000,
+            http_header_timeout_secs: 10,
+            ws_join_timeout_secs: 20,
+            ws_max_message_bytes: 65_536,
+            allowed_origins: Vec::new(),
+            dev_moderation: false,
         }
     }
 }
@@ -158,6 +206,20 @@ impl fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log_format", &self.log_format)
+            .field("max_members_per_channel", &self.max_members_per_channel)
+            .field("max_channels", &self.max_channels)
+            .field(
+                "joins_per_token_per_minute",
+                &self.joins_per_token_per_minute,
+            )
+            .field("joins_per_ip_per_minute", &self.joins_per_ip_per_minute)
+            .field("max_http_connections", &self.max_http_connections)
+            .field("max_ws_connections", &self.max_ws_connections)
+            .field("http_header_timeout_secs", &self.http_header_timeout_secs)
+            .field("ws_join_timeout_secs", &self.ws_join_timeout_secs)
+            .field("ws_max_message_bytes", &self.ws_max_message_bytes)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("dev_moderation", &self.dev_moderation)
             .finish()
     }
 }
@@ -274,7 +336,13 @@ impl Config {
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
-    /// `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`) ← command-line overrides.
+    /// `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
+    /// origin rules: `SFU_MAX_MEMBERS_PER_CHANNEL`, `SFU_MAX_CHANNELS`,
+    /// `SFU_JOINS_PER_TOKEN_PER_MINUTE`, `SFU_JOINS_PER_IP_PER_MINUTE`,
+    /// `SFU_MAX_HTTP_CONNECTIONS`, `SFU_MAX_WS_CONNECTIONS`,
+    /// `SFU_HTTP_HEADER_TIMEOUT_SECS`, `SFU_WS_JOIN_TIMEOUT_SECS`,
+    /// `SFU_WS_MAX_MESSAGE_BYTES`, `SFU_ALLOWED_ORIGINS` (comma separated),
+    /// `SFU_DEV_MODERATION`) ← command-line overrides.
     ///
     /// `env` looks a variable up (`|k| std::env::var(k).ok()` in the binary).
     /// Does not [`validate`](Config::validate).
@@ -377,6 +445,47 @@ impl Config {
                     reason,
                 })?;
         }
+        self.apply_limits_env(env)
+    }
+
+    /// Applies the `SFU_*` variables of the limits and the origin rules.
+    fn apply_limits_env(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = env("SFU_MAX_MEMBERS_PER_CHANNEL") {
+            self.max_members_per_channel = parse_env("SFU_MAX_MEMBERS_PER_CHANNEL", v)?;
+        }
+        if let Some(v) = env("SFU_MAX_CHANNELS") {
+            self.max_channels = parse_env("SFU_MAX_CHANNELS", v)?;
+        }
+        if let Some(v) = env("SFU_JOINS_PER_TOKEN_PER_MINUTE") {
+            self.joins_per_token_per_minute = parse_env("SFU_JOINS_PER_TOKEN_PER_MINUTE", v)?;
+        }
+        if let Some(v) = env("SFU_JOINS_PER_IP_PER_MINUTE") {
+            self.joins_per_ip_per_minute = parse_env("SFU_JOINS_PER_IP_PER_MINUTE", v)?;
+        }
+        if let Some(v) = env("SFU_MAX_HTTP_CONNECTIONS") {
+            self.max_http_connections = parse_env("SFU_MAX_HTTP_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("SFU_MAX_WS_CONNECTIONS") {
+            self.max_ws_connections = parse_env("SFU_MAX_WS_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("SFU_HTTP_HEADER_TIMEOUT_SECS") {
+            self.http_header_timeout_secs = parse_env("SFU_HTTP_HEADER_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = env("SFU_WS_JOIN_TIMEOUT_SECS") {
+            self.ws_join_timeout_secs = parse_env("SFU_WS_JOIN_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = env("SFU_WS_MAX_MESSAGE_BYTES") {
+            self.ws_max_message_bytes = parse_env("SFU_WS_MAX_MESSAGE_BYTES", v)?;
+        }
+        if let Some(v) = env("SFU_ALLOWED_ORIGINS") {
+            self.allowed_origins = split_list(&v);
+        }
+        if let Some(v) = env("SFU_DEV_MODERATION") {
+            self.dev_moderation = parse_bool("SFU_DEV_MODERATION", v)?;
+        }
         Ok(())
     }
 
@@ -426,7 +535,9 @@ impl Config {
     /// Refuses configurations that would be unsafe or cannot work: HTTP or
     /// UDP bound beyond loopback without `auth_secret` unless `insecure`;
     /// `turn_urls` without `turn_secret`; `slots` 0 or more than
-    /// [`MAX_SLOTS`]; an empty `auth_secret` or `turn_secret`; STUN/TURN URLs
+    /// [`MAX_SLOTS`]; an empty `auth_secret` or `turn_secret`; any secret
+    /// shorter than [`MIN_SECRET_BYTES`]; a limit of 0; an allowed origin
+    /// that is not an origin; STUN/TURN URLs
     /// with the wrong scheme or characters that cannot go into a header;
     /// `turn_ttl_secs` or `max_body_bytes` of 0; a `log` directive that does
     /// not parse.
@@ -453,6 +564,9 @@ impl Config {
                     .to_owned(),
             });
         }
+        check_secret("auth_secret", self.auth_secret.as_deref())?;
+        check_secret("turn_secret", self.turn_secret.as_deref())?;
+        check_secret("cluster_secret", self.cluster_secret.as_deref())?;
         if self.auth_secret.is_none() && !self.insecure {
             for (what, addr) in [("HTTP", self.http), ("UDP", self.udp)] {
                 if !addr.ip().to_canonical().is_loopback() {
@@ -489,6 +603,7 @@ impl Config {
                 reason: "must be at least 1".to_owned(),
             });
         }
+        self.validate_limits()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid {
                 field: if self.tls_cert.is_some() {
@@ -506,6 +621,49 @@ impl Config {
                 field: "log",
                 reason: format!("{:?} is not a valid tracing filter: {e}", self.log),
             });
+        }
+        Ok(())
+    }
+
+    /// Refuses limits of 0 (a limit that admits nobody is a mistake; rate
+    /// limits take 0 as "none") and allowed origins that are not origins.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            (
+                "max_members_per_channel",
+                self.max_members_per_channel as u64,
+            ),
+            ("max_channels", self.max_channels as u64),
+            ("max_http_connections", self.max_http_connections as u64),
+            ("max_ws_connections", self.max_ws_connections as u64),
+            ("http_header_timeout_secs", self.http_header_timeout_secs),
+            ("ws_join_timeout_secs", self.ws_join_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        // An offer with a few dozen m-lines is a few KiB; below 4 KiB even
+        // an ordinary join would not fit.
+        if self.ws_max_message_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                field: "ws_max_message_bytes",
+                reason: format!("{} is below 4096", self.ws_max_message_bytes),
+            });
+        }
+        for origin in &self.allowed_origins {
+            if !crate::origin::is_origin(origin) {
+                return Err(ConfigError::Invalid {
+                    field: "allowed_origins",
+                    reason: format!(
+                        "{origin:?} is not an origin: scheme://host[:port], without a path \
+                         (e.g. \"https://app.example.org\")"
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -544,6 +702,22 @@ fn parse_bool(name: &'static str, value: String) -> Result<bool, ConfigError> {
             value,
             reason: "expected one of 1, 0, true, false, yes, no, on, off".to_owned(),
         }),
+    }
+}
+
+/// Refuses a secret (when set) shorter than [`MIN_SECRET_BYTES`], saying how
+/// to make a good one.
+fn check_secret(field: &'static str, secret: Option<&str>) -> Result<(), ConfigError> {
+    match secret {
+        Some(s) if s.len() < MIN_SECRET_BYTES => Err(ConfigError::Invalid {
+            field,
+            reason: format!(
+                "it is {} bytes; it must be at least {MIN_SECRET_BYTES} bytes of random, \
+                 e.g. the output of `head -c 32 /dev/urandom | base64`",
+                s.len()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -589,6 +763,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A secret of the shortest length accepted.
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     fn no_env(_: &str) -> Option<String> {
         None
     }
@@ -618,7 +795,7 @@ mod tests {
         assert_eq!(config.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.udp, "127.0.0.1:0".parse().unwrap());
         assert_eq!(config.slots, 3);
-        assert_eq!(config.turn_ttl_secs, 86_400);
+        assert_eq!(config.turn_ttl_secs, 600);
         assert_eq!(config.drain_timeout_secs, 30);
         assert_eq!(config.max_body_bytes, 65_536);
         assert_eq!(config.log, "info,str0m=error");
@@ -630,19 +807,25 @@ mod tests {
             "ok.toml",
             r#"
 http = "127.0.0.1:9000"
-auth_secret = "s3cret"
+auth_secret = "s3cret-s3cret-s3cret-s3cret-s3cret"
 slots = 5
 stun_urls = ["stun:stun.example.org:3478"]
 turn_urls = ["turn:turn.example.org:3478?transport=udp"]
-turn_secret = "t"
+turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
 "#,
         );
         let config = Config::load(Some(&path), &no_env, &Overrides::default()).unwrap();
         assert_eq!(config.http, "127.0.0.1:9000".parse().unwrap());
-        assert_eq!(config.auth_secret.as_deref(), Some("s3cret"));
+        assert_eq!(
+            config.auth_secret.as_deref(),
+            Some("s3cret-s3cret-s3cret-s3cret-s3cret")
+        );
         assert_eq!(config.slots, 5);
         assert_eq!(config.stun_urls, ["stun:stun.example.org:3478"]);
-        assert_eq!(config.turn_secret.as_deref(), Some("t"));
+        assert_eq!(
+            config.turn_secret.as_deref(),
+            Some("t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t")
+        );
         // Untouched keys keep their defaults.
         assert_eq!(config.udp, Config::default().udp);
         assert_eq!(config.log, "info,str0m=error");
@@ -755,7 +938,7 @@ turn_secret = "t"
             .unwrap()
             .validate()
             .unwrap();
-        let env = env_of(&[("SFU_HTTP", "0.0.0.0:8080"), ("SFU_AUTH_SECRET", "x")]);
+        let env = env_of(&[("SFU_HTTP", "0.0.0.0:8080"), ("SFU_AUTH_SECRET", SECRET)]);
         Config::load(None, &env, &Overrides::default())
             .unwrap()
             .validate()
@@ -834,7 +1017,7 @@ turn_secret = "t"
         check(
             Config {
                 turn_urls: vec!["turn:t:3478>; rel=x".into()],
-                turn_secret: Some("s".into()),
+                turn_secret: Some(SECRET.into()),
                 ..Config::default()
             },
             "turn_urls",
@@ -846,6 +1029,132 @@ turn_secret = "t"
             },
             "log",
         );
+    }
+
+    /// Secrets an offline guess could find are refused with a way to make a
+    /// good one; 32 bytes pass.
+    #[test]
+    fn short_secrets_are_refused() {
+        let short = "a".repeat(MIN_SECRET_BYTES - 1);
+        for (field, config) in [
+            (
+                "auth_secret",
+                Config {
+                    auth_secret: Some(short.clone()),
+                    ..Config::default()
+                },
+            ),
+            (
+                "turn_secret",
+                Config {
+                    turn_secret: Some(short.clone()),
+                    turn_urls: vec!["turn:t:3478".into()],
+                    ..Config::default()
+                },
+            ),
+            (
+                "cluster_secret",
+                Config {
+                    cluster_secret: Some(short.clone()),
+                    role: NodeRole::Core,
+                    ..Config::default()
+                },
+            ),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { field: f, .. } if f == field),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("head -c 32 /dev/urandom | base64"), "{text}");
+            assert!(text.contains("31 bytes"), "{text}");
+        }
+        Config {
+            auth_secret: Some(SECRET.into()),
+            turn_secret: Some(SECRET.into()),
+            turn_urls: vec!["turn:t:3478".into()],
+            cluster_secret: Some(SECRET.into()),
+            role: NodeRole::Core,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn limits_are_checked_and_read_from_the_environment() {
+        let env = env_of(&[
+            ("SFU_MAX_MEMBERS_PER_CHANNEL", "7"),
+            ("SFU_MAX_CHANNELS", "8"),
+            ("SFU_JOINS_PER_TOKEN_PER_MINUTE", "0"),
+            ("SFU_JOINS_PER_IP_PER_MINUTE", "9"),
+            ("SFU_MAX_HTTP_CONNECTIONS", "10"),
+            ("SFU_MAX_WS_CONNECTIONS", "11"),
+            ("SFU_HTTP_HEADER_TIMEOUT_SECS", "12"),
+            ("SFU_WS_JOIN_TIMEOUT_SECS", "13"),
+            ("SFU_WS_MAX_MESSAGE_BYTES", "16384"),
+            (
+                "SFU_ALLOWED_ORIGINS",
+                "https://app.example.org, http://127.0.0.1:3000",
+            ),
+            ("SFU_DEV_MODERATION", "yes"),
+        ]);
+        let c = Config::load(None, &env, &Overrides::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.max_members_per_channel,
+                c.max_channels,
+                c.joins_per_token_per_minute,
+                c.joins_per_ip_per_minute,
+                c.max_http_connections,
+                c.max_ws_connections,
+                c.http_header_timeout_secs,
+                c.ws_join_timeout_secs,
+                c.ws_max_message_bytes,
+            ),
+            (7, 8, 0, 9, 10, 11, 12, 13, 16384)
+        );
+        assert_eq!(
+            c.allowed_origins,
+            ["https://app.example.org", "http://127.0.0.1:3000"]
+        );
+        assert!(c.dev_moderation);
+        let check = |config: Config, needle: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        };
+        check(
+            Config {
+                max_channels: 0,
+                ..Config::default()
+            },
+            "max_channels",
+        );
+        check(
+            Config {
+                http_header_timeout_secs: 0,
+                ..Config::default()
+            },
+            "http_header_timeout_secs",
+        );
+        check(
+            Config {
+                ws_max_message_bytes: 100,
+                ..Config::default()
+            },
+            "ws_max_message_bytes",
+        );
+        for bad in ["app.example.org", "https://app.example.org/path", "*", ""] {
+            check(
+                Config {
+                    allowed_origins: vec![bad.into()],
+                    ..Config::default()
+                },
+                "allowed_origins",
+            );
+        }
     }
 
     #[test]

@@ -4,17 +4,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use std::time::Duration;
+
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use media_core::Role;
+use media_core::{PeerId, Role};
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::media_request;
+use crate::metrics::Refusal;
 use crate::protocol::ServerMsg;
-use crate::state::{unix_now, AppState, Need, Resource};
+use crate::state::{unix_now, AppState, JoinAsk, Need, Resource};
 use crate::worker::{JoinError, JoinRequest};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -69,6 +73,7 @@ async fn client_js() -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot().await;
     let mut body = crate::metrics::render(&snapshot, state.is_draining());
+    crate::metrics::render_refusals(&mut body, &state.refusals);
     if let Some(https) = &state.https {
         crate::metrics::render_tls(&mut body, https.stats());
     }
@@ -101,20 +106,6 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
         m,
     )
         .into_response()
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-fn is_sdp(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/sdp"))
 }
 
 /// A fresh unguessable resource id (128 bits from the OS), so that nobody can
@@ -151,6 +142,8 @@ async fn whep(
 }
 
 /// WHIP (publish) or WHEP (listen): offer in, answer out, as RFC 9725 §4.2.
+/// TURN credentials (`Link` headers) go out only with a `201`, to a client
+/// whose token was verified.
 async fn media_session(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -165,42 +158,60 @@ async fn media_session(
             "the server is shutting down",
         );
     }
-    if !is_sdp(&headers) {
-        return text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the offer must be sent as Content-Type: application/sdp",
-        );
+    if let Err(denied) = state.check_origin(&headers) {
+        return denied.into_response();
     }
+    let request = match media_request::parse(
+        &channel,
+        headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes),
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+        &body,
+        state.config.max_body_bytes,
+    ) {
+        Ok(r) => r,
+        Err(refused) => {
+            if refused.bad_name {
+                state.refusals.count(Refusal::BadName);
+            }
+            let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return text(status, refused.message);
+        }
+    };
     let need = match role {
         Role::Speaker => Need::Publish,
         Role::Listener => Need::Subscribe,
     };
-    let grants = match state.authorize(remote, bearer(&headers), &channel, need, None) {
+    let ask = JoinAsk {
+        remote,
+        token: request.token.as_deref(),
+        channel: &request.channel,
+        need,
+        dev_identity: None,
+    };
+    let grants = match state.admit(&ask) {
         Ok(g) => g,
-        Err(d) => {
-            let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::UNAUTHORIZED);
-            return text(status, d.message);
-        }
+        Err(denied) => return denied.into_response(),
     };
-    let Ok(offer) = String::from_utf8(body.to_vec()) else {
-        return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8");
-    };
-    let worker = state.workers.for_channel(&channel).clone();
+    let worker = state.workers.for_channel(&request.channel).clone();
     // The session's own events tell when it ends without a DELETE (the
     // client vanished), so that its resource id is forgotten too.
-    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
     let joined = worker
         .join(JoinRequest {
-            channel: channel.clone(),
+            channel: request.channel.clone(),
             identity: grants.sub.clone(),
             role,
-            offer,
+            offer: request.offer,
+            can_publish: grants.can_publish,
             can_moderate: false,
             events: Some(events),
         })
         .await;
     let joined = match joined {
         Ok(j) => j,
+        Err(JoinError::Full(full)) => return state.room_full(full).into_response(),
         Err(JoinError::Draining) => {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -215,18 +226,17 @@ async fn media_session(
         id.clone(),
         Resource {
             peer: joined.peer,
-            channel,
+            channel: request.channel,
         },
     );
-    let (me, cleanup, gone) = (joined.peer.0, state.clone(), id.clone());
-    tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if matches!(msg, ServerMsg::MemberLeft { peer, .. } if peer == me) {
-                break;
-            }
-        }
-        cleanup.resources.lock().await.remove(&gone);
-    });
+    tokio::spawn(watch_resource(
+        state.clone(),
+        worker,
+        joined.peer,
+        id.clone(),
+        rx,
+        grants.exp,
+    ));
     let mut response = (StatusCode::CREATED, joined.answer).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -243,6 +253,42 @@ async fn media_session(
         }
     }
     response
+}
+
+/// Forgets a WHIP/WHEP resource when its member leaves, and removes the
+/// member when its token expires (`exp`, Unix seconds): a session lives no
+/// longer than the token that opened it.
+async fn watch_resource(
+    state: Arc<AppState>,
+    worker: crate::worker::Worker,
+    peer: PeerId,
+    id: String,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ServerMsg>,
+    exp: u64,
+) {
+    let left = Duration::from_secs(exp.saturating_sub(unix_now()));
+    let expiry = async {
+        match tokio::time::Instant::now().checked_add(left) {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            msg = events.recv() => match msg {
+                Some(ServerMsg::MemberLeft { peer: p, .. }) if p == peer.0 => break,
+                Some(_) => {}
+                None => break,
+            },
+            () = &mut expiry => {
+                state.refusals.count(Refusal::SessionExpired);
+                worker.leave(peer).await;
+                break;
+            }
+        }
+    }
+    state.resources.lock().await.remove(&id);
 }
 
 async fn delete_resource(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {

@@ -11,11 +11,17 @@
 //! | [`rooms`] | the room layer: members, listing, member counts, moderation rules (sans-IO) |
 //! | [`worker`] | one engine + its UDP socket on a task, carrying the rooms' messages |
 //! | [`cluster`] | core/edge: cascade links ⇄ the worker's relay messages |
-//! | [`state`] | what the handlers share: workers, drain flag, resources, `authorize` |
+//! | [`state`] | what the handlers share: workers, drain flag, resources, refusal counters; `check_origin`, `authorize`, `admit` |
+//! | [`names`] | channel names and identities: length, no control characters |
+//! | [`origin`] | which pages may use the server (`Origin`), proxies in development mode |
+//! | [`join_rate`] | joins per client address and per token per minute (sans-IO token buckets) |
 //! | [`server`] | start-up, HTTP listener, drain |
+//! | [`connections`] | HTTP/1.1 connections: limit with `503`, header-read timeout, `ConnectInfo` |
 //! | [`http`] | WHIP/WHEP, demo page, metrics, health |
+//! | [`media_request`] | a WHIP/WHEP `POST` checked (body, type, channel, `Authorization`), pure |
 //! | [`ws`] | the WebSocket room protocol |
 //! | [`protocol`] | its JSON messages |
+//! | [`client_request`] | a client's message decoded and checked, pure |
 //! | [`metrics`] | Prometheus text |
 //! | [`process`] | the process's CPU, memory, file descriptors (`process_*`) |
 //! | [`tls`] | HTTPS/WSS: PEM certificate, reload on SIGHUP, handshakes off the accept loop |
@@ -24,12 +30,20 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod client_request;
 pub mod cluster;
 pub mod config;
 pub mod config_check;
+pub mod connections;
+#[cfg(any(test, feature = "_internal_fuzz"))]
+pub mod fuzz;
 pub mod http;
+pub mod join_rate;
 pub mod logging;
+pub mod media_request;
 pub mod metrics;
+pub mod names;
+pub mod origin;
 pub mod process;
 pub mod protocol;
 pub mod rooms;

@@ -134,6 +134,14 @@ fn token(args: TokenArgs) -> ExitCode {
     if args.secret.is_empty() {
         return usage_error("the secret is empty (--secret or SFU_AUTH_SECRET)");
     }
+    if args.secret.len() < sfu_server::config::MIN_SECRET_BYTES {
+        return usage_error(format_args!(
+            "the secret is {} bytes; the server refuses auth secrets shorter than {} bytes: \
+             generate one with `head -c 32 /dev/urandom | base64`",
+            args.secret.len(),
+            sfu_server::config::MIN_SECRET_BYTES
+        ));
+    }
     if args.identity.is_empty() {
         return usage_error("--identity is empty");
     }
@@ -154,6 +162,7 @@ fn token(args: TokenArgs) -> ExitCode {
         can_subscribe: args.subscribe,
         can_moderate: args.moderate,
         exp: now.saturating_add(args.ttl),
+        jti: None,
     };
     println!("{}", auth::mint(args.secret.as_bytes(), &grants));
     ExitCode::SUCCESS

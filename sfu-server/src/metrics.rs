@@ -474,6 +474,126 @@ pub fn render_tls(o: &mut String, t: &TlsStats) {
     );
 }
 
+/// Why a request, connection or session was refused or ended by a limit or
+/// a rule of the server (`sfu_refusals_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A token that is missing, malformed, badly signed or expired.
+    Unauthorized,
+    /// A valid token without the grant or for another channel.
+    Forbidden,
+    /// A client address over `joins_per_ip_per_minute`.
+    RateAddress,
+    /// A token over `joins_per_token_per_minute`.
+    RateToken,
+    /// The join-rate table full of active keys.
+    RateTableFull,
+    /// A channel at `max_members_per_channel`.
+    ChannelFull,
+    /// The node at `max_channels`.
+    Channels,
+    /// A connection over `max_http_connections`.
+    HttpConnections,
+    /// A WebSocket over `max_ws_connections`.
+    WsConnections,
+    /// A connection that did not send its request headers in time.
+    HeaderTimeout,
+    /// A WebSocket session that did not join in time.
+    WsJoinTimeout,
+    /// A WebSocket message over `ws_max_message_bytes`.
+    WsTooLarge,
+    /// A page of an origin that may not use the server.
+    Origin,
+    /// Development mode reached through a proxy.
+    Proxied,
+    /// A member whose token expired, removed.
+    SessionExpired,
+    /// A channel name or identity that is empty, too long or has control
+    /// characters.
+    BadName,
+}
+
+impl Refusal {
+    /// Every reason, in the order `/metrics` lists them.
+    pub const ALL: [Refusal; 16] = [
+        Refusal::Unauthorized,
+        Refusal::Forbidden,
+        Refusal::RateAddress,
+        Refusal::RateToken,
+        Refusal::RateTableFull,
+        Refusal::ChannelFull,
+        Refusal::Channels,
+        Refusal::HttpConnections,
+        Refusal::WsConnections,
+        Refusal::HeaderTimeout,
+        Refusal::WsJoinTimeout,
+        Refusal::WsTooLarge,
+        Refusal::Origin,
+        Refusal::Proxied,
+        Refusal::SessionExpired,
+        Refusal::BadName,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Forbidden => "forbidden",
+            Refusal::RateAddress => "rate_address",
+            Refusal::RateToken => "rate_token",
+            Refusal::RateTableFull => "rate_table_full",
+            Refusal::ChannelFull => "channel_full",
+            Refusal::Channels => "max_channels",
+            Refusal::HttpConnections => "http_connections",
+            Refusal::WsConnections => "ws_connections",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::WsJoinTimeout => "ws_join_timeout",
+            Refusal::WsTooLarge => "ws_too_large",
+            Refusal::Origin => "origin",
+            Refusal::Proxied => "proxied",
+            Refusal::SessionExpired => "session_expired",
+            Refusal::BadName => "bad_name",
+        }
+    }
+}
+
+/// Refusals counted by reason, shared by the listeners and the handlers.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [std::sync::atomic::AtomicU64; Refusal::ALL.len()],
+}
+
+impl Refusals {
+    /// Counts one refusal.
+    pub fn count(&self, r: Refusal) {
+        self.counts[r as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Refusals of `r` so far.
+    pub fn get(&self, r: Refusal) -> u64 {
+        self.counts[r as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Appends `sfu_refusals_total`, every reason (zeros included, so that a
+/// rate over it has data from the first scrape).
+pub fn render_refusals(o: &mut String, r: &Refusals) {
+    metric(
+        o,
+        "sfu_refusals_total",
+        "counter",
+        "Requests, connections and sessions refused or ended by a limit or a rule, by reason.",
+    );
+    for reason in Refusal::ALL {
+        let _ = writeln!(
+            o,
+            "sfu_refusals_total{{reason=\"{}\"}} {}",
+            reason.label(),
+            r.get(reason)
+        );
+    }
+}
+
 /// Sums snapshots of several workers.
 pub fn sum(snapshots: &[Snapshot]) -> Snapshot {
     let mut total = Snapshot::default();
@@ -641,6 +761,26 @@ mod tests {
         assert_eq!(le(0.000_05), 1.0);
         assert_eq!(le(0.005), 2.0);
         assert_eq!(le(f64::INFINITY), 2.0);
+    }
+
+    /// Every reason has its own series, in the order of `Refusal::ALL`,
+    /// which lists each variant once.
+    #[test]
+    fn every_refusal_is_rendered() {
+        let r = Refusals::default();
+        for (i, reason) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?} is out of order in ALL");
+            for _ in 0..=i {
+                r.count(reason);
+            }
+        }
+        let mut text = String::new();
+        render_refusals(&mut text, &r);
+        let scrape = parse(&text);
+        for (i, reason) in Refusal::ALL.into_iter().enumerate() {
+            let spec = format!("sfu_refusals_total reason={}", reason.label());
+            assert_eq!(series(&scrape, &spec), (i + 1) as f64, "{spec}");
+        }
     }
 
     /// Two workers' snapshots add field by field.

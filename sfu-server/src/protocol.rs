@@ -26,25 +26,39 @@ pub struct Voice {
     pub identity: String,
 }
 
-/// Client → server.
+/// Who asks for which channel, how: the fields `authorize` and `join`
+/// share.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AskFields {
+    /// Channel name.
+    pub channel: String,
+    /// JWT (optional in development mode, and in a `join` after
+    /// `authorize`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// `"speaker"` or `"listener"`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Identity to use in development mode (ignored with a token).
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// Client → server, as JSON says it; `client_request` checks it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
+    /// Check a token for a channel before making the offer: the answer
+    /// (`authorized`) carries the ICE servers with TURN credentials, and
+    /// the `join` that follows may leave the token out.
+    Authorize(AskFields),
     /// Join a channel with an SDP offer.
     Join {
-        /// Channel name.
-        channel: String,
+        /// Channel, token, role, identity.
+        #[serde(flatten)]
+        ask: AskFields,
         /// SDP offer.
         offer: String,
-        /// JWT (optional in development mode).
-        #[serde(default)]
-        token: Option<String>,
-        /// `"speaker"` or `"listener"`.
-        #[serde(default)]
-        role: Option<String>,
-        /// Identity to use in development mode (ignored with a token).
-        #[serde(default)]
-        identity: Option<String>,
     },
     /// Leave the channel.
     Leave,
@@ -66,11 +80,31 @@ pub enum ClientMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
-    /// First message on every socket: what the client needs before it
-    /// makes its offer.
+    /// First message on every socket.
     Hello {
-        /// STUN/TURN servers for the RTCPeerConnection (TURN with
-        /// ephemeral credentials).
+        /// STUN servers for the RTCPeerConnection. TURN servers and their
+        /// credentials come only with `authorized`, to holders of a token.
+        ice_servers: Vec<crate::turn::IceServer>,
+    },
+    /// The token admits to the channel: make the offer with these ICE
+    /// servers, then `join`.
+    Authorized {
+        /// The member's identity (the token's `sub`).
+        identity: String,
+        /// The channel.
+        channel: String,
+        /// May speak.
+        can_publish: bool,
+        /// May listen.
+        can_subscribe: bool,
+        /// May moderate.
+        can_moderate: bool,
+        /// When the token expires (seconds since the Unix epoch; absent:
+        /// never): the member is removed then.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires: Option<u64>,
+        /// STUN and TURN servers (TURN credentials for this identity,
+        /// valid for `turn_ttl_secs`).
         ice_servers: Vec<crate::turn::IceServer>,
     },
     /// The join succeeded.
@@ -162,6 +196,10 @@ pub enum ServerMsg {
         /// The request type it answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// For refusals that pass (rate limits, a full server): seconds
+        /// to wait before trying again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u64>,
     },
     /// The server drains.
     Shutdown {
@@ -181,6 +219,7 @@ impl ServerMsg {
             code: code.to_string(),
             message: message.into(),
             request: request.map(str::to_string),
+            retry_after_secs: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The room layer: the channels of this node as people see them, and the
 //! rules about them. Who is in which channel with which role and grants;
 //! who is listed; how often member counts go out; what a member joining
-//! late is told about who speaks; who may moderate whom.
+//! late is told about who speaks; who may moderate whom; how many members
+//! a channel and how many channels the node may have.
 //!
 //! Sans-IO, like the engine: no clock, no socket, no runtime. Inputs are
 //! method calls (a join the engine accepted, an engine [`Event`], a
@@ -27,7 +28,7 @@ mod moderation;
 #[cfg(test)]
 mod tests;
 
-pub use member::{role_name, Member};
+pub use member::{role_name, Member, Rights};
 pub use moderation::{ModerateError, Moderation};
 
 /// Listeners are announced to the others (`member_joined`/`member_left`,
@@ -66,6 +67,40 @@ pub struct Joined {
     pub dominant_speaker: Option<u64>,
     /// Dominant speaker's voice.
     pub dominant_source: Option<u32>,
+}
+
+/// What clients may create on this node at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Members of one channel.
+    pub max_members_per_channel: usize,
+    /// Channels with members.
+    pub max_channels: usize,
+}
+
+impl RoomLimits {
+    /// No limits.
+    pub const NONE: RoomLimits = RoomLimits {
+        max_members_per_channel: usize::MAX,
+        max_channels: usize::MAX,
+    };
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits::NONE
+    }
+}
+
+/// Why the room layer refuses a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RoomRefusal {
+    /// The channel has its maximum of members on this node.
+    #[error("the channel is full: it has its maximum of {0} members on this node")]
+    ChannelFull(usize),
+    /// The node has its maximum of channels and this would be a new one.
+    #[error("this node carries its maximum of {0} channels")]
+    TooManyChannels(usize),
 }
 
 /// How many channels and members there are, for `/metrics`.
@@ -109,14 +144,45 @@ pub struct Rooms {
     counts_changed: HashSet<String>,
     /// Shutting down: joins are refused.
     draining: bool,
+    /// What joins may create.
+    limits: RoomLimits,
     /// Messages to members, in the order they were produced.
     messages: Vec<(PeerId, ServerMsg)>,
 }
 
 impl Rooms {
-    /// No channels, no members.
+    /// No channels, no members, no limits.
     pub fn new() -> Rooms {
-        Rooms::default()
+        Rooms::with_limits(RoomLimits::NONE)
+    }
+
+    /// No channels, no members; joins within `limits`.
+    pub fn with_limits(limits: RoomLimits) -> Rooms {
+        Rooms {
+            limits,
+            ..Rooms::default()
+        }
+    }
+
+    /// Whether a join of `channel` fits the limits: the channel below its
+    /// maximum of members, or a new channel while the node is below its
+    /// maximum of channels. Changes nothing.
+    pub fn admit(&self, channel: &str) -> Result<(), RoomRefusal> {
+        let RoomLimits {
+            max_members_per_channel,
+            max_channels,
+        } = self.limits;
+        match self.rooms.get(channel).map(|r| r.members.len()) {
+            Some(n) if n >= max_members_per_channel => {
+                Err(RoomRefusal::ChannelFull(max_members_per_channel))
+            }
+            Some(n) if n > 0 => Ok(()),
+            // A new channel (or one known only from engine events).
+            _ if self.channels().count() >= max_channels => {
+                Err(RoomRefusal::TooManyChannels(max_channels))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A member, by its peer id.
@@ -169,7 +235,7 @@ impl Rooms {
         channel: String,
         identity: String,
         role: Role,
-        can_moderate: bool,
+        rights: Rights,
     ) {
         tracing::info!(%peer, %channel, %identity, role = role_name(role), "member joined");
         self.rooms
@@ -184,7 +250,7 @@ impl Rooms {
                 identity,
                 role,
                 muted: false,
-                can_moderate,
+                rights,
                 source: None,
                 listed: false,
             },
@@ -270,12 +336,17 @@ impl Rooms {
         action: Moderation,
     ) -> Result<Command, ModerateError> {
         let moderator = self.members.get(&by).ok_or(ModerateError::Forbidden)?;
-        if !moderator.can_moderate {
+        if !moderator.rights.can_moderate {
             return Err(ModerateError::Forbidden);
         }
         match self.members.get(&target) {
             Some(m) if m.channel == moderator.channel => {}
             _ => return Err(ModerateError::NotFound),
+        }
+        // A moderator hands on only what its own token grants: moderation
+        // must not turn a listener-only grant into a way onto the stage.
+        if action == Moderation::SetRole(Role::Speaker) && !moderator.rights.can_publish {
+            return Err(ModerateError::BeyondOwnGrant);
         }
         Ok(match action {
             Moderation::Mute(muted) => Command::SetMuted {

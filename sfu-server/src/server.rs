@@ -1,16 +1,17 @@
 //! The running server: workers, HTTP listener, drain on shutdown.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::EngineConfig;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{Config, NodeRole};
+use crate::connections::{self, ConnectionLimits};
+use crate::rooms::RoomLimits;
 use crate::state::{unix_now, AppState};
 use crate::worker::{Worker, Workers};
 
@@ -25,8 +26,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the HTTP listener and the media socket and starts serving.
+    /// Binds the HTTP listener and the media socket and starts serving. A
+    /// configuration [`Config::validate`] refuses is refused here too
+    /// (`InvalidInput`), so that no embedder runs with a weak secret.
     pub async fn start(config: Config) -> io::Result<Server> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let engine_config = EngineConfig {
             slots_per_listener: config.slots,
             seed: unix_now() ^ u64::from(std::process::id()) << 32,
@@ -37,28 +43,34 @@ impl Server {
         };
         let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
-        let worker = Worker::spawn(config.udp, engine_config, Some(relay_tx), upstream).await?;
+        let limits = RoomLimits {
+            max_members_per_channel: config.max_members_per_channel,
+            max_channels: config.max_channels,
+        };
+        let worker =
+            Worker::spawn(config.udp, engine_config, limits, Some(relay_tx), upstream).await?;
         let cluster = crate::cluster::start(&config, worker.clone(), relay_rx).await?;
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
-        let state = Arc::new(AppState {
+        let state = Arc::new(AppState::new(
             config,
-            workers: Workers::new(vec![worker]),
-            draining: AtomicBool::new(false),
-            resources: Mutex::new(HashMap::new()),
-            https: https.clone(),
-        });
+            Workers::new(vec![worker]),
+            https.clone(),
+        ));
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
-        let stopped = stop.clone();
+        let (stopped, refusals) = (stop.clone(), state.refusals.clone());
+        let limits = ConnectionLimits {
+            max_connections: state.config.max_http_connections,
+            header_timeout: Duration::from_secs(state.config.http_header_timeout_secs),
+        };
         let http = match https {
-            Some(https) => tokio::spawn(serve_http(
-                crate::tls::TlsListener::new(listener, https)?,
-                app,
-                stopped,
-            )),
-            None => tokio::spawn(serve_http(listener, app, stopped)),
+            Some(https) => {
+                let tls = crate::tls::TlsListener::new(listener, https)?;
+                tokio::spawn(connections::serve(tls, app, limits, refusals, stopped))
+            }
+            None => tokio::spawn(connections::serve(listener, app, limits, refusals, stopped)),
         };
         Ok(Server {
             state,
@@ -111,25 +123,6 @@ impl Server {
         }
         self.stop.notify_one();
         let _ = self.http.await;
-    }
-}
-
-/// Serves the routes on `listener` (plain TCP or TLS) until `stopped`.
-async fn serve_http<L>(listener: L, app: axum::Router, stopped: Arc<Notify>)
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    // `tap_io` does nothing to the connection; it is how axum hands
-    // `ConnectInfo<SocketAddr>` to the handlers for any listener type.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    tokio::select! {
-        r = axum::serve(listener, service) => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        }
-        _ = stopped.notified() => {}
     }
 }
 

@@ -1,20 +1,32 @@
 //! What the HTTP and WebSocket handlers share: the configuration, the
-//! workers, the drain flag, WHIP/WHEP resources, and the admission check
-//! ([`AppState::authorize`]). A leaf: it imports no handler.
+//! workers, the drain flag, WHIP/WHEP resources, the refusal counters, and
+//! the admission checks: [`AppState::check_origin`] (which pages),
+//! [`AppState::authorize`] (which token, which grants, which names) and
+//! [`AppState::admit`] (that, within the join rates). A leaf: it imports no
+//! handler.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::http::HeaderMap;
 use media_core::PeerId;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::auth::{self, AuthError, Grants};
 use crate::config::Config;
-use crate::metrics::{self, Snapshot};
+use crate::join_rate::{JoinRates, RateRefusal, TokenKey};
+use crate::metrics::{self, Refusal, Refusals, Snapshot};
+use crate::names;
+use crate::origin::{self, OriginRefusal};
+use crate::rooms::RoomRefusal;
 use crate::worker::Workers;
+
+/// What a client refused for a full server is told to wait, in seconds
+/// (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// A WHIP/WHEP session: its unguessable resource id maps to a peer.
 #[derive(Debug, Clone)]
@@ -38,26 +50,77 @@ pub struct AppState {
     pub resources: Mutex<HashMap<String, Resource>>,
     /// The HTTPS certificate and counters, when `tls_cert` is set.
     pub https: Option<Arc<crate::tls::Https>>,
+    /// Refusals by reason (`sfu_refusals_total`).
+    pub refusals: Arc<Refusals>,
+    /// WebSocket sessions at once: a session holds a permit for its life.
+    pub ws_slots: Arc<Semaphore>,
+    /// Join allowances per client address and per token.
+    join_rates: std::sync::Mutex<JoinRates>,
 }
 
-/// Why a join is not authorized.
+/// Why a request is refused.
 #[derive(Debug)]
 pub struct Denied {
     /// HTTP status.
     pub status: u16,
-    /// Protocol code (`unauthorized`, `forbidden`).
+    /// Protocol code (`unauthorized`, `forbidden`, `rate_limited`, ...).
     pub code: &'static str,
     /// What to tell the client.
     pub message: String,
+    /// When to try again (`Retry-After`), for refusals that pass.
+    pub retry_after: Option<Duration>,
+}
+
+impl Denied {
+    /// A refusal without a time to try again.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Denied {
+        Denied {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `retry_after` in whole seconds, rounded up (at least 1), as
+    /// `Retry-After` wants it.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .map(|s| s.max(1))
+    }
+}
+
+impl axum::response::IntoResponse for Denied {
+    /// The status, the message as text, and `Retry-After` when set.
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{header, HeaderValue, StatusCode};
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::FORBIDDEN);
+        let retry_after = self.retry_after_secs();
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.message),
+        )
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
 }
 
 impl From<AuthError> for Denied {
     fn from(e: AuthError) -> Self {
-        Denied {
-            status: e.status(),
-            code: e.code(),
-            message: e.to_string(),
-        }
+        Denied::new(e.status(), e.code(), e.to_string())
+    }
+}
+
+impl From<names::NameError> for Denied {
+    fn from(e: names::NameError) -> Self {
+        Denied::new(400, "invalid_name", e.to_string())
     }
 }
 
@@ -68,6 +131,24 @@ pub enum Need {
     Publish,
     /// Hear others.
     Subscribe,
+    /// Either: the role then follows from the grants (a speaker if the
+    /// token may publish).
+    Either,
+}
+
+/// One client asking to join a channel (or to be authorized for one).
+#[derive(Debug, Clone, Copy)]
+pub struct JoinAsk<'a> {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Its token, if it gave one.
+    pub token: Option<&'a str>,
+    /// The channel.
+    pub channel: &'a str,
+    /// The grant the join needs.
+    pub need: Need,
+    /// The identity it asks for in development mode.
+    pub dev_identity: Option<&'a str>,
 }
 
 /// Seconds since the Unix epoch (token expiry, TURN credentials).
@@ -78,27 +159,120 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    /// Checks a join: a valid token for `channel` with the grant `need`; in
-    /// development mode (no secret) any loopback client, no token needed.
-    pub fn authorize(
-        &self,
-        remote: SocketAddr,
-        token: Option<&str>,
-        channel: &str,
-        need: Need,
-        dev_identity: Option<&str>,
-    ) -> Result<Grants, Denied> {
+    /// The shared state of a node serving `config` with `workers`.
+    pub fn new(
+        config: Config,
+        workers: Workers,
+        https: Option<Arc<crate::tls::Https>>,
+    ) -> AppState {
+        let join_rates = JoinRates::new(
+            config.joins_per_ip_per_minute,
+            config.joins_per_token_per_minute,
+        );
+        AppState {
+            ws_slots: Arc::new(Semaphore::new(config.max_ws_connections)),
+            config,
+            workers,
+            draining: AtomicBool::new(false),
+            resources: Mutex::new(HashMap::new()),
+            https,
+            refusals: Arc::new(Refusals::default()),
+            join_rates: std::sync::Mutex::new(join_rates),
+        }
+    }
+
+    /// The refusal of a join the room layer found over a limit, counted.
+    pub fn room_full(&self, full: RoomRefusal) -> Denied {
+        let (refusal, code) = match full {
+            RoomRefusal::ChannelFull(_) => (Refusal::ChannelFull, "channel_full"),
+            RoomRefusal::TooManyChannels(_) => (Refusal::Channels, "too_many_channels"),
+        };
+        let mut denied = Denied::new(503, code, full.to_string());
+        denied.retry_after = Some(Duration::from_secs(RETRY_AFTER_SECS));
+        self.refuse(refusal, denied)
+    }
+
+    /// Counts `refusal` and hands `denied` back.
+    pub fn refuse(&self, refusal: Refusal, denied: Denied) -> Denied {
+        self.refusals.count(refusal);
+        denied
+    }
+
+    /// Checks the page a browser request comes from, and that development
+    /// mode is not reached through a proxy (see [`crate::origin`]).
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), Denied> {
+        let dev = self.config.dev_mode();
+        match origin::check_headers(headers, dev, &self.config.allowed_origins) {
+            Ok(()) => Ok(()),
+            Err(OriginRefusal::Proxied) => Err(self.refuse(
+                Refusal::Proxied,
+                Denied::new(
+                    401,
+                    "unauthorized",
+                    "this server runs in development mode (no auth secret), which admits \
+                     loopback clients only, and this request came through a proxy \
+                     (Forwarded/X-Forwarded-For): set auth_secret to serve through a proxy",
+                ),
+            )),
+            Err(OriginRefusal::NotAllowed) => Err(self.refuse(
+                Refusal::Origin,
+                Denied::new(
+                    403,
+                    "forbidden_origin",
+                    if dev {
+                        "pages of this origin may not use a development-mode server: \
+                         open it from a loopback address or list the origin in allowed_origins"
+                    } else {
+                        "pages of this origin may not use this server (allowed_origins)"
+                    },
+                ),
+            )),
+        }
+    }
+
+    /// Checks a join: the channel name (and a development-mode identity)
+    /// well-formed; a valid token for `channel` with the grant `need`; in
+    /// development mode (no secret) any loopback client, no token needed,
+    /// moderation only with `dev_moderation`. Refusals are counted.
+    pub fn authorize(&self, ask: &JoinAsk<'_>) -> Result<Grants, Denied> {
+        let checked = names::check_channel(ask.channel)
+            .and_then(|()| ask.dev_identity.map_or(Ok(()), names::check_identity));
+        if let Err(e) = checked {
+            return Err(self.refuse(Refusal::BadName, e.into()));
+        }
+        self.grants(ask).map_err(|d| {
+            let reason = if d.status == 403 {
+                Refusal::Forbidden
+            } else {
+                Refusal::Unauthorized
+            };
+            self.refuse(reason, d)
+        })
+    }
+
+    /// [`authorize`](AppState::authorize) without the counting.
+    fn grants(&self, ask: &JoinAsk<'_>) -> Result<Grants, Denied> {
+        let JoinAsk {
+            remote,
+            token,
+            channel,
+            need,
+            dev_identity,
+        } = *ask;
         let grants = match &self.config.auth_secret {
             None => {
                 if !remote.ip().is_loopback() {
-                    return Err(Denied {
-                        status: 401,
-                        code: "unauthorized",
-                        message: "this server has no auth secret configured and admits loopback clients only".into(),
-                    });
+                    return Err(Denied::new(
+                        401,
+                        "unauthorized",
+                        "this server has no auth secret configured and admits loopback clients only",
+                    ));
                 }
                 let fallback = format!("guest-{}", remote.port());
-                Grants::dev(dev_identity.unwrap_or(&fallback))
+                Grants::dev(
+                    dev_identity.unwrap_or(&fallback),
+                    self.config.dev_moderation,
+                )
             }
             Some(secret) => {
                 let token = token.ok_or(AuthError::Missing)?;
@@ -115,8 +289,71 @@ impl AppState {
             Need::Subscribe if !grants.can_subscribe => {
                 Err(AuthError::NotAllowed("the token does not allow listening").into())
             }
+            Need::Either if !grants.can_publish && !grants.can_subscribe => {
+                Err(AuthError::NotAllowed("the token allows neither speaking nor listening").into())
+            }
             _ => Ok(grants),
         }
+    }
+
+    /// [`authorize`](AppState::authorize) within the join rates: the
+    /// attempt counts against the client address first (refused ones too,
+    /// so that guessing costs allowance), then, once the token verified,
+    /// against the token (a token copied to many clients joins at one
+    /// client's rate).
+    pub fn admit(&self, ask: &JoinAsk<'_>) -> Result<Grants, Denied> {
+        let now = Instant::now();
+        self.take_rate(|r| r.take_address(ask.remote.ip(), now))?;
+        let grants = self.authorize(ask)?;
+        if let (Some(token), Some(_)) = (ask.token, &self.config.auth_secret) {
+            let key = TokenKey::of(token, grants.jti.as_deref());
+            self.take_rate(|r| r.take_token(key, now))?;
+        }
+        Ok(grants)
+    }
+
+    fn take_rate(
+        &self,
+        take: impl FnOnce(&mut JoinRates) -> Result<(), RateRefusal>,
+    ) -> Result<(), Denied> {
+        let taken = {
+            let mut rates = self.join_rates.lock().unwrap_or_else(|p| p.into_inner());
+            take(&mut rates)
+        };
+        let (refusal, status, message, wait) = match taken {
+            Ok(()) => return Ok(()),
+            Err(RateRefusal::Address(wait)) => (
+                Refusal::RateAddress,
+                429,
+                "too many joins from this address; try again later",
+                Some(wait),
+            ),
+            Err(RateRefusal::Token(wait)) => (
+                Refusal::RateToken,
+                429,
+                "too many joins with this token; try again later",
+                Some(wait),
+            ),
+            Err(RateRefusal::TableFull) => (
+                Refusal::RateTableFull,
+                503,
+                "the server is receiving too many joins; try again later",
+                Some(Duration::from_secs(RETRY_AFTER_SECS)),
+            ),
+        };
+        let code = if status == 429 {
+            "rate_limited"
+        } else {
+            "busy"
+        };
+        let mut denied = Denied::new(status, code, message);
+        denied.retry_after = wait;
+        Err(self.refuse(refusal, denied))
+    }
+
+    /// How long a WebSocket session may stay outside a channel.
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.ws_join_timeout_secs)
     }
 
     /// Refuses joins from now on.

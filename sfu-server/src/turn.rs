@@ -30,15 +30,11 @@ pub struct IceServer {
 /// Control characters in `identity` are replaced with `_` so the username
 /// can travel in an HTTP header. TURN URLs are left out when no
 /// `turn_secret` is configured ([`Config::validate`] refuses that).
+///
+/// Only for clients whose token was verified: the credentials open the
+/// TURN server's relay to whoever holds them.
 pub fn ice_servers(config: &Config, identity: &str, now_unix: u64) -> Vec<IceServer> {
-    let mut servers = Vec::new();
-    if !config.stun_urls.is_empty() {
-        servers.push(IceServer {
-            urls: config.stun_urls.clone(),
-            username: None,
-            credential: None,
-        });
-    }
+    let mut servers = stun_servers(config);
     if let (false, Some(secret)) = (config.turn_urls.is_empty(), &config.turn_secret) {
         let expiry = now_unix.saturating_add(config.turn_ttl_secs);
         let identity: String = identity
@@ -55,6 +51,19 @@ pub fn ice_servers(config: &Config, identity: &str, now_unix: u64) -> Vec<IceSer
         });
     }
     servers
+}
+
+/// The STUN URLs (one entry, none when none are configured): what a client
+/// that has not shown a token may know.
+pub fn stun_servers(config: &Config) -> Vec<IceServer> {
+    if config.stun_urls.is_empty() {
+        return Vec::new();
+    }
+    vec![IceServer {
+        urls: config.stun_urls.clone(),
+        username: None,
+        credential: None,
+    }]
 }
 
 /// RFC 9725 §4.6 `Link` header values, one per URL:
@@ -159,6 +168,19 @@ mod tests {
             json,
             r#"[{"urls":["stun:stun.example.org:3478"]},{"urls":["turn:turn.example.org:3478?transport=udp","turns:turn.example.org:5349?transport=tcp"],"username":"1700086400:alice","credential":"5iY+IeUUagohcNcZFo30lkvz3YM="}]"#
         );
+    }
+
+    #[test]
+    fn stun_alone_carries_no_credentials() {
+        assert_eq!(
+            stun_servers(&config()),
+            [IceServer {
+                urls: vec!["stun:stun.example.org:3478".into()],
+                username: None,
+                credential: None,
+            }]
+        );
+        assert!(stun_servers(&Config::default()).is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
-use crate::rooms::{Joined, ModerateError, Moderation};
+use crate::rooms::{Joined, ModerateError, Moderation, RoomLimits, RoomRefusal};
 
 mod task;
 mod udp;
@@ -40,6 +40,8 @@ pub struct JoinRequest {
     pub role: Role,
     /// SDP offer.
     pub offer: String,
+    /// May speak (a moderator may make others speakers only with it).
+    pub can_publish: bool,
     /// May moderate others in the channel.
     pub can_moderate: bool,
     /// Where to push the member's room messages; `None`: nowhere.
@@ -52,6 +54,9 @@ pub enum JoinError {
     /// The server is draining.
     #[error("the server is shutting down")]
     Draining,
+    /// A limit of the room layer (members per channel, channels).
+    #[error("{0}")]
+    Full(RoomRefusal),
     /// The engine refused (bad offer, bad channel name…).
     #[error("{0}")]
     Refused(media_core::Error),
@@ -119,9 +124,11 @@ impl Worker {
     /// Binds the media socket and starts the worker task. Relay messages the
     /// engine emits go to `relay_out` (the cascade transport). With an
     /// `upstream`, every channel follows the origin over that link (an edge).
+    /// Joins are admitted within `limits`.
     pub async fn spawn(
         udp: SocketAddr,
         mut config: EngineConfig,
+        limits: RoomLimits,
         relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
         upstream: Option<LinkId>,
     ) -> io::Result<Worker> {
@@ -130,7 +137,7 @@ impl Worker {
         config.host_candidates = vec![udp_addr];
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let engine = Engine::new(config, Instant::now());
-        let task = Task::new(engine, socket, rx, relay_out, upstream);
+        let task = Task::new(engine, limits, socket, rx, relay_out, upstream);
         tokio::spawn(task.run());
         Ok(Worker { tx, udp_addr })
     }

@@ -1,36 +1,63 @@
 //! The WebSocket room protocol (docs/PROTOCOL.md): one socket, one member.
+//!
+//! A session holds one of `max_ws_connections` slots for its life. It must
+//! be in a channel within `ws_join_timeout_secs` of connecting (or of
+//! leaving one), else it is closed; a member is removed when its token's
+//! `exp` passes. TURN credentials go out only with `authorized`, to a
+//! token holder.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use media_core::{PeerId, Role};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
-use crate::protocol::{ClientMsg, ServerMsg};
+use crate::client_request::{Ask, ClientRequest};
+use crate::metrics::Refusal;
+use crate::protocol::ServerMsg;
 use crate::rooms::{ModerateError, Moderation};
-use crate::state::{unix_now, AppState, Need};
+use crate::state::{unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
 use crate::worker::{JoinError, JoinRequest, Worker};
 
-/// Largest message a client may send. Offers are a few KiB.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// WebSocket close code: the session broke a rule (RFC 6455 §7.4.1).
+const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code: a message too big to process.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// How long a session the server closes waits for the client's close.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// `GET /ws`.
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    // Frames up to 1 MiB are read so that an oversized one gets an error
-    // message (and the socket stays usable) rather than a dropped connection.
-    // The read buffer grows to the largest frame when one comes; tungstenite's
-    // default starts it at 128 KiB, which was half of a listener's memory.
-    ws.max_message_size(1024 * 1024)
+    if let Err(denied) = state.check_origin(&headers) {
+        return denied.into_response();
+    }
+    let Ok(slot) = state.ws_slots.clone().try_acquire_owned() else {
+        let mut denied = Denied::new(503, "busy", "the server has too many WebSocket sessions");
+        denied.retry_after = Some(Duration::from_secs(RETRY_AFTER_SECS));
+        return state.refuse(Refusal::WsConnections, denied).into_response();
+    };
+    // A frame is read whole before its message is checked: without
+    // `max_frame_size` one frame could make the session buffer 16 MiB.
+    // The read buffer grows to the largest frame when one comes;
+    // tungstenite's default starts it at 128 KiB, which was half of a
+    // listener's memory.
+    let max = state.config.ws_max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| Session::new(state, remote).run(socket))
+        .on_upgrade(move |socket| Session::new(state, remote, slot).run(socket))
 }
 
 /// The channel membership of a session: its peer and the worker that
@@ -44,96 +71,166 @@ struct Session {
     state: Arc<AppState>,
     remote: SocketAddr,
     membership: Option<Membership>,
+    /// The last `authorize` that no join has used yet: a `join` for the
+    /// same channel may leave the token out, and is not counted against
+    /// the join rates a second time.
+    authorized: Option<Ask>,
+    /// When the session is closed unless it is in a channel by then.
+    join_deadline: Option<Instant>,
+    /// When the member's token expires.
+    expires: Option<Instant>,
     events_tx: mpsc::UnboundedSender<ServerMsg>,
     events_rx: mpsc::UnboundedReceiver<ServerMsg>,
+    /// One of `max_ws_connections`.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Why a session ends on its own.
+enum Ending {
+    /// The socket closed or failed.
+    Gone,
+    /// A message over the size limit.
+    TooLarge,
+    /// Not in a channel in time.
+    JoinTimeout,
+    /// The member's token expired.
+    Expired,
 }
 
 impl Session {
-    fn new(state: Arc<AppState>, remote: SocketAddr) -> Session {
+    fn new(state: Arc<AppState>, remote: SocketAddr, slot: OwnedSemaphorePermit) -> Session {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let join_deadline = Some(Instant::now() + state.join_timeout());
         Session {
             state,
             remote,
             membership: None,
+            authorized: None,
+            join_deadline,
+            expires: None,
             events_tx,
             events_rx,
+            _slot: slot,
         }
     }
 
     async fn run(mut self, mut socket: WebSocket) {
-        // TURN usernames carry an identity; before the join there is none,
-        // so the connection's address stands in.
-        let ice_servers = crate::turn::ice_servers(
-            &self.state.config,
-            &format!("ws-{}", self.remote),
-            unix_now(),
-        );
+        // Before a token is seen: STUN only, never TURN credentials.
+        let ice_servers = crate::turn::stun_servers(&self.state.config);
         if send(&mut socket, &ServerMsg::Hello { ice_servers })
             .await
             .is_err()
         {
             return;
         }
-        loop {
+        let ending = loop {
             tokio::select! {
                 msg = socket.recv() => {
-                    let Some(Ok(msg)) = msg else { break };
                     let reply = match msg {
-                        Message::Text(t) => self.handle(t.as_str()).await,
-                        Message::Binary(_) => Some(ServerMsg::error("bad_request", "binary frames are not part of the protocol", None)),
-                        Message::Close(_) => break,
-                        Message::Ping(_) | Message::Pong(_) => None,
+                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => Some(ServerMsg::error("bad_request", "binary frames are not part of the protocol", None)),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                        Some(Err(e)) if is_too_large(&e) => break Ending::TooLarge,
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break Ending::Gone,
                     };
                     if let Some(r) = reply {
                         if send(&mut socket, &r).await.is_err() {
-                            break;
+                            break Ending::Gone;
                         }
                     }
                 }
                 ev = self.events_rx.recv() => {
-                    let Some(ev) = ev else { break };
+                    let Some(ev) = ev else { break Ending::Gone };
                     // Our own departure (ICE lost, removed) ends the membership.
                     if let (ServerMsg::MemberLeft { peer, .. }, Some(j)) = (&ev, &self.membership) {
                         if *peer == j.peer.0 {
-                            self.membership = None;
+                            self.left_channel();
                         }
                     }
                     if send(&mut socket, &ev).await.is_err() {
-                        break;
+                        break Ending::Gone;
                     }
                 }
+                () = until(self.join_deadline) => break Ending::JoinTimeout,
+                () = until(self.expires) => break Ending::Expired,
             }
-        }
+        };
+        self.end(&mut socket, ending).await;
         self.leave().await;
+    }
+
+    /// Tells the client why the server ends the session, and closes it.
+    async fn end(&mut self, socket: &mut WebSocket, ending: Ending) {
+        let (refusal, code, message, close) = match ending {
+            Ending::Gone => return,
+            Ending::TooLarge => (
+                Refusal::WsTooLarge,
+                "too_large",
+                format!(
+                    "messages are limited to {} bytes",
+                    self.state.config.ws_max_message_bytes
+                ),
+                CLOSE_TOO_BIG,
+            ),
+            Ending::JoinTimeout => (
+                Refusal::WsJoinTimeout,
+                "join_timeout",
+                format!(
+                    "no channel joined within {} s",
+                    self.state.config.ws_join_timeout_secs
+                ),
+                CLOSE_POLICY,
+            ),
+            Ending::Expired => (
+                Refusal::SessionExpired,
+                "session_expired",
+                "the token expired: join again with a fresh one".to_owned(),
+                CLOSE_POLICY,
+            ),
+        };
+        self.state.refusals.count(refusal);
+        // The member leaves before the client is told, so that a client
+        // that rejoins at once is not refused as already joined elsewhere.
+        self.leave().await;
+        let _ = send(socket, &ServerMsg::error(code, message, None)).await;
+        let frame = CloseFrame {
+            code: close,
+            reason: code.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+        linger(socket).await;
     }
 
     async fn leave(&mut self) {
         if let Some(j) = self.membership.take() {
             j.worker.leave(j.peer).await;
         }
+        self.left_channel();
+    }
+
+    /// Not in a channel any more: the join timeout runs again.
+    fn left_channel(&mut self) {
+        self.membership = None;
+        self.expires = None;
+        if self.join_deadline.is_none() {
+            self.join_deadline = Some(Instant::now() + self.state.join_timeout());
+        }
     }
 
     async fn handle(&mut self, text: &str) -> Option<ServerMsg> {
-        if text.len() > MAX_MESSAGE {
-            return Some(ServerMsg::error(
-                "too_large",
-                "messages are limited to 64 KiB",
-                None,
-            ));
-        }
-        let msg: ClientMsg = match serde_json::from_str(text) {
-            Ok(m) => m,
+        let max = self.state.config.ws_max_message_bytes;
+        let request = match ClientRequest::parse(text, max) {
+            Ok(r) => r,
             Err(e) => {
-                return Some(ServerMsg::error(
-                    "bad_request",
-                    format!("not a protocol message: {e}"),
-                    None,
-                ))
+                if e.code == "invalid_name" {
+                    self.state.refusals.count(Refusal::BadName);
+                }
+                return Some(ServerMsg::error(e.code, e.message, e.request));
             }
         };
-        match msg {
-            ClientMsg::Ping => Some(ServerMsg::Pong),
-            ClientMsg::Leave => {
+        match request {
+            ClientRequest::Ping => Some(ServerMsg::Pong),
+            ClientRequest::Leave => {
                 if self.membership.is_none() {
                     return Some(ServerMsg::error(
                         "not_joined",
@@ -144,84 +241,104 @@ impl Session {
                 self.leave().await;
                 None
             }
-            ClientMsg::Join {
-                channel,
-                offer,
-                token,
-                role,
-                identity,
-            } => Some(self.join(channel, offer, token, role, identity).await),
-            ClientMsg::Moderate { action, peer, role } => self.moderate(&action, peer, role).await,
+            ClientRequest::Authorize(ask) => Some(self.authorize(ask)),
+            ClientRequest::Join { ask, offer } => Some(self.join(ask, offer).await),
+            ClientRequest::Moderate { peer, action } => self.moderate(peer, action).await,
         }
     }
 
-    async fn join(
-        &mut self,
-        channel: String,
-        offer: String,
-        token: Option<String>,
-        role: Option<String>,
-        identity: Option<String>,
-    ) -> ServerMsg {
-        let req = Some("join");
+    /// What every `authorize` and `join` is refused for first, as code and
+    /// message.
+    fn refused_before_ask(&self) -> Option<(&'static str, &'static str)> {
         if self.membership.is_some() {
-            return ServerMsg::error("already_joined", "leave first to join another channel", req);
+            return Some(("already_joined", "leave first to join another channel"));
         }
         if self.state.is_draining() {
-            return ServerMsg::error("shutting_down", "the server is shutting down", req);
+            return Some(("shutting_down", "the server is shutting down"));
         }
-        let role = match role.as_deref() {
-            None => None,
-            Some("speaker") => Some(Role::Speaker),
-            Some("listener") => Some(Role::Listener),
-            Some(other) => {
-                return ServerMsg::error(
-                    "bad_request",
-                    format!("role must be \"speaker\" or \"listener\", not {other:?}"),
-                    req,
-                )
-            }
-        };
-        // Without an explicit role: a speaker if the token may publish.
-        let need = match role {
-            Some(Role::Listener) => Need::Subscribe,
-            _ => Need::Publish,
-        };
-        let grants = match self.state.authorize(
-            self.remote,
-            token.as_deref(),
-            &channel,
-            need,
-            identity.as_deref(),
-        ) {
+        None
+    }
+
+    /// `ask` as the admission checks take it.
+    fn join_ask<'a>(&self, ask: &'a Ask) -> JoinAsk<'a> {
+        JoinAsk {
+            remote: self.remote,
+            token: ask.token.as_deref(),
+            channel: &ask.channel,
+            need: need(ask.role),
+            dev_identity: ask.identity.as_deref(),
+        }
+    }
+
+    fn authorize(&mut self, ask: Ask) -> ServerMsg {
+        let req = "authorize";
+        if let Some((code, message)) = self.refused_before_ask() {
+            return ServerMsg::error(code, message, Some(req));
+        }
+        let grants = match self.state.admit(&self.join_ask(&ask)) {
             Ok(g) => g,
-            Err(d) if role.is_none() && d.code == "forbidden" => {
-                // Not allowed to publish: try as a listener.
-                match self.state.authorize(
-                    self.remote,
-                    token.as_deref(),
-                    &channel,
-                    Need::Subscribe,
-                    identity.as_deref(),
-                ) {
-                    Ok(g) => g,
-                    Err(d) => return ServerMsg::error(d.code, d.message, req),
-                }
-            }
-            Err(d) => return ServerMsg::error(d.code, d.message, req),
+            Err(d) => return refusal(d, req),
         };
-        let role = role.unwrap_or(if grants.can_publish {
+        let ice_servers = crate::turn::ice_servers(&self.state.config, &grants.sub, unix_now());
+        let msg = ServerMsg::Authorized {
+            identity: grants.sub,
+            channel: ask.channel.clone(),
+            can_publish: grants.can_publish,
+            can_subscribe: grants.can_subscribe,
+            can_moderate: grants.can_moderate,
+            expires: (grants.exp != u64::MAX).then_some(grants.exp),
+            ice_servers,
+        };
+        self.authorized = Some(ask);
+        msg
+    }
+
+    async fn join(&mut self, ask: Ask, offer: String) -> ServerMsg {
+        let req = "join";
+        if let Some((code, message)) = self.refused_before_ask() {
+            return ServerMsg::error(code, message, Some(req));
+        }
+        // A join after an `authorize` for the same channel (and role) uses
+        // that token and was counted then.
+        let (ask, admitted) = match self.authorized.take() {
+            Some(before)
+                if before.channel == ask.channel
+                    && ask.role.is_none_or(|r| Some(r) == before.role)
+                    && ask
+                        .token
+                        .as_ref()
+                        .is_none_or(|t| Some(t) == before.token.as_ref())
+                    && ask
+                        .identity
+                        .as_ref()
+                        .is_none_or(|i| Some(i) == before.identity.as_ref()) =>
+            {
+                (before, true)
+            }
+            _ => (ask, false),
+        };
+        let checked = if admitted {
+            self.state.authorize(&self.join_ask(&ask))
+        } else {
+            self.state.admit(&self.join_ask(&ask))
+        };
+        let grants = match checked {
+            Ok(g) => g,
+            Err(d) => return refusal(d, req),
+        };
+        let role = ask.role.unwrap_or(if grants.can_publish {
             Role::Speaker
         } else {
             Role::Listener
         });
-        let worker = self.state.workers.for_channel(&channel).clone();
+        let worker = self.state.workers.for_channel(&ask.channel).clone();
         let res = worker
             .join(JoinRequest {
-                channel,
+                channel: ask.channel,
                 identity: grants.sub.clone(),
                 role,
                 offer,
+                can_publish: grants.can_publish,
                 can_moderate: grants.can_moderate,
                 events: Some(self.events_tx.clone()),
             })
@@ -232,6 +349,8 @@ impl Session {
                     peer: j.peer,
                     worker,
                 });
+                self.join_deadline = None;
+                self.expires = instant_of_unix(grants.exp);
                 ServerMsg::Joined {
                     peer: j.peer.0,
                     source: j.source.0,
@@ -245,45 +364,23 @@ impl Session {
                     dominant_source: j.dominant_source,
                 }
             }
+            Err(JoinError::Full(full)) => refusal(self.state.room_full(full), req),
             Err(JoinError::Draining) => {
-                ServerMsg::error("shutting_down", "the server is shutting down", req)
+                ServerMsg::error("shutting_down", "the server is shutting down", Some(req))
             }
-            Err(e @ JoinError::Refused(_)) => ServerMsg::error("invalid_offer", e.to_string(), req),
-            Err(e) => ServerMsg::error("internal", e.to_string(), req),
+            Err(e @ JoinError::Refused(_)) => {
+                ServerMsg::error("invalid_offer", e.to_string(), Some(req))
+            }
+            Err(e) => ServerMsg::error("internal", e.to_string(), Some(req)),
         }
     }
 
-    async fn moderate(
-        &mut self,
-        action: &str,
-        peer: u64,
-        role: Option<String>,
-    ) -> Option<ServerMsg> {
+    async fn moderate(&mut self, peer: PeerId, action: Moderation) -> Option<ServerMsg> {
         let req = Some("moderate");
         let Some(j) = &self.membership else {
             return Some(ServerMsg::error("not_joined", "join a channel first", req));
         };
-        let action = match (action, role.as_deref()) {
-            ("mute", _) => Moderation::Mute(true),
-            ("unmute", _) => Moderation::Mute(false),
-            ("set_role", Some("speaker")) => Moderation::SetRole(Role::Speaker),
-            ("set_role", Some("listener")) => Moderation::SetRole(Role::Listener),
-            ("set_role", _) => {
-                return Some(ServerMsg::error(
-                    "bad_request",
-                    "set_role needs role \"speaker\" or \"listener\"",
-                    req,
-                ))
-            }
-            (other, _) => {
-                return Some(ServerMsg::error(
-                    "bad_request",
-                    format!("unknown action {other:?}: mute, unmute or set_role"),
-                    req,
-                ))
-            }
-        };
-        match j.worker.moderate(j.peer, PeerId(peer), action).await {
+        match j.worker.moderate(j.peer, peer, action).await {
             // Success is seen as the member_updated broadcast.
             Ok(()) => None,
             Err(ModerateError::Forbidden) => Some(ServerMsg::error(
@@ -291,14 +388,96 @@ impl Session {
                 "your token does not allow moderation",
                 req,
             )),
+            Err(e @ ModerateError::BeyondOwnGrant) => {
+                Some(ServerMsg::error("forbidden", e.to_string(), req))
+            }
             Err(ModerateError::NotFound) => Some(ServerMsg::error(
                 "not_found",
-                format!("no member {peer} in this channel"),
+                format!("no member {} in this channel", peer.0),
                 req,
             )),
             Err(e) => Some(ServerMsg::error("bad_request", e.to_string(), req)),
         }
     }
+}
+
+/// What a join with `role` needs of the token.
+fn need(role: Option<Role>) -> Need {
+    match role {
+        Some(Role::Speaker) => Need::Publish,
+        Some(Role::Listener) => Need::Subscribe,
+        None => Need::Either,
+    }
+}
+
+/// A refusal as the protocol's error message.
+fn refusal(denied: Denied, request: &str) -> ServerMsg {
+    let retry_after_secs = denied.retry_after_secs();
+    ServerMsg::Error {
+        code: denied.code.to_owned(),
+        message: denied.message,
+        request: Some(request.to_owned()),
+        retry_after_secs,
+    }
+}
+
+/// The instant of a Unix time in seconds, `None` when it is too far ahead
+/// to matter (development mode's "never").
+fn instant_of_unix(unix: u64) -> Option<Instant> {
+    let left = Duration::from_secs(unix.saturating_sub(unix_now()));
+    Instant::now().checked_add(left)
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After the server's close frame: waits (at most [`LINGER`]) for the
+/// client to answer it and close, so that the socket is not closed with
+/// unread data in it, which resets the connection and discards the error
+/// and close frame if the client did not read them yet. After an
+/// oversized frame the rest of it is unread and the stream reads nothing
+/// more: then the wait runs out.
+async fn linger(socket: &mut WebSocket) {
+    let deadline = Instant::now() + LINGER;
+    let mut errors = 0;
+    let _ = tokio::time::timeout_at(deadline, async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Close(_))) => return,
+                // The stream gave up (as it does after an oversized frame)
+                // or keeps failing: only time lets the client read.
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+                Some(Err(_)) if errors >= 3 => {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+                Some(Err(_)) => errors += 1,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether a read failed because a frame or message was over the limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = s.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {

@@ -8,6 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use binary::{run, sfu_server};
 use sfu_server::auth::{self, Grants};
 
+/// Secrets of the shortest length the server accepts.
+const SECRET: &str = "s3cret-s3cret-s3cret-s3cret-s3cr";
+const ENV_SECRET: &str = "from-env-from-env-from-env-from-";
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -20,7 +24,7 @@ fn token_prints_a_verifiable_token() {
     let out = run(sfu_server().args([
         "token",
         "--secret",
-        "s3cret",
+        SECRET,
         "--identity",
         "alice",
         "--channel",
@@ -35,7 +39,7 @@ fn token_prints_a_verifiable_token() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout:?}");
     let before = now();
-    let grants = auth::verify(b"s3cret", lines[0], before).unwrap();
+    let grants = auth::verify(SECRET.as_bytes(), lines[0], before).unwrap();
     let exp = grants.exp;
     assert_eq!(
         grants,
@@ -46,6 +50,7 @@ fn token_prints_a_verifiable_token() {
             can_subscribe: true,
             can_moderate: false,
             exp,
+            jti: None,
         }
     );
     assert!(exp > before + 500 && exp <= before + 600, "exp {exp}");
@@ -57,7 +62,7 @@ fn token_prints_a_verifiable_token() {
 
 #[test]
 fn token_reads_the_secret_from_the_environment() {
-    let out = run(sfu_server().env("SFU_AUTH_SECRET", "from-env").args([
+    let out = run(sfu_server().env("SFU_AUTH_SECRET", ENV_SECRET).args([
         "token",
         "--identity",
         "mod",
@@ -67,7 +72,7 @@ fn token_reads_the_secret_from_the_environment() {
     ]));
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap();
-    let grants = auth::verify(b"from-env", token.trim(), now()).unwrap();
+    let grants = auth::verify(ENV_SECRET.as_bytes(), token.trim(), now()).unwrap();
     assert!(grants.can_moderate && !grants.can_publish && !grants.can_subscribe);
     assert!(grants.admits("anywhere"));
 }
@@ -80,6 +85,47 @@ fn token_refuses_an_empty_secret() {
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("secret"), "{stderr}");
+}
+
+/// A token signed with a secret the server would refuse is no use; the
+/// refusal says how to make a good secret.
+#[test]
+fn token_refuses_a_short_secret() {
+    let out = run(sfu_server().args([
+        "token",
+        "--secret",
+        &SECRET[..31],
+        "--identity",
+        "a",
+        "--channel",
+        "c",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("head -c 32 /dev/urandom | base64"),
+        "{stderr}"
+    );
+}
+
+/// The server does not start with a short auth or cluster secret, and says
+/// how to generate one.
+#[test]
+fn short_secrets_exit_2_with_how_to_make_one() {
+    for (var, extra) in [
+        ("SFU_AUTH_SECRET", &[][..]),
+        ("SFU_CLUSTER_SECRET", &["--role", "core"][..]),
+    ] {
+        let out = run(sfu_server().env(var, "short").args(extra));
+        assert_eq!(out.status.code(), Some(2), "{var}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+        assert!(
+            stderr.contains("head -c 32 /dev/urandom | base64"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

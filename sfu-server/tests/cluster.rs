@@ -14,7 +14,7 @@ use serde_json::json;
 use testkit::client::ClientSpec;
 use testkit::udp::UdpPeer;
 
-const SECRET: &str = "cluster-test-secret";
+const SECRET: &str = "cluster-test-secret-cluster-test-secret";
 
 /// A free UDP port on 127.0.0.1 (for a core that must come back on it).
 fn free_udp_port() -> u16 {
@@ -237,7 +237,7 @@ async fn an_edge_with_the_wrong_secret_gets_nothing() {
     let port = free_udp_port();
     let core = Node::core(port);
     let good = Node::edge(&[port], SECRET);
-    let bad = Node::edge(&[port], "not-the-secret");
+    let bad = Node::edge(&[port], "not-the-secret-not-the-secret-not-the");
     let (_wa, a, _) =
         ws_member_at(&good.http, "c", "alice", ClientSpec::speaker(0), json!({})).await;
     let (_wl, l, _) = ws_member_at(

@@ -201,7 +201,7 @@ fn check_config_names_the_key_and_the_reason() {
     // With a secret from the environment a public address is fine.
     let path = temp_file("env-secret.toml", "http = \"0.0.0.0:8080\"\n");
     let out = run(sfu_server()
-        .env("SFU_AUTH_SECRET", "s")
+        .env("SFU_AUTH_SECRET", "s".repeat(32))
         .arg("--check-config")
         .arg(&path));
     assert!(out.status.success(), "{out:?}");

@@ -66,7 +66,7 @@ async fn metrics_parse_and_move_with_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderator_mutes_a_speaker() {
-    let secret = "moderation-secret";
+    let secret = "moderation-secret-moderation-secret";
     let mut cfg = config();
     cfg.auth_secret = Some(secret.into());
     let server = server(cfg).await;
@@ -80,6 +80,7 @@ async fn moderator_mutes_a_speaker() {
                 can_subscribe: true,
                 can_moderate: moderate,
                 exp: unix_now() + 600,
+                jti: None,
             },
         )
     };

@@ -334,3 +334,51 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The limits of the HTTP address hold over TLS too: a connection that
+/// completed its handshake and then sends half a request head is closed
+/// after the header-read timeout, and a connection past
+/// `max_http_connections` is answered 503 (over TLS) and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_have_the_header_timeout_and_the_connection_limit() {
+    let dir = temp_dir("limits");
+    let cert = test_cert();
+    let (c, k) = install(&dir, &cert);
+    let server = Server::start(Config {
+        http: "127.0.0.1:0".parse().unwrap(),
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: Some(c),
+        tls_key: Some(k),
+        http_header_timeout_secs: 1,
+        max_http_connections: 1,
+        ..Config::default()
+    })
+    .await
+    .expect("server starts");
+    let tls = connector(&[&cert.der]);
+    let (mut slow, _) = connect(server.http_addr(), &tls).await.unwrap();
+    slow.write_all(b"GET /healthz HT").await.unwrap();
+    // The slow connection holds the one slot: the next is refused.
+    let (mut extra, _) = connect(server.http_addr(), &tls).await.unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, extra.read_to_end(&mut answer))
+        .await
+        .expect("the refused connection is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Retry-After: 5"), "{answer}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, slow.read_to_end(&mut rest))
+        .await
+        .expect("the slow connection is closed");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    assert!(started.elapsed() < LIMIT);
+    // Its slot is free again.
+    let (mut next, _) = connect(server.http_addr(), &tls).await.unwrap();
+    assert_eq!(get(&mut next, "/healthz").await, "ok\n");
+}

@@ -17,8 +17,9 @@
 //   error    {code, message, request}          a refusal from the server
 //   shutdown {reason, deadline_ms}             the server drains; we leave
 //   left     {reason}                          no longer in the channel: "left"
-//            (leave()), "shutdown", "disconnected" (socket lost), or the
-//            server's member_left reason ("timeout", "failed", ...)
+//            (leave()), "shutdown", "expired" (the token expired),
+//            "disconnected" (socket lost), or the server's member_left
+//            reason ("timeout", "failed", ...)
 
 /** Receive slots offered: the server's default `slots`. It may grant fewer. */
 const DEFAULT_SLOTS = 3;
@@ -43,24 +44,35 @@ export class VoiceClient extends EventTarget {
     this.dominant = null;
     this.micMuted = false;
     this.audio = []; // <audio> elements we created
+    this.joining = false;
   }
 
   get joined() {
     return this.peer !== null;
   }
 
-  /** Joins a channel. Resolves with the `joined` message; rejects on refusal. */
+  /**
+   * Joins a channel. Resolves with the `joined` message; rejects on refusal.
+   *
+   * Three steps on one socket: `authorize` with the token (the server
+   * answers with the ICE servers, TURN credentials included, for token
+   * holders only), the offer made with those servers, then `join`.
+   */
   async join({ channel, token, identity, role = "speaker" }) {
-    if (this.ws) throw new Error("already joined or joining: leave first");
-    const ws = (this.ws = new WebSocket(this.url));
+    if (this.ws || this.joining) throw new Error("already joined or joining: leave first");
+    this.joining = true;
     try {
-      // The server's first message, `hello`, carries the STUN/TURN servers
-      // (TURN with ephemeral credentials) the connection must be made with.
-      const iceServers = await new Promise((resolve, reject) => {
+      // The microphone before the socket: a permission prompt may take a
+      // while, and the server closes sessions that do not join in time.
+      if (role !== "listener") {
+        this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+      }
+      const ws = (this.ws = new WebSocket(this.url));
+      // The server's first message, `hello`, says the socket is ready.
+      await new Promise((resolve, reject) => {
         ws.onmessage = (ev) => {
           try {
-            const m = JSON.parse(ev.data);
-            if (m.type === "hello") resolve(m.ice_servers ?? []);
+            if (JSON.parse(ev.data).type === "hello") resolve();
           } catch {
             reject(new Error("the server sent something that is not JSON"));
           }
@@ -72,9 +84,14 @@ export class VoiceClient extends EventTarget {
       ws.onerror = null;
       ws.onclose = () => this.#teardown("disconnected");
 
-      const pc = (this.pc = new RTCPeerConnection({ iceServers }));
-      if (role !== "listener") {
-        this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const ask = { type: "authorize", channel };
+      if (token) ask.token = token;
+      if (role) ask.role = role;
+      if (identity) ask.identity = identity;
+      const authorized = await this.#request(ask, "authorized", "authorize");
+
+      const pc = (this.pc = new RTCPeerConnection({ iceServers: authorized.ice_servers ?? [] }));
+      if (this.mic) {
         const track = this.mic.getAudioTracks()[0];
         track.enabled = !this.micMuted;
         // First m-line: our voice. The server takes the first m-line it can
@@ -94,10 +111,9 @@ export class VoiceClient extends EventTarget {
       // our address from our connectivity checks, so the offer may carry no
       // candidates at all (and trickled ones are simply not sent).
       await pc.setLocalDescription(await pc.createOffer());
+      // The token was shown with `authorize`; the join refers to it.
       const msg = { type: "join", channel, offer: pc.localDescription.sdp };
-      if (token) msg.token = token;
       if (role) msg.role = role;
-      if (identity) msg.identity = identity;
 
       const reply = await this.#request(msg, "joined", "join");
       await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
@@ -105,6 +121,8 @@ export class VoiceClient extends EventTarget {
     } catch (err) {
       this.#teardown(null);
       throw err;
+    } finally {
+      this.joining = false;
     }
   }
 
@@ -216,6 +234,8 @@ export class VoiceClient extends EventTarget {
         break;
       case "error":
         this.#emit("error", { code: m.code, message: m.message, request: m.request });
+        // The server ends the session after these (and closes the socket).
+        if (m.code === "session_expired") this.#teardown("expired");
         break;
       case "shutdown":
         this.#emit("shutdown", { reason: m.reason, deadline_ms: m.deadline_ms });

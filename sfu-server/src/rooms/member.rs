@@ -18,13 +18,22 @@ pub struct Member {
     pub role: Role,
     /// Server-muted by a moderator.
     pub muted: bool,
-    /// The token's `can_moderate` grant.
-    pub can_moderate: bool,
+    /// What the member's token allows beyond joining.
+    pub rights: Rights,
     /// Its voice, once the engine answered the join.
     pub source: Option<SourceId>,
     /// The others were told about this member (`member_joined`), so they
     /// are told when it changes or leaves.
     pub listed: bool,
+}
+
+/// The grants of a member's token that room rules look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rights {
+    /// `can_publish`: may speak.
+    pub can_publish: bool,
+    /// `can_moderate`: may mute others and change their role.
+    pub can_moderate: bool,
 }
 
 impl Member {

@@ -17,6 +17,10 @@ pub enum ModerateError {
     /// The moderator has no `can_moderate` grant or is not joined.
     #[error("not allowed to moderate")]
     Forbidden,
+    /// The moderator would give a role its own token does not have (make a
+    /// speaker without `can_publish`).
+    #[error("your token does not allow publishing, so you may not make others speakers")]
+    BeyondOwnGrant,
     /// No such member in the moderator's channel.
     #[error("no such member in this channel")]
     NotFound,

@@ -12,9 +12,15 @@ fn voice_of(peer: u64) -> SourceId {
     SourceId(1000 + peer as u32)
 }
 
+/// A moderator's grants: speaks and moderates.
+const MODERATOR: Rights = Rights {
+    can_publish: true,
+    can_moderate: true,
+};
+
 /// `peer` joins `channel` and the engine answers.
 fn join(rooms: &mut Rooms, peer: u64, channel: &str, identity: &str, role: Role) -> Joined {
-    join_with(rooms, peer, channel, identity, role, false)
+    join_with(rooms, peer, channel, identity, role, Rights::default())
 }
 
 fn join_with(
@@ -23,10 +29,10 @@ fn join_with(
     channel: &str,
     identity: &str,
     role: Role,
-    can_moderate: bool,
+    rights: Rights,
 ) -> Joined {
     let p = PeerId(peer);
-    rooms.handle_join(p, channel.into(), identity.into(), role, can_moderate);
+    rooms.handle_join(p, channel.into(), identity.into(), role, rights);
     let joined = rooms
         .handle_event(Event::Answer {
             peer: p,
@@ -84,7 +90,7 @@ fn left_told_to(sent: &[(PeerId, ServerMsg)], peer: u64) -> Vec<u64> {
 /// A hall: host (peer 1, a speaker who may moderate) and listeners l0, l1…
 /// as peers 2, 3…; returns the last listener's `Joined`.
 fn hall(rooms: &mut Rooms, listeners: u64) -> Option<Joined> {
-    join_with(rooms, 1, "hall", "host", Role::Speaker, true);
+    join_with(rooms, 1, "hall", "host", Role::Speaker, MODERATOR);
     (0..listeners)
         .map(|i| join(rooms, i + 2, "hall", &format!("l{i}"), Role::Listener))
         .last()
@@ -360,10 +366,10 @@ fn late_joiners_learn_who_speaks_and_the_voices_of_other_nodes() {
 #[test]
 fn moderation_needs_the_grant_and_a_target_in_the_same_channel() {
     let mut rooms = Rooms::new();
-    join_with(&mut rooms, 1, "a", "mod", Role::Speaker, true);
+    join_with(&mut rooms, 1, "a", "mod", Role::Speaker, MODERATOR);
     join(&mut rooms, 2, "a", "s", Role::Speaker);
     join(&mut rooms, 3, "a", "plain", Role::Speaker);
-    join_with(&mut rooms, 4, "b", "elsewhere", Role::Speaker, true);
+    join_with(&mut rooms, 4, "b", "elsewhere", Role::Speaker, MODERATOR);
     sent(&mut rooms);
     let mute = Moderation::Mute(true);
     let check = |by: u64, target: u64| {
@@ -400,6 +406,78 @@ fn moderation_needs_the_grant_and_a_target_in_the_same_channel() {
         );
     }
     assert!(to(&sent, 4).is_empty(), "the other channel hears nothing");
+}
+
+/// A moderator whose own token may not publish may not put others on the
+/// stage: moderation hands on only what the moderator's token grants.
+/// Demoting, muting and unmuting stay open to it.
+#[test]
+fn moderators_grant_no_role_their_own_token_lacks() {
+    let mut rooms = Rooms::new();
+    let listening_moderator = Rights {
+        can_publish: false,
+        can_moderate: true,
+    };
+    join_with(
+        &mut rooms,
+        1,
+        "a",
+        "mod",
+        Role::Listener,
+        listening_moderator,
+    );
+    join(&mut rooms, 2, "a", "l", Role::Listener);
+    join(&mut rooms, 3, "a", "s", Role::Speaker);
+    join_with(&mut rooms, 4, "a", "host", Role::Speaker, MODERATOR);
+    let by = |m: u64, t: u64, a: Moderation| rooms.moderation(PeerId(m), PeerId(t), a).map(|_| ());
+    let speaker = Moderation::SetRole(Role::Speaker);
+    assert_eq!(by(1, 2, speaker), Err(ModerateError::BeyondOwnGrant));
+    assert_eq!(by(1, 1, speaker), Err(ModerateError::BeyondOwnGrant));
+    assert_eq!(by(1, 3, Moderation::SetRole(Role::Listener)), Ok(()));
+    assert_eq!(by(1, 3, Moderation::Mute(true)), Ok(()));
+    assert_eq!(by(1, 3, Moderation::Mute(false)), Ok(()));
+    // A moderator that may publish may promote.
+    assert_eq!(by(4, 2, speaker), Ok(()));
+}
+
+/// Joins beyond a channel's maximum of members, or that would open a
+/// channel beyond the node's maximum, are refused; leaving makes room.
+#[test]
+fn joins_are_refused_past_the_member_and_channel_limits() {
+    let mut rooms = Rooms::with_limits(RoomLimits {
+        max_members_per_channel: 2,
+        max_channels: 2,
+    });
+    assert_eq!(rooms.admit("a"), Ok(()));
+    join(&mut rooms, 1, "a", "x", Role::Speaker);
+    join(&mut rooms, 2, "a", "y", Role::Listener);
+    assert_eq!(rooms.admit("a"), Err(RoomRefusal::ChannelFull(2)));
+    assert_eq!(rooms.admit("b"), Ok(()));
+    join(&mut rooms, 3, "b", "z", Role::Speaker);
+    // Two channels: a third is refused, the existing ones still take
+    // members while they have room.
+    assert_eq!(rooms.admit("c"), Err(RoomRefusal::TooManyChannels(2)));
+    assert_eq!(rooms.admit("b"), Ok(()));
+    // A channel known only from engine events (a voice of another node) is
+    // not one of the node's channels until someone joins it here.
+    rooms.handle_event(Event::ActiveSpeakers {
+        channel: "c".into(),
+        speakers: vec![],
+    });
+    assert_eq!(rooms.admit("c"), Err(RoomRefusal::TooManyChannels(2)));
+    leave(&mut rooms, 3, LeaveReason::Left);
+    assert_eq!(rooms.admit("c"), Ok(()));
+    leave(&mut rooms, 2, LeaveReason::Disconnected);
+    assert_eq!(rooms.admit("a"), Ok(()));
+    // The limits count members that joined and were not answered yet.
+    rooms.handle_join(
+        PeerId(9),
+        "a".into(),
+        "w".into(),
+        Role::Listener,
+        Rights::default(),
+    );
+    assert_eq!(rooms.admit("a"), Err(RoomRefusal::ChannelFull(2)));
 }
 
 #[test]

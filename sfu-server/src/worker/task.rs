@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{udp, JoinError, JoinRequest, Request};
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
-use crate::rooms::{Joined, ModerateError, Moderation, Rooms};
+use crate::rooms::{Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms};
 
 /// `recvmmsg` calls per wake-up at most (each up to [`udp::BATCH`]
 /// datagrams) before requests and timers get their turn.
@@ -56,6 +56,7 @@ pub(super) struct Task {
 impl Task {
     pub(super) fn new(
         engine: Engine,
+        limits: RoomLimits,
         socket: UdpSocket,
         rx: mpsc::Receiver<Request>,
         relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
@@ -63,7 +64,7 @@ impl Task {
     ) -> Task {
         Task {
             engine,
-            rooms: Rooms::new(),
+            rooms: Rooms::with_limits(limits),
             socket: Arc::new(socket),
             rx,
             sinks: HashMap::new(),
@@ -289,6 +290,10 @@ impl Task {
             let _ = reply.send(Err(JoinError::Draining));
             return;
         }
+        if let Err(full) = self.rooms.admit(&j.channel) {
+            let _ = reply.send(Err(JoinError::Full(full)));
+            return;
+        }
         if !self.rooms.has_members(&j.channel) {
             self.follow_upstream(j.channel.clone());
         }
@@ -307,8 +312,12 @@ impl Task {
             let _ = reply.send(Err(JoinError::Refused(e)));
             return;
         }
+        let rights = Rights {
+            can_publish: j.can_publish,
+            can_moderate: j.can_moderate,
+        };
         self.rooms
-            .handle_join(peer, j.channel, j.identity, j.role, j.can_moderate);
+            .handle_join(peer, j.channel, j.identity, j.role, rights);
         if let Some(sink) = j.events {
             self.sinks.insert(peer, sink);
         }

@@ -35,7 +35,7 @@ const log = run.log.bind(run);
 const check = run.check.bind(run);
 
 // Every RTCPeerConnection the pages make is relay-only; the configuration
-// the page asked for (the ICE servers from the server's hello) is kept for
+// the page asked for (the ICE servers from the server's `authorized`) is kept for
 // the checks. The client code itself is untouched.
 function relayOnly() {
   const Native = window.RTCPeerConnection;
@@ -111,11 +111,11 @@ try {
     for (const p of talkers) {
       const [config] = await p.page.evaluate(() => window.iceConfigs);
       const turn = config.iceServers.find((s) => s.urls.some((u) => u.startsWith("turn:")));
-      // coturn REST username: "<expiry unix seconds>:<who>" (the hello comes
-      // before the join, so <who> names the connection, not the member).
-      const expiry = Number(turn?.username?.split(":")[0]);
-      if (!turn || !(expiry > Date.now() / 1000) || !turn.credential) {
-        throw new Error(`${p.name}: no TURN credentials from the server: ${JSON.stringify(config)}`);
+      // coturn REST username: "<expiry unix seconds>:<identity>", handed
+      // out with `authorized`, after the server checked who asks.
+      const [expiry, who] = (turn?.username ?? "").split(":");
+      if (!turn || !(Number(expiry) > Date.now() / 1000) || !turn.credential || who !== p.name) {
+        throw new Error(`${p.name}: no TURN credentials for ${p.name} from the server: ${JSON.stringify(config)}`);
       }
       const st = await mediaConnected(p);
       const pair = st.pair;
@@ -144,20 +144,29 @@ try {
   await check("expiry: coturn relays with fresh credentials and refuses them once expired", async () => {
     const p = await run.openPage("expiry");
     await p.page.goto(`${SHORT_TTL_URL}/`);
-    const hello = await p.page.evaluate(
-      (url) =>
+    // The first message (hello) carries no TURN credentials; an
+    // `authorize` (development mode: no token needed) gets them.
+    const [hello, authorized] = await p.page.evaluate(
+      ([url, channel]) =>
         new Promise((resolve, reject) => {
           const ws = new WebSocket(url.replace(/^http/, "ws") + "/ws");
+          const seen = [];
           ws.onmessage = (e) => {
-            resolve(JSON.parse(e.data));
-            ws.close();
+            const m = JSON.parse(e.data);
+            seen.push(m);
+            if (m.type === "hello") ws.send(JSON.stringify({ type: "authorize", channel, identity: "expiry" }));
+            else {
+              resolve(seen);
+              ws.close();
+            }
           };
           ws.onerror = () => reject(new Error("no WebSocket"));
         }),
-      SHORT_TTL_URL,
+      [SHORT_TTL_URL, CHANNEL],
     );
-    const turn = hello.ice_servers?.find((s) => s.urls.some((u) => u.startsWith("turn:")));
-    if (!turn) throw new Error(`no TURN server in ${JSON.stringify(hello)}`);
+    if (JSON.stringify(hello).includes("credential")) throw new Error(`hello carries credentials: ${JSON.stringify(hello)}`);
+    const turn = authorized.ice_servers?.find((s) => s.urls.some((u) => u.startsWith("turn:")));
+    if (!turn) throw new Error(`no TURN server in ${JSON.stringify(authorized)}`);
     const expiry = Number(turn.username.split(":")[0]);
     const fresh = await p.page.evaluate(gatherRelay, turn);
     if (Date.now() / 1000 >= expiry) throw new Error("the fresh gathering outlived the 3 s credentials; inconclusive");

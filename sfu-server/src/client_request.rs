@@ -1,0 +1,273 @@
+//! A client's WebSocket message turned into a request the session can act
+//! on, or the protocol error it gets: size, JSON, the message type and its
+//! fields, roles and moderation actions by name, channel names and
+//! identities ([`crate::names`]). Pure: the session does the rest, and the
+//! fuzz target feeds it anything.
+
+use media_core::{PeerId, Role};
+
+use crate::auth::MAX_TOKEN_LEN;
+use crate::names;
+use crate::protocol::{AskFields, ClientMsg};
+use crate::rooms::Moderation;
+
+/// Who asks for which channel, how (`authorize` and `join`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    /// A well-formed channel name.
+    pub channel: String,
+    /// The token, if given.
+    pub token: Option<String>,
+    /// The role asked for (`None`: speaker if the token may publish).
+    pub role: Option<Role>,
+    /// A well-formed development-mode identity, if given.
+    pub identity: Option<String>,
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// Check the token, get the ICE servers.
+    Authorize(Ask),
+    /// Join with an offer.
+    Join {
+        /// Who, where.
+        ask: Ask,
+        /// The SDP offer.
+        offer: String,
+    },
+    /// Leave the channel.
+    Leave,
+    /// Moderate another member.
+    Moderate {
+        /// The member.
+        peer: PeerId,
+        /// What to do.
+        action: Moderation,
+    },
+    /// Keep-alive.
+    Ping,
+}
+
+/// A message refused before anything acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// Protocol error code: `too_large`, `bad_request` or `invalid_name`.
+    pub code: &'static str,
+    /// What is wrong (never repeats a refused name).
+    pub message: String,
+    /// The message type it answers, when known.
+    pub request: Option<&'static str>,
+}
+
+impl RequestError {
+    fn new(code: &'static str, message: impl Into<String>, request: Option<&'static str>) -> Self {
+        RequestError {
+            code,
+            message: message.into(),
+            request,
+        }
+    }
+}
+
+/// The codes [`ClientRequest::parse`] answers with.
+pub const ERROR_CODES: [&str; 3] = ["too_large", "bad_request", "invalid_name"];
+
+impl ClientRequest {
+    /// Decodes and checks one text message of at most `max_bytes`.
+    pub fn parse(text: &str, max_bytes: usize) -> Result<ClientRequest, RequestError> {
+        if text.len() > max_bytes {
+            return Err(RequestError::new(
+                "too_large",
+                format!("messages are limited to {max_bytes} bytes"),
+                None,
+            ));
+        }
+        let msg: ClientMsg = serde_json::from_str(text).map_err(|e| {
+            RequestError::new("bad_request", format!("not a protocol message: {e}"), None)
+        })?;
+        Ok(match msg {
+            ClientMsg::Ping => ClientRequest::Ping,
+            ClientMsg::Leave => ClientRequest::Leave,
+            ClientMsg::Authorize(fields) => ClientRequest::Authorize(ask("authorize", fields)?),
+            ClientMsg::Join { ask: fields, offer } => ClientRequest::Join {
+                ask: ask("join", fields)?,
+                offer,
+            },
+            ClientMsg::Moderate { action, peer, role } => ClientRequest::Moderate {
+                peer: PeerId(peer),
+                action: moderation(&action, role.as_deref())?,
+            },
+        })
+    }
+
+    /// The message type, as errors name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::Authorize(_) => "authorize",
+            ClientRequest::Join { .. } => "join",
+            ClientRequest::Leave => "leave",
+            ClientRequest::Moderate { .. } => "moderate",
+            ClientRequest::Ping => "ping",
+        }
+    }
+}
+
+fn ask(request: &'static str, fields: AskFields) -> Result<Ask, RequestError> {
+    let AskFields {
+        channel,
+        token,
+        role,
+        identity,
+    } = fields;
+    let invalid =
+        |e: names::NameError| RequestError::new("invalid_name", e.to_string(), Some(request));
+    names::check_channel(&channel).map_err(invalid)?;
+    if let Some(identity) = &identity {
+        names::check_identity(identity).map_err(invalid)?;
+    }
+    if token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
+        return Err(RequestError::new(
+            "bad_request",
+            format!("tokens are at most {MAX_TOKEN_LEN} bytes"),
+            Some(request),
+        ));
+    }
+    let role = match role.as_deref() {
+        None => None,
+        Some("speaker") => Some(Role::Speaker),
+        Some("listener") => Some(Role::Listener),
+        Some(_) => {
+            return Err(RequestError::new(
+                "bad_request",
+                "role must be \"speaker\" or \"listener\"",
+                Some(request),
+            ))
+        }
+    };
+    Ok(Ask {
+        channel,
+        token,
+        role,
+        identity,
+    })
+}
+
+fn moderation(action: &str, role: Option<&str>) -> Result<Moderation, RequestError> {
+    let req = Some("moderate");
+    match (action, role) {
+        ("mute", _) => Ok(Moderation::Mute(true)),
+        ("unmute", _) => Ok(Moderation::Mute(false)),
+        ("set_role", Some("speaker")) => Ok(Moderation::SetRole(Role::Speaker)),
+        ("set_role", Some("listener")) => Ok(Moderation::SetRole(Role::Listener)),
+        ("set_role", _) => Err(RequestError::new(
+            "bad_request",
+            "set_role needs role \"speaker\" or \"listener\"",
+            req,
+        )),
+        _ => Err(RequestError::new(
+            "bad_request",
+            "unknown action: mute, unmute or set_role",
+            req,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 65_536;
+
+    fn code(text: &str) -> &'static str {
+        ClientRequest::parse(text, MAX).unwrap_err().code
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            ClientRequest::parse(r#"{"type":"ping"}"#, MAX),
+            Ok(ClientRequest::Ping)
+        );
+        assert_eq!(
+            ClientRequest::parse(
+                r#"{"type":"join","channel":"lobby","offer":"v=0","role":"listener","token":"t"}"#,
+                MAX
+            ),
+            Ok(ClientRequest::Join {
+                ask: Ask {
+                    channel: "lobby".into(),
+                    token: Some("t".into()),
+                    role: Some(Role::Listener),
+                    identity: None,
+                },
+                offer: "v=0".into(),
+            })
+        );
+        assert_eq!(
+            ClientRequest::parse(
+                r#"{"type":"authorize","channel":"lobby","identity":"ann"}"#,
+                MAX
+            ),
+            Ok(ClientRequest::Authorize(Ask {
+                channel: "lobby".into(),
+                token: None,
+                role: None,
+                identity: Some("ann".into()),
+            }))
+        );
+        assert_eq!(
+            ClientRequest::parse(
+                r#"{"type":"moderate","action":"set_role","peer":4,"role":"speaker"}"#,
+                MAX
+            ),
+            Ok(ClientRequest::Moderate {
+                peer: PeerId(4),
+                action: Moderation::SetRole(Role::Speaker)
+            })
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(code("not json"), "bad_request");
+        assert_eq!(code(r#"{"type":"dance"}"#), "bad_request");
+        assert_eq!(code(r#"{"type":"join"}"#), "bad_request");
+        assert_eq!(
+            code(r#"{"type":"join","channel":"a","offer":"","role":"boss"}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"moderate","action":"ban","peer":1}"#),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"type":"moderate","action":"set_role","peer":1}"#),
+            "bad_request"
+        );
+        assert_eq!(code(&"x".repeat(MAX + 1)), "too_large");
+        let long_token = format!(
+            r#"{{"type":"join","channel":"a","offer":"","token":"{}"}}"#,
+            "t".repeat(MAX_TOKEN_LEN + 1)
+        );
+        assert_eq!(code(&long_token), "bad_request");
+        // Names that would forge log lines never get past here, and the
+        // error does not repeat them.
+        for bad in [
+            r#"{"type":"join","channel":"a\nFAKE","offer":""}"#,
+            r#"{"type":"authorize","channel":""}"#,
+            r#"{"type":"join","channel":"a","offer":"","identity":"x\u001b[1m"}"#,
+            r#"{"type":"authorize","channel":"a","identity":"\u202e"}"#,
+        ] {
+            let e = ClientRequest::parse(bad, MAX).unwrap_err();
+            assert_eq!(e.code, "invalid_name", "{bad}");
+            assert!(!e.message.contains("FAKE") && !e.message.contains('\u{1b}'));
+            assert!(e.request.is_some());
+        }
+        let long = format!(
+            r#"{{"type":"authorize","channel":"{}"}}"#,
+            "c".repeat(names::MAX_CHANNEL_BYTES + 1)
+        );
+        assert_eq!(code(&long), "invalid_name");
+    }
+}
