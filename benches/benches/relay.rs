@@ -19,7 +19,9 @@ use bytes::{Bytes, BytesMut};
 use cascade::wire::{decode_datagram, encode_datagram, encode_frame, FrameDecoder};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use media_core::{Engine, EngineConfig, Input, LinkId, Output, RelayMsg, SourceId};
+use media_core::{
+    Command, Engine, EngineConfig, EngineId, Input, LinkId, Output, RelayMsg, SourceId,
+};
 
 /// Opus payload of one relayed frame.
 const PAYLOAD: usize = 120;
@@ -109,9 +111,17 @@ fn relay(c: &mut Criterion) {
 /// An origin engine whose channel `town-hall1` has two subscriber links;
 /// returns it with the link a voice comes over and that voice's id.
 fn origin(now: Instant) -> (Engine, LinkId, SourceId) {
-    let mut engine = Engine::new(EngineConfig::default(), now);
+    let mut engine = Engine::new(EngineConfig::new(testkit::SEED), now);
     let (from, other) = (LinkId(1), LinkId(2));
-    for link in [from, other] {
+    for (link, n) in [(from, 1), (other, 2)] {
+        let engine_at_end = EngineId::new(n).unwrap();
+        let command = Command::LinkOpened {
+            link,
+            engine: engine_at_end,
+        };
+        engine
+            .handle_input(Input::Command { now, command })
+            .unwrap();
         let msg = RelayMsg::Subscribe {
             channel: Arc::from("town-hall1"),
         };
@@ -120,7 +130,8 @@ fn origin(now: Instant) -> (Engine, LinkId, SourceId) {
             .unwrap();
     }
     drain(&mut engine);
-    (engine, from, SourceId(0x1234_5678))
+    // A voice of the engine at the other end of `from` (engine 1).
+    (engine, from, SourceId(1 << 20 | 0x5678))
 }
 
 /// Takes the engine's outputs until it waits; returns how many relay
