@@ -16,6 +16,17 @@ use crate::demux::PeerKey;
 use crate::frame::VoiceFrame;
 use crate::{EngineId, Error, Event, LinkId, RelayMsg, Role, SourceId};
 
+/// A relayed message's channel and link, as [`Engine::admit`] found them.
+struct Admitted {
+    /// The channel.
+    k: u32,
+    link: LinkId,
+    /// Whether the link is the channel's origin (else a subscriber).
+    from_origin: bool,
+    /// The engine at the link's other end.
+    engine: EngineId,
+}
+
 /// An open link: the engine at its other end and what it brought in.
 #[derive(Debug)]
 pub(super) struct LinkState {
@@ -47,17 +58,19 @@ impl Engine {
     }
 
     /// The channel a relayed message is for, if `link` is open and may speak
-    /// for it: its origin (`Some((k, true))`) or one of its subscribers
-    /// (`Some((k, false))`). Anything else is dropped and counted.
-    fn admit(&mut self, channel: &str, link: LinkId) -> Option<(u32, bool)> {
-        if !self.links.contains_key(&link) {
-            self.fx.stats.dropped_relay += 1;
-            return None;
-        }
-        let admitted = self.channel_keys.get(channel).and_then(|&k| {
+    /// for it: as its origin or as one of its subscribers. Anything else is
+    /// dropped and counted.
+    fn admit(&mut self, channel: &str, link: LinkId) -> Option<Admitted> {
+        let admitted = self.links.get(&link).and_then(|state| {
+            let k = *self.channel_keys.get(channel)?;
             let ch = self.channels.get(k)?;
             let from_origin = ch.upstream == Some(link);
-            (from_origin || ch.subscribers.contains(&link)).then_some((k, from_origin))
+            (from_origin || ch.subscribers.contains(&link)).then_some(Admitted {
+                k,
+                link,
+                from_origin,
+                engine: state.engine,
+            })
         });
         if admitted.is_none() {
             self.fx.stats.dropped_relay += 1;
@@ -65,39 +78,43 @@ impl Engine {
         admitted
     }
 
-    /// Whether a message over `link` may be about `source` in channel `k`
-    /// (admitted, `from_origin` as [`Self::admit`] said). The origin speaks
+    /// Whether an admitted message may be about `source`. The origin speaks
     /// for every voice but this engine's own (it never sends one back to
     /// where it came from). A subscriber speaks only for voices of the
     /// engine at its other end, and brings in at most
     /// `max_sources_per_link`: a new one is recorded in the channel's
     /// `remote` and counted. Refusals are dropped and counted.
-    fn admit_voice(&mut self, k: u32, link: LinkId, source: SourceId, from_origin: bool) -> bool {
+    fn admit_voice(&mut self, at: &Admitted, source: SourceId) -> bool {
         let stats = &mut self.fx.stats;
-        if from_origin {
-            let ours = source.engine() == self.config.engine_id;
-            if ours {
-                stats.dropped_relay += 1;
-            }
-            return !ours;
-        }
-        let (Some(state), Some(ch)) = (self.links.get_mut(&link), self.channels.get_mut(k)) else {
+        let own = self.config.engine_id;
+        let allowed = if at.from_origin {
+            source.engine() != own
+        } else {
+            source.engine() == at.engine
+        };
+        if !allowed {
             stats.dropped_relay += 1;
+            return false;
+        }
+        if at.from_origin {
+            return true;
+        }
+        let Some(ch) = self.channels.get_mut(at.k) else {
             return false;
         };
-        if source.engine() != state.engine {
-            stats.dropped_relay += 1;
-            return false;
-        }
+        // The common case, once per relayed frame: a voice already in.
         if ch.remote.contains_key(&source) {
             return true;
         }
+        let Some(state) = self.links.get_mut(&at.link) else {
+            return false;
+        };
         if state.voices >= self.config.max_sources_per_link {
             stats.dropped_relay_limit += 1;
             return false;
         }
         state.voices += 1;
-        ch.remote.insert(source, link);
+        ch.remote.insert(source, at.link);
         true
     }
 
@@ -183,10 +200,10 @@ impl Engine {
                 vad,
                 payload,
             } => {
-                let Some((k, from_origin)) = self.admit(&channel, link) else {
+                let Some(at) = self.admit(&channel, link) else {
                     return;
                 };
-                if !self.admit_voice(k, link, source, from_origin) {
+                if !self.admit_voice(&at, source) {
                     return;
                 }
                 let frame = VoiceFrame {
@@ -199,7 +216,7 @@ impl Engine {
                     payload: Arc::from(&payload[..]),
                     capture: None,
                 };
-                self.route(k, &frame, now, Some(link));
+                self.route(at.k, &frame, now, Some(link));
             }
             RelayMsg::Speakers {
                 channel,
@@ -243,9 +260,10 @@ impl Engine {
                 source,
                 identity,
             } => {
-                let Some((k, from_origin)) = self.admit(&channel, link) else {
+                let Some(at) = self.admit(&channel, link) else {
                     return;
                 };
+                let (k, from_origin) = (at.k, at.from_origin);
                 let leaving = identity.is_empty();
                 if leaving && !from_origin {
                     // Only a voice this link brought in can leave over it.
@@ -257,7 +275,7 @@ impl Engine {
                         self.fx.stats.dropped_relay += 1;
                         return;
                     }
-                } else if !self.admit_voice(k, link, source, from_origin) {
+                } else if !self.admit_voice(&at, source) {
                     return;
                 }
                 let Some(ch) = self.channels.get_mut(k) else {
