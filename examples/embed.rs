@@ -10,8 +10,6 @@
 //! Ports also come from `EMBED_UDP` / `EMBED_HTTP` (UDP defaults to 0: any free
 //! port; HTTP to 8080). Logs follow `RUST_LOG` (default `info`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -21,13 +19,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let udp_port = port(args.next(), "EMBED_UDP", 0);
     let http_port = port(args.next(), "EMBED_HTTP", 8080);
-    // The engine is deterministic given its seed; a server wants a different
-    // one per run (ICE credentials, initial sequence numbers). Time is enough
-    // here: nothing secret derives from it (DTLS keys come from the OS RNG).
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id()) << 32;
+    // The engine is deterministic given its seed, and every ICE password it
+    // hands out derives from it: take it from the operating system's secure
+    // generator, never from the time or the process id.
+    let mut seed = [0u8; 32];
+    if aws_lc_rs::rand::fill(&mut seed).is_err() {
+        eprintln!("embed: the operating system's random generator failed");
+        std::process::exit(1);
+    }
     let config = examples::Config {
         udp_port,
         http_port,

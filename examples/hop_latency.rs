@@ -281,8 +281,13 @@ async fn main() {
         }
     };
     let addr = listener.local_addr();
+    // The edge needs a node id of its own: the core refuses its own.
+    let edge_config = LinkConfig {
+        node_id: 1,
+        ..config
+    };
     let (edge, core) = tokio::join!(
-        Link::dial(addr, config),
+        Link::dial(addr, edge_config),
         tokio::time::timeout(Duration::from_secs(5), listener.accept())
     );
     let (mut edge, core) = match (edge, core) {

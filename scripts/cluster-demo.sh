@@ -157,7 +157,7 @@ for attempt in 1 2 3 4 5; do
   if ss -Hlun 2>/dev/null | awk '{print $4}' | grep -q ":$port\$"; then
     continue
   fi
-  start_node core --role core --cluster-listen "127.0.0.1:$port"
+  start_node core --role core --node-id 0 --cluster-listen "127.0.0.1:$port"
   if core_url=$(wait_url core "${pids[-1]}"); then
     break
   fi
@@ -172,7 +172,7 @@ echo "cluster-demo: core pid $core_pid at $core_url, cluster udp 127.0.0.1:$port
 
 edge_urls=()
 for e in $(seq 1 "$EDGES"); do
-  start_node "edge$e" --role edge --cluster-core "127.0.0.1:$port"
+  start_node "edge$e" --role edge --node-id "$e" --cluster-core "127.0.0.1:$port"
 done
 for e in $(seq 1 "$EDGES"); do
   url=$(wait_url "edge$e" "${pids[$e]}") || { echo "cluster-demo: edge $e did not start" >&2; exit 1; }

@@ -30,11 +30,11 @@ fn forward(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         // Setup (1 + n str0m clients through ICE and DTLS) stays outside the
         // measured loop. A benchmark filtered out by name is never set up.
-        engine(&mut group, "engine", n, EngineConfig::default());
+        engine(&mut group, "engine", n, EngineConfig::new(testkit::SEED));
         if n <= STR0M_PATH_UP_TO {
             let str0m_path = EngineConfig {
                 direct_srtp: false,
-                ..EngineConfig::default()
+                ..EngineConfig::new(testkit::SEED)
             };
             engine(&mut group, "engine_str0m_send", n, str0m_path);
         }

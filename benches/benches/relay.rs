@@ -3,18 +3,25 @@
 //! Opus payload (the form every relayed voice frame takes on a core → edge
 //! link) and of a `Speakers` message (3 selected, 3 active, a dominant
 //! speaker; sent on selection changes), plus the control-stream framing of
-//! the same `Speakers` message (`encode_frame` / `FrameDecoder`).
+//! the same `Speakers` message (`encode_frame` / `FrameDecoder`); and the
+//! engine's side of the same frame at the origin (`relay/engine_in/media`):
+//! a `Media` message over a subscriber's link through `Engine::handle_input`
+//! (admission, selection) and `poll_output` until the engine waits, which
+//! hands the frame to the channel's other subscriber.
 //!
 //! `cargo bench -p benches --bench relay`
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cascade::wire::{decode_datagram, encode_datagram, encode_frame, FrameDecoder};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use media_core::{RelayMsg, SourceId};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use media_core::{
+    Command, Engine, EngineConfig, EngineId, Input, LinkId, Output, RelayMsg, SourceId,
+};
 
 /// Opus payload of one relayed frame.
 const PAYLOAD: usize = 120;
@@ -40,12 +47,18 @@ fn speakers() -> RelayMsg {
     }
 }
 
-fn relay(c: &mut Criterion) {
+/// The `relay` group: per message, short runs (the costs are stable).
+fn relay_group(c: &mut Criterion) -> BenchmarkGroup<'_, WallTime> {
     let mut group = c.benchmark_group("relay");
     group
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(1));
+    group
+}
+
+fn relay(c: &mut Criterion) {
+    let mut group = relay_group(c);
     for (name, msg) in [("media_120b", media()), ("speakers", speakers())] {
         // Encoding into a reused buffer (the codec's own cost) and into a
         // fresh one per message (what `LinkHandle::send_media` does).
@@ -95,5 +108,82 @@ fn relay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, relay);
+/// An origin engine whose channel `town-hall1` has two subscriber links;
+/// returns it with the link a voice comes over and that voice's id.
+fn origin(now: Instant) -> (Engine, LinkId, SourceId) {
+    let mut engine = Engine::new(EngineConfig::new(testkit::SEED), now);
+    let (from, other) = (LinkId(1), LinkId(2));
+    for (link, n) in [(from, 1), (other, 2)] {
+        let engine_at_end = EngineId::new(n).unwrap();
+        let command = Command::LinkOpened {
+            link,
+            engine: engine_at_end,
+        };
+        engine
+            .handle_input(Input::Command { now, command })
+            .unwrap();
+        let msg = RelayMsg::Subscribe {
+            channel: Arc::from("town-hall1"),
+        };
+        engine
+            .handle_input(Input::Relay { now, link, msg })
+            .unwrap();
+    }
+    drain(&mut engine);
+    // A voice of the engine at the other end of `from` (engine 1).
+    (engine, from, SourceId(1 << 20 | 0x5678))
+}
+
+/// Takes the engine's outputs until it waits; returns how many relay
+/// messages it sent.
+fn drain(engine: &mut Engine) -> usize {
+    let mut relayed = 0;
+    loop {
+        match engine.poll_output() {
+            Output::Timeout(_) => return relayed,
+            Output::Relay { msg, .. } => {
+                black_box(msg);
+                relayed += 1;
+            }
+            other => drop(black_box(other)),
+        }
+    }
+}
+
+/// The origin's cost per relayed voice frame: admission of the frame from a
+/// subscriber, speaker selection, the copy into str0m's payload type, and
+/// the frame handed to the other subscriber.
+fn engine_in(c: &mut Criterion) {
+    let mut group = relay_group(c);
+    let start = Instant::now();
+    let (mut engine, link, source) = origin(start);
+    let payload = Bytes::from(vec![0x5a; PAYLOAD]);
+    let mut seq = 0u64;
+    group.bench_function("engine_in/media", |b| {
+        b.iter(|| {
+            seq += 1;
+            // 20 ms per frame of simulated time, so selection sees a voice
+            // that keeps speaking.
+            let now = start + Duration::from_millis(20 * seq);
+            let msg = RelayMsg::Media {
+                channel: Arc::from("town-hall1"),
+                source,
+                seq,
+                rtp_ts: (seq as u32).wrapping_mul(960),
+                level: 30,
+                vad: Some(true),
+                payload: payload.clone(),
+            };
+            engine
+                .handle_input(Input::Relay { now, link, msg })
+                .unwrap();
+            black_box(drain(&mut engine))
+        })
+    });
+    // The frame reached the other subscriber: the bench measured the path.
+    assert!(engine.stats().relay_out >= seq, "{:?}", engine.stats());
+    group.finish();
+}
+
+criterion_group!(benches, relay, engine_in);
 criterion_main!(benches);

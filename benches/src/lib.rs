@@ -172,7 +172,7 @@ impl ForwardRig {
     /// # Panics
     /// When the peers do not connect or the engine does not forward.
     pub fn new(listeners: usize) -> Self {
-        Self::with_config(listeners, EngineConfig::default())
+        Self::with_config(listeners, EngineConfig::new(testkit::SEED))
     }
 
     /// [`ForwardRig::new`] with an engine configuration of one's own (e.g.

@@ -148,7 +148,7 @@ impl SelectionRig {
     /// # Panics
     /// When the selection does not follow the talkers.
     pub fn new(n: usize) -> Self {
-        let config = EngineConfig::default();
+        let config = EngineConfig::new(testkit::SEED);
         let mut rig = SelectionRig {
             n,
             slots: config.slots_per_listener,

@@ -23,14 +23,27 @@
 //!
 //! ```text
 //! exporter = TLS-Exporter(label "voice-sfu-cascade", context "", 32 bytes)
-//! proof(role) = HMAC-SHA256(cluster_secret, "voice-sfu cascade v1 " || role || exporter)
+//! proof(role, node) = HMAC-SHA256(cluster_secret,
+//!                     "voice-sfu cascade v2 " || role || node || exporter)
+//! hello(role, node) = "VSFUCAS2" || node || proof(role, node)
 //! ```
 //!
-//! with role `"client"` for the dialer and `"server"` for the listener. The
-//! dialer opens the control stream and sends `"VSFUCAS1" || proof("client")`
-//! first; the listener verifies it in constant time and only then answers
-//! with `"VSFUCAS1" || proof("server")`, which the dialer verifies. A failed
-//! proof closes the connection with [`CLOSE_AUTH_FAILED`].
+//! with role `"client"` for the dialer and `"server"` for the listener, and
+//! `node` the sender's [`LinkConfig::node_id`] (big-endian u16). The dialer
+//! opens the control stream and sends `hello("client", its node)` first; the
+//! listener verifies the proof in constant time, then checks the node id: it
+//! refuses (closes with [`CLOSE_NODE_ID_IN_USE`] and a reason) a node id
+//! equal to its own or to that of another link it holds open, because node
+//! ids number the voices of a cluster and two nodes with one id would number
+//! them alike. Only then does it answer with `hello("server", its node)`,
+//! which the dialer verifies. A failed proof closes the connection with
+//! [`CLOSE_AUTH_FAILED`]. Both sides learn the other's node id
+//! ([`Link::peer_node_id`]).
+//!
+//! The listener answers every connection attempt from an address that has
+//! not proved it receives there with a QUIC Retry (RFC 9000 §8.1.2): an
+//! Initial with a forged source address costs it one stateless packet and
+//! holds none of its handshake slots ([`ListenerStats::retried`]).
 //!
 //! Until both proofs are verified nothing from the connection reaches the
 //! application: [`Listener::accept`] and [`Link::dial`] only ever return
@@ -87,6 +100,9 @@ pub const CLOSE_AUTH_FAILED: u32 = 1;
 /// time, a datagram before authentication, a bad magic, a control stream that
 /// ended or can no longer be framed).
 pub const CLOSE_PROTOCOL: u32 = 2;
+/// QUIC application close code: the listener refused the dialer's node id
+/// (its own, or that of another open link); the reason text says which.
+pub const CLOSE_NODE_ID_IN_USE: u32 = 3;
 
 /// Settings of a link, a listener or a dialer.
 ///
@@ -98,6 +114,10 @@ pub struct LinkConfig {
     /// The secret every node of the cluster shares. Must not be empty; use at
     /// least 32 random bytes.
     pub cluster_secret: Vec<u8>,
+    /// This node's id, distinct for every node of the cluster (default 0),
+    /// sent in the hello. A listener refuses a dialer with its own id or the
+    /// id of another link it holds open.
+    pub node_id: u16,
     /// How often QUIC sends a keep-alive when nothing else is sent
     /// (default 300 ms). Must be shorter than `idle_timeout`.
     pub keep_alive: Duration,
@@ -124,6 +144,7 @@ impl Default for LinkConfig {
     fn default() -> Self {
         Self {
             cluster_secret: Vec::new(),
+            node_id: 0,
             keep_alive: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(1500),
             connect_timeout: Duration::from_secs(1),
@@ -141,6 +162,7 @@ impl fmt::Debug for LinkConfig {
                 "cluster_secret",
                 &format_args!("<{} bytes>", self.cluster_secret.len()),
             )
+            .field("node_id", &self.node_id)
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -279,6 +301,11 @@ pub enum LinkError {
     /// The peer broke the authentication protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The listener refused the dialer's node id (closed with
+    /// [`CLOSE_NODE_ID_IN_USE`]): it is the listener's own, or another open
+    /// link's. The text is the listener's reason.
+    #[error("node id refused: {0}")]
+    NodeIdInUse(String),
     /// The message cannot be encoded.
     #[error("cannot encode message: {0}")]
     Encode(#[from] WireError),

@@ -32,8 +32,17 @@ fn local() -> SocketAddr {
     LOCAL.parse().unwrap()
 }
 
+/// A listener's settings (node 0, the default).
 fn config(secret: &[u8]) -> LinkConfig {
     LinkConfig::new(secret.to_vec()).unwrap()
+}
+
+/// `cfg` for a dialer: node 1, not the listener's node id.
+fn edge(cfg: &LinkConfig) -> LinkConfig {
+    LinkConfig {
+        node_id: 1,
+        ..cfg.clone()
+    }
 }
 
 fn media(n: u64, len: usize) -> RelayMsg {
@@ -65,7 +74,7 @@ async fn pair(cfg: LinkConfig) -> (Listener, Link, Link) {
     let mut listener = Listener::bind(local(), cfg.clone()).unwrap();
     let addr = listener.local_addr();
     let (client, server) = tokio::join!(
-        timeout(WAIT, Link::dial(addr, cfg)),
+        timeout(WAIT, Link::dial(addr, edge(&cfg))),
         timeout(WAIT, listener.accept())
     );
     let client = client.expect("dial in time").expect("dial ok");
@@ -111,8 +120,9 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-/// A bare QUIC connection to a listener, TLS only (no link protocol).
-async fn raw_connect(addr: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
+/// QUIC client settings of the raw peers: TLS 1.3 with the link's ALPN,
+/// any server certificate.
+fn raw_client_config() -> quinn::ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = AnyCert(provider.signature_verification_algorithms);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -123,15 +133,16 @@ async fn raw_connect(addr: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"voice-sfu-cascade/1".to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(quic))
+}
+
+/// A bare QUIC connection to a listener, TLS only (no link protocol).
+async fn raw_connect(addr: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
     let endpoint = quinn::Endpoint::client(local()).unwrap();
     let conn = timeout(
         WAIT,
         endpoint
-            .connect_with(
-                quinn::ClientConfig::new(Arc::new(quic)),
-                addr,
-                "voice-sfu-cascade",
-            )
+            .connect_with(raw_client_config(), addr, "voice-sfu-cascade")
             .unwrap(),
     )
     .await
@@ -140,15 +151,44 @@ async fn raw_connect(addr: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
     (endpoint, conn)
 }
 
-/// The documented proof: `MAGIC || HMAC-SHA256(secret, "voice-sfu cascade v1 "
-/// || role || exporter)`, computed independently of the crate.
-fn hello(conn: &quinn::Connection, secret: &[u8], role: &[u8]) -> Vec<u8> {
+/// The documented hello: `MAGIC || node || HMAC-SHA256(secret, "voice-sfu
+/// cascade v2 " || role || node || exporter)`, node a big-endian u16,
+/// computed independently of the crate.
+fn hello(conn: &quinn::Connection, secret: &[u8], role: &[u8], node: u16) -> Vec<u8> {
     let mut exporter = [0u8; 32];
     conn.export_keying_material(&mut exporter, b"voice-sfu-cascade", &[])
         .unwrap();
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let input = [b"voice-sfu cascade v1 ".as_slice(), role, &exporter].concat();
-    [b"VSFUCAS1".as_slice(), hmac::sign(&key, &input).as_ref()].concat()
+    let node = node.to_be_bytes();
+    let input = [b"voice-sfu cascade v2 ".as_slice(), role, &node, &exporter].concat();
+    [
+        b"VSFUCAS2".as_slice(),
+        &node,
+        hmac::sign(&key, &input).as_ref(),
+    ]
+    .concat()
+}
+
+/// The first datagram of a fresh QUIC connection to `addr` (an Initial
+/// with a TLS ClientHello), from a sans-IO client that will never answer:
+/// what a flood with forged source addresses sends.
+fn initial(addr: SocketAddr) -> Vec<u8> {
+    let config = Arc::new(quinn_proto::EndpointConfig::default());
+    let mut endpoint = quinn_proto::Endpoint::new(config, None, false, None);
+    let now = Instant::now();
+    let (_, mut conn) = endpoint
+        .connect(now, raw_client_config(), addr, "voice-sfu-cascade")
+        .unwrap();
+    let mut buf = Vec::new();
+    let transmit = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+    buf.truncate(transmit.size);
+    buf
+}
+
+/// Whether a QUIC v1 datagram is a Retry packet (RFC 9000 §17.2.5: long
+/// header, type 3).
+fn is_retry(datagram: &[u8]) -> bool {
+    datagram.len() > 5 && datagram[0] & 0xf0 == 0xf0 && datagram[1..5] == [0, 0, 0, 1]
 }
 
 fn datagram(msg: &RelayMsg) -> Bytes {
@@ -270,16 +310,18 @@ async fn documented_proof_is_accepted_and_malformed_input_counted() {
     let mut listener = Listener::bind(local(), config(SECRET)).unwrap();
     let (_ep, conn) = raw_connect(listener.local_addr()).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello(&conn, SECRET, b"client"))
+    send.write_all(&hello(&conn, SECRET, b"client", 7))
         .await
         .unwrap();
-    let mut theirs = [0u8; 40];
+    let mut theirs = [0u8; 42];
     timeout(WAIT, recv.read_exact(&mut theirs))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(theirs.to_vec(), hello(&conn, SECRET, b"server"));
+    // The listener's node id is the default, 0.
+    assert_eq!(theirs.to_vec(), hello(&conn, SECRET, b"server", 0));
     let mut server = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    assert_eq!(server.peer_node_id(), 7);
 
     conn.send_datagram(Bytes::from_static(b"\x09garbage"))
         .unwrap();
@@ -310,7 +352,7 @@ async fn wrong_secret_is_refused() {
     let mut listener = Listener::bind(local(), config(SECRET)).unwrap();
     let addr = listener.local_addr();
 
-    let err = timeout(WAIT, Link::dial(addr, config(b"not the secret")))
+    let err = timeout(WAIT, Link::dial(addr, edge(&config(b"not the secret"))))
         .await
         .expect("dial ends in time")
         .unwrap_err();
@@ -322,7 +364,7 @@ async fn wrong_secret_is_refused() {
     // A bad peer that sends a (wrong) proof and then media right away.
     let (_ep, conn) = raw_connect(addr).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello(&conn, b"not the secret", b"client"))
+    send.write_all(&hello(&conn, b"not the secret", b"client", 1))
         .await
         .unwrap();
     let _ = conn.send_datagram(datagram(&media(666, 100)));
@@ -338,7 +380,7 @@ async fn wrong_secret_is_refused() {
 
     // The next accepted link is the honest one, and it carries only its own
     // messages.
-    let (good, server) = tokio::join!(Link::dial(addr, config(SECRET)), listener.accept());
+    let (good, server) = tokio::join!(Link::dial(addr, edge(&config(SECRET))), listener.accept());
     let good = good.unwrap();
     let mut server = server.unwrap();
     assert!(good.send_media(&media(1, 100)));
@@ -435,7 +477,7 @@ async fn dead_peer_is_noticed_by_idle_timeout() {
     let cfg = config(SECRET);
     let mut listener = Listener::bind(local(), cfg.clone()).unwrap();
     let relay = Cuttable::start(listener.local_addr()).await;
-    let (client, server) = tokio::join!(Link::dial(relay.addr, cfg), listener.accept());
+    let (client, server) = tokio::join!(Link::dial(relay.addr, edge(&cfg)), listener.accept());
     let (client, mut server) = (client.unwrap(), server.unwrap());
     client.send_control(&subscribe("room-1")).await.unwrap();
     assert_eq!(next_msg(&mut server).await, subscribe("room-1"));
@@ -535,7 +577,7 @@ async fn dialer_fails_over_and_reconnects() {
     let standby_addr = standby.local_addr();
 
     let started = Instant::now();
-    let mut dialer = Dialer::spawn(vec![primary, standby_addr], cfg.clone()).unwrap();
+    let mut dialer = Dialer::spawn(vec![primary, standby_addr], edge(&cfg)).unwrap();
     let handle = connected(&mut dialer).await;
     assert_eq!(handle.remote_addr(), standby_addr);
     eprintln!("primary down: on standby after {:?}", started.elapsed());
@@ -645,4 +687,110 @@ async fn datagram_burst_with_small_send_buffer() {
     assert_eq!(stats.media_sent, accepted);
     assert!(delivered > 0 && delivered <= 1000);
     assert!(stats.media_dropped <= 1000);
+}
+
+/// (5) A flood of connection attempts that never answer (as from forged
+/// source addresses): each gets a stateless Retry, none holds one of the 64
+/// handshake slots, and a real edge connects right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_initials_get_a_retry_and_hold_no_handshake_slot() {
+    let mut listener = Listener::bind(local(), config(SECRET)).unwrap();
+    let addr = listener.local_addr();
+    let flood = tokio::net::UdpSocket::bind(local()).await.unwrap();
+    const ATTEMPTS: usize = 200;
+    // In bursts small enough for the sockets' receive buffers (1200-byte
+    // Initials): a datagram the kernel drops under a loaded CI machine is
+    // no answer, and the test is about the listener, not the buffers.
+    const BURST: usize = 20;
+    let mut buf = vec![0u8; 2048];
+    let mut retries = 0;
+    for _ in 0..ATTEMPTS / BURST {
+        for _ in 0..BURST {
+            flood.send_to(&initial(addr), addr).await.unwrap();
+        }
+        for _ in 0..BURST {
+            let (n, _) = timeout(WAIT, flood.recv_from(&mut buf))
+                .await
+                .expect("an answer to every attempt")
+                .unwrap();
+            assert!(
+                is_retry(&buf[..n]),
+                "answered with something else than a Retry"
+            );
+            retries += 1;
+        }
+    }
+    assert_eq!(retries, ATTEMPTS);
+    let stats = listener.stats();
+    assert_eq!(
+        (stats.retried, stats.handshake_failed),
+        (ATTEMPTS as u64, 0)
+    );
+
+    let (client, server) = tokio::join!(
+        timeout(WAIT, Link::dial(addr, edge(&config(SECRET)))),
+        timeout(WAIT, listener.accept())
+    );
+    client.expect("dial in time").expect("a real edge connects");
+    server.expect("accept in time").expect("a link");
+    let stats = listener.stats();
+    // The edge's own first attempt was retried too, and it answered.
+    assert_eq!((stats.retried, stats.accepted), (ATTEMPTS as u64 + 1, 1));
+}
+
+/// (6) Node ids: a dialer with the listener's own id, or with the id of a
+/// link the listener holds open, is refused after authentication with
+/// [`CLOSE_NODE_ID_IN_USE`] and the reason; once that link closed, the id
+/// links again. Each side learns the other's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ids_in_use_are_refused_with_a_reason() {
+    let cfg = config(SECRET);
+    let mut listener = Listener::bind(local(), cfg.clone()).unwrap();
+    let addr = listener.local_addr();
+    let node = |n| LinkConfig {
+        node_id: n,
+        ..cfg.clone()
+    };
+
+    let err = timeout(WAIT, Link::dial(addr, node(0)))
+        .await
+        .expect("refused in time")
+        .unwrap_err();
+    assert!(
+        matches!(&err, LinkError::NodeIdInUse(r) if r.contains("node id 0") && r.contains("own")),
+        "{err}"
+    );
+    assert_eq!(listener.stats().node_id_refused, 1);
+
+    let (first, server) = tokio::join!(Link::dial(addr, node(5)), listener.accept());
+    let first = first.expect("node 5 links");
+    let mut server = server.expect("a link");
+    assert_eq!((first.peer_node_id(), server.peer_node_id()), (0, 5));
+
+    let err = timeout(WAIT, Link::dial(addr, node(5)))
+        .await
+        .expect("refused in time")
+        .unwrap_err();
+    assert!(
+        matches!(&err, LinkError::NodeIdInUse(r) if r.contains("node id 5 is already linked")),
+        "{err}"
+    );
+    let stats = listener.stats();
+    assert_eq!((stats.node_id_refused, stats.accepted), (2, 1));
+
+    // The first link ends; the listener has seen it end; node 5 links again.
+    first.close();
+    loop {
+        match timeout(WAIT, server.recv_event())
+            .await
+            .expect("closed in time")
+        {
+            Some(LinkEvent::Closed(_)) | None => break,
+            Some(LinkEvent::Message(_)) => {}
+        }
+    }
+    let (again, server) = tokio::join!(Link::dial(addr, node(5)), listener.accept());
+    again.expect("node 5 links again");
+    server.expect("a link");
+    assert_eq!(listener.stats().accepted, 2);
 }

@@ -31,15 +31,27 @@ const MAX_CONNECTIONS: usize = 64;
 /// not answer in this time, gets an error rather than holding a thread.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the server listens. Port 0 picks any free port.
-#[derive(Debug, Clone, Copy, Default)]
+/// Where the server listens (port 0 picks any free port), and the engine's
+/// seed.
+#[derive(Clone, Copy)]
 pub struct Config {
     /// UDP port for media (ICE, DTLS, SRTP) on 127.0.0.1.
     pub udp_port: u16,
     /// HTTP port for signaling and the web page on 127.0.0.1.
     pub http_port: u16,
-    /// Seed of the engine's random choices (`EngineConfig::seed`).
-    pub seed: u64,
+    /// Key of the engine's random generator (`EngineConfig::seed`): from the
+    /// operating system's secure generator, since every ICE password the
+    /// engine hands out derives from it; fixed bytes in tests.
+    pub seed: [u8; 32],
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("udp_port", &self.udp_port)
+            .field("http_port", &self.http_port)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running server. Dropping it stops the engine and HTTP threads.
@@ -105,10 +117,9 @@ pub fn serve(config: Config) -> io::Result<Handle> {
     let engine = Engine::new(
         EngineConfig {
             host_candidates: vec![udp],
-            seed: config.seed,
             // For the NTP times of RTCP sender reports.
             wallclock_at_start: Some(std::time::SystemTime::now()),
-            ..Default::default()
+            ..EngineConfig::new(config.seed)
         },
         Instant::now(),
     );

@@ -23,8 +23,9 @@ const LIMIT: Duration = Duration::from_secs(10);
 fn server() -> examples::Handle {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     examples::serve(examples::Config {
-        seed: 7,
-        ..Default::default()
+        udp_port: 0,
+        http_port: 0,
+        seed: testkit::SEED,
     })
     .expect("server binds")
 }

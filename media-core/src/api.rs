@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::{Event, LinkId, PeerId, RelayMsg, Role};
+use crate::{EngineId, Event, LinkId, PeerId, RelayMsg, Role};
 
 /// Something that happened outside the engine.
 #[derive(Debug)]
@@ -94,8 +94,22 @@ pub enum Command {
         /// The origin's link, or `None` to select locally.
         link: Option<LinkId>,
     },
+    /// A relay link is up, to the engine numbered `engine`. Relay messages
+    /// over a link that is not open are dropped. As origin, the engine
+    /// accepts over this link only voices that engine numbered (their
+    /// [`SourceId::engine`](crate::SourceId::engine)), so no link can speak
+    /// for this engine's members or another link's. Refused
+    /// ([`Error::EngineIdInUse`](crate::Error::EngineIdInUse)) when `engine`
+    /// is this engine's own number or another open link's. Opening an open
+    /// link again to another engine closes it first.
+    LinkOpened {
+        /// The link.
+        link: LinkId,
+        /// The engine at its other end.
+        engine: EngineId,
+    },
     /// A relay link is gone (connection lost). Subscribers on it are
-    /// forgotten and their voices released; channels following an origin
+    /// forgotten and the voices that came over it released; channels following an origin
     /// over it keep their listeners and slots until `SetUpstream` names the
     /// next link.
     LinkClosed {

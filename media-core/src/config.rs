@@ -6,12 +6,31 @@ use std::time::Duration;
 
 use str0m::config::DtlsCert;
 
-/// Configuration of an [`Engine`](crate::Engine). Every field has a sane default.
+use crate::EngineId;
+
+/// Configuration of an [`Engine`](crate::Engine).
+///
+/// Made with [`EngineConfig::new`] from a seed (there is no `Default`: a
+/// seed everybody shares would make every engine's ICE credentials the same
+/// and public); every other field has a sane default.
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// Seed of every random choice the engine makes (ICE credentials, initial
-    /// RTP sequence numbers and timestamps). Give each engine its own seed.
-    pub seed: u64,
+    /// The key of the engine's random generator (ChaCha20), from which every
+    /// random choice it makes comes: ICE credentials, initial RTP sequence
+    /// numbers and timestamps of slots.
+    ///
+    /// **Fill it from the operating system's secure generator** for every
+    /// engine (`aws_lc_rs::rand::fill`, `getrandom::fill`, ...): whoever
+    /// knows the seed knows every peer's ICE password and can move or cut
+    /// its media with forged STUN. The engine never reads the operating
+    /// system itself (it does no I/O), so that a test passing fixed bytes
+    /// replays the same decisions.
+    pub seed: [u8; 32],
+    /// This engine's number, unique among the engines that share channels
+    /// (the worker threads of a node, the nodes of a cluster): the high bits
+    /// of every [`SourceId`](crate::SourceId) it gives out. Default 0 (one
+    /// engine on its own).
+    pub engine_id: EngineId,
     /// Addresses at which clients reach this engine's UDP socket. Each becomes
     /// an ICE host candidate in every answer. The engine sends from exactly
     /// these addresses.
@@ -58,12 +77,25 @@ pub struct EngineConfig {
     /// timestamps of RTCP sender reports. Without it they count from
     /// 1970-01-01 at that instant (receivers only use differences).
     pub wallclock_at_start: Option<std::time::SystemTime>,
+    /// (origin) Most voices one link may bring into this engine, all
+    /// channels together; a voice past it is dropped and counted
+    /// (`EngineStats::dropped_relay_limit`) until one of the link's voices
+    /// leaves. Default 1024.
+    pub max_sources_per_link: usize,
+    /// (origin) Most channels one link may subscribe to; a subscription past
+    /// it is dropped and counted (`EngineStats::dropped_relay_limit`).
+    /// Default 4096.
+    pub max_channels_per_link: usize,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
+impl EngineConfig {
+    /// The default settings with the random generator keyed by `seed`: 32
+    /// bytes from the operating system's secure generator in production,
+    /// fixed bytes in tests (see [`EngineConfig::seed`]).
+    pub fn new(seed: [u8; 32]) -> Self {
         EngineConfig {
-            seed: 0x5f_5f_75_ff_00_11,
+            seed,
+            engine_id: EngineId::default(),
             host_candidates: Vec::new(),
             slots_per_listener: 3,
             speech_level: 60,
@@ -77,6 +109,8 @@ impl Default for EngineConfig {
             direct_srtp: true,
             red: true,
             wallclock_at_start: None,
+            max_sources_per_link: 1024,
+            max_channels_per_link: 4096,
         }
     }
 }
@@ -84,7 +118,8 @@ impl Default for EngineConfig {
 impl std::fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineConfig")
-            .field("seed", &self.seed)
+            .field("seed", &"<32 bytes>")
+            .field("engine_id", &self.engine_id)
             .field("host_candidates", &self.host_candidates)
             .field("slots_per_listener", &self.slots_per_listener)
             .field("speech_level", &self.speech_level)
@@ -97,6 +132,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("direct_srtp", &self.direct_srtp)
             .field("red", &self.red)
             .field("wallclock_at_start", &self.wallclock_at_start)
+            .field("max_sources_per_link", &self.max_sources_per_link)
+            .field("max_channels_per_link", &self.max_channels_per_link)
             .finish()
     }
 }

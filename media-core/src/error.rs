@@ -3,7 +3,7 @@
 //! Network faults are never errors: a peer that vanishes or sends garbage shows
 //! up as an [`Event`](crate::Event) or a counter in [`EngineStats`](crate::EngineStats).
 
-use crate::PeerId;
+use crate::{EngineId, PeerId};
 
 /// Why a call into the [`Engine`](crate::Engine) was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,4 +28,11 @@ pub enum Error {
     /// The channel name is empty or too long.
     #[error("invalid channel name: {0}")]
     InvalidChannel(&'static str),
+    /// A link was opened to an engine number that is this engine's own or
+    /// that of another open link: two engines would number voices alike.
+    #[error("{0} is this engine's own number or another open link's")]
+    EngineIdInUse(EngineId),
+    /// Every source id of this engine is taken (about a million voices).
+    #[error("every source id of this engine is in use")]
+    SourceIdsExhausted,
 }

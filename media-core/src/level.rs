@@ -222,16 +222,16 @@ mod tests {
 
         // Pseudo-random garbage of many lengths (including longer than any
         // real packet).
-        let mut rng = crate::rng::Rng::new(0x9E37_79B9_7F4A_7C15);
+        let mut rng = crate::rng::Rng::from_seed([0x5e; 32]);
         let mut buf = vec![0u8; 1500];
         for i in 0..4000 {
             let len = match i % 4 {
-                0 => (rng.next_u64() % 8) as usize,
-                1 => (rng.next_u64() % 200) as usize,
-                _ => (rng.next_u64() % 1500) as usize,
+                0 => (rng.next_u32() % 8) as usize,
+                1 => (rng.next_u32() % 200) as usize,
+                _ => (rng.next_u32() % 1500) as usize,
             };
             for b in &mut buf[..len] {
-                *b = rng.next_u64() as u8;
+                *b = rng.next_u32() as u8;
             }
             if let Some(level) = meter.measure(&buf[..len]) {
                 assert!(level <= 127);

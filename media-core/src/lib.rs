@@ -8,6 +8,9 @@
 //! voice in a slot changes.
 //!
 //! The engine does no I/O: no sockets, no clock, no threads, no global RNG.
+//! Its random choices come from a ChaCha20 generator keyed by
+//! [`EngineConfig::seed`], which the embedder fills from the operating
+//! system (tests pass fixed bytes and replay the same run).
 //! Datagrams, commands and time go in through [`Engine::handle_input`];
 //! datagrams to send, events and the next wake-up come out of
 //! [`Engine::poll_output`]. It can be embedded in any runtime and tested on a
@@ -26,7 +29,11 @@
 //!
 //! let socket = UdpSocket::bind("127.0.0.1:3478")?;
 //! let local = socket.local_addr()?;
-//! let mut config = EngineConfig::default();
+//! // The key of the engine's random generator, from the operating system:
+//! // every ICE password the engine hands out derives from it.
+//! let mut seed = [0u8; 32];
+//! aws_lc_rs::rand::fill(&mut seed)?;
+//! let mut config = EngineConfig::new(seed);
 //! config.host_candidates = vec![local];
 //! let mut engine = Engine::new(config, Instant::now());
 //!
@@ -108,18 +115,23 @@
 //! A few pieces the engine is made of are public because the tools that talk
 //! to it (a load generator, test clients) need the same facts, and one owner
 //! per fact is the rule: [`DatagramKind`] (what a datagram on a WebRTC port
-//! is), [`ntp`] (NTP timestamps of sender reports and `abs-capture-time`),
-//! [`level_from_pcm`] (RFC 6464 levels) and [`Rng`] (the seeded generator).
+//! is), [`ntp`] (NTP timestamps of sender reports and `abs-capture-time`)
+//! and [`level_from_pcm`] (RFC 6464 levels).
 //!
 //! # Words
 //!
 //! A **member** is a person in a channel; a **peer** is the engine's WebRTC
 //! connection of a member joined here ([`PeerId`]). A **voice** is the audio
-//! one member sends, named by its [`SourceId`]. A **slot** is one receive
+//! one member sends, named by its [`SourceId`] (numbered by the engine the
+//! member joined, unique across engines: each has its own [`EngineId`]). A **slot** is one receive
 //! m-line of a listener, carrying one voice at a time. A **link** connects
 //! two engines ([`LinkId`]): a channel either is the **origin** (it selects)
 //! or a **relay** that follows an origin over its upstream link; the origin
-//! knows the links of its relays as its **subscribers**.
+//! knows the links of its relays as its **subscribers**. A link counts from
+//! [`Command::LinkOpened`] (which names the engine at its other end) to
+//! [`Command::LinkClosed`]; as origin, an engine takes from a link only the
+//! voices of the engine at its other end, within
+//! [`EngineConfig::max_sources_per_link`].
 
 #![warn(missing_docs)]
 
@@ -160,10 +172,9 @@ pub use datagram::DatagramKind;
 pub use engine::{Engine, MAX_SLOTS};
 pub use error::Error;
 pub use event::{Event, LeaveReason};
-pub use ids::{PeerId, Role, SourceId};
+pub use ids::{EngineId, PeerId, Role, SourceId};
 pub use level::level_from_pcm;
 pub use relay::{LinkId, RelayMsg};
-pub use rng::Rng;
 pub use stats::EngineStats;
 
 /// Re-exported so embedders name str0m types (certificates) without a

@@ -43,9 +43,15 @@ pub struct EngineStats {
     pub relay_in: u64,
     /// Relay messages sent to other engines.
     pub relay_out: u64,
-    /// Relay messages for a channel this engine does not carry, or from a
-    /// link that is neither the channel's upstream nor a subscriber.
+    /// Relay messages for a channel this engine does not carry, over a link
+    /// that is not open or is neither the channel's upstream nor a
+    /// subscriber, or about a voice the link may not speak for (one another
+    /// engine numbered: see [`SourceId`](crate::SourceId)).
     pub dropped_relay: u64,
+    /// Relay messages refused because their link reached a limit: a new
+    /// voice past `EngineConfig::max_sources_per_link`, a subscription past
+    /// `max_channels_per_link`.
+    pub dropped_relay_limit: u64,
     /// Changes of the selected speakers of any channel.
     pub speaker_switches: u64,
     /// Peers that joined.
@@ -90,6 +96,7 @@ impl std::ops::AddAssign<&EngineStats> for EngineStats {
             relay_in,
             relay_out,
             dropped_relay,
+            dropped_relay_limit,
             speaker_switches,
             peers_joined,
             peers_connected,
@@ -117,6 +124,7 @@ impl std::ops::AddAssign<&EngineStats> for EngineStats {
         self.relay_in += relay_in;
         self.relay_out += relay_out;
         self.dropped_relay += dropped_relay;
+        self.dropped_relay_limit += dropped_relay_limit;
         self.speaker_switches += speaker_switches;
         self.peers_joined += peers_joined;
         self.peers_connected += peers_connected;
@@ -153,6 +161,7 @@ mod tests {
             relay_in: 16,
             relay_out: 17,
             dropped_relay: 18,
+            dropped_relay_limit: 27,
             speaker_switches: 19,
             peers_joined: 20,
             peers_connected: 21,
@@ -186,6 +195,7 @@ mod tests {
         doubled.relay_in *= 2;
         doubled.relay_out *= 2;
         doubled.dropped_relay *= 2;
+        doubled.dropped_relay_limit *= 2;
         doubled.speaker_switches *= 2;
         doubled.peers_joined *= 2;
         doubled.peers_connected *= 2;

@@ -14,18 +14,12 @@ fn set(v: &[usize]) -> BTreeSet<usize> {
 
 /// A core (node 0) and `edges` edges following it for `channel`.
 fn cluster(edges: usize, channel: &str) -> (Sim, Vec<usize>) {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
-    let nodes: Vec<usize> = (0..edges).map(|_| sim.add_node()).collect();
-    for &e in &nodes {
-        sim.command_on(
-            e,
-            Command::SetUpstream {
-                channel: channel.into(),
-                link: Some(link_to(0)),
-            },
-        );
-    }
-    (sim, nodes)
+    Sim::cluster(
+        EngineConfig::new(testkit::SEED),
+        Instant::now(),
+        edges,
+        channel,
+    )
 }
 
 #[test]

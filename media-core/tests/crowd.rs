@@ -9,7 +9,7 @@ use testkit::Sim;
 
 #[test]
 fn two_hundred_listeners_ten_seconds_no_loss() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let speakers: Vec<usize> = (0..3)
         .map(|i| {
             sim.join(

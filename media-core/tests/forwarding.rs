@@ -27,7 +27,7 @@ fn three_speakers_twenty_listeners_hear_exactly_the_talkers() {
     for direct_srtp in [true, false] {
         three_speakers_twenty_listeners(EngineConfig {
             direct_srtp,
-            ..EngineConfig::default()
+            ..EngineConfig::new(testkit::SEED)
         });
     }
 }
@@ -97,7 +97,7 @@ fn three_speakers_twenty_listeners(config: EngineConfig) {
 /// onset, and the dominant speaker follows the script.
 #[test]
 fn scripted_turns_and_overlaps() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let s: Vec<usize> = (0..5)
         .map(|i| {
             sim.join(
@@ -208,7 +208,7 @@ fn scripted_turns_and_overlaps() {
 fn slot_stays_continuous_across_speaker_switches() {
     let config = EngineConfig {
         slots_per_listener: 1,
-        ..Default::default()
+        ..EngineConfig::new(testkit::SEED)
     };
     let mut sim = Sim::new(config, Instant::now());
     let a = sim.join("a", "room", Role::Speaker, ClientSpec::speaker(0));
@@ -266,7 +266,7 @@ fn slot_stays_continuous_across_speaker_switches() {
 /// Mute, unmute, role changes and leaving in the middle of speech.
 #[test]
 fn mute_role_and_leave_mid_speech() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let s: Vec<usize> = (0..3)
         .map(|i| {
             sim.join(
@@ -383,7 +383,7 @@ fn mute_role_and_leave_mid_speech() {
 fn speaker_without_audio_level_is_routed_by_loudness() {
     let config = EngineConfig {
         slots_per_listener: 1,
-        ..Default::default()
+        ..EngineConfig::new(testkit::SEED)
     };
     let mut sim = Sim::new(config, Instant::now());
     let loud = sim.join(
@@ -411,7 +411,7 @@ fn speaker_without_audio_level_is_routed_by_loudness() {
 /// no more than the network lost, and their decoders conceal the gaps.
 #[test]
 fn lossy_network_loses_only_what_the_network_lost() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     sim.net.uplink.loss = 0.10;
     sim.net.downlink.loss = 0.10;
     sim.net.downlink.delay = Duration::from_millis(30);
@@ -459,7 +459,7 @@ fn lossy_network_loses_only_what_the_network_lost() {
 /// is removed once ICE consent lapses; the others carry on.
 #[test]
 fn vanished_member_is_removed_and_others_carry_on() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let a = sim.join("a", "room", Role::Speaker, ClientSpec::speaker(0));
     let b = sim.join("b", "room", Role::Speaker, ClientSpec::speaker(1));
     let l = sim.join("l", "room", Role::Listener, ClientSpec::listener());
@@ -499,7 +499,7 @@ fn capture_time_passes_through_to_listeners() {
         ));
         let config = EngineConfig {
             direct_srtp,
-            ..EngineConfig::default()
+            ..EngineConfig::new(testkit::SEED)
         };
         let mut sim = Sim::new(config, start);
         let speaker = sim.join(

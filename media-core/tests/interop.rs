@@ -55,7 +55,7 @@ fn both_heard(sim: &mut Sim, first: usize, second: usize, listeners: &[usize]) {
 /// selection can route the other.
 #[test]
 fn a_loud_voice_with_v_bit_zero_is_heard_beside_one_with_v_bit_one() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let vad = sim.join("vad", "room", Role::Speaker, ClientSpec::speaker(0));
     let no_vad = sim.join("no-vad", "room", Role::Speaker, without_vad(1));
     let listeners: Vec<usize> = (0..3)
@@ -82,7 +82,7 @@ fn a_loud_voice_with_v_bit_zero_is_heard_beside_one_with_v_bit_one() {
 /// heard on the core, on its own edge and on another edge.
 #[test]
 fn an_edge_voice_with_v_bit_zero_reaches_the_whole_cluster() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let edges = [sim.add_node(), sim.add_node()];
     for e in edges {
         sim.command_on(
@@ -144,7 +144,7 @@ fn red_goes_whole_to_red_listeners_and_as_opus_to_the_others() {
     for direct_srtp in [true, false] {
         let config = EngineConfig {
             direct_srtp,
-            ..EngineConfig::default()
+            ..EngineConfig::new(testkit::SEED)
         };
         let mut sim = Sim::new(config, Instant::now());
         let [s, red, plain] = red_room(&mut sim);
@@ -175,7 +175,7 @@ fn red_goes_whole_to_red_listeners_and_as_opus_to_the_others() {
 /// a plain listener conceals them all.
 #[test]
 fn red_listeners_fill_single_losses_end_to_end() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     sim.net.uplink.loss = 0.08;
     sim.net.downlink.loss = 0.08;
     let [_, red, plain] = red_room(&mut sim);
@@ -213,7 +213,7 @@ fn red_listeners_fill_single_losses_end_to_end() {
 fn red_can_be_turned_off() {
     let config = EngineConfig {
         red: false,
-        ..EngineConfig::default()
+        ..EngineConfig::new(testkit::SEED)
     };
     let mut sim = Sim::new(config, Instant::now());
     let [s, red, _] = red_room(&mut sim);
@@ -231,7 +231,7 @@ fn red_can_be_turned_off() {
 /// on an edge gets RED, one on the core gets plain Opus, both hear it.
 #[test]
 fn red_stays_on_the_node_the_sender_is_on() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let edge = sim.add_node();
     sim.command_on(
         edge,

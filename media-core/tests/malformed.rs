@@ -65,7 +65,7 @@ fn answer_ufrag(sim: &Sim, peer: usize) -> String {
 
 #[test]
 fn garbage_is_dropped_counted_and_harmless() {
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let s = sim.join("s", "room", Role::Speaker, ClientSpec::speaker(0));
     let victim = sim.join("victim", "room", Role::Listener, ClientSpec::listener());
     let l = sim.join("l", "room", Role::Listener, ClientSpec::listener());
@@ -173,7 +173,7 @@ fn fuzz_bodies_survive_a_fixed_corpus() {
 #[test]
 fn bad_offers_are_refused_clearly() {
     use media_core::{Command, Error};
-    let mut sim = Sim::new(EngineConfig::default(), Instant::now());
+    let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
     let video_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\n";
     for (i, offer) in ["garbage", "", "v=0\r\n", video_only]
         .into_iter()

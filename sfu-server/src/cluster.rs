@@ -4,7 +4,14 @@
 //!
 //! The worker's engine does the media logic (`RelayMsg`, origin and relay
 //! channels); this module only moves messages between the engine and the
-//! `cascade` links and tells the engine when links come and go.
+//! `cascade` links and tells the engine when links come and go, and which
+//! node is at the other end (the node id each side announced in the link's
+//! hello is the engine number of its voices: one worker per node).
+//!
+//! Node ids must be distinct across the cluster: the core's listener refuses
+//! an edge whose id is the core's own or another linked edge's (logged,
+//! counted in the listener's stats), and the engine then accepts from each
+//! edge only voices numbered by that edge.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use cascade::link::{Dialer, DialerEvent, LinkConfig, LinkEvent, LinkHandle, Listener};
-use media_core::{Command, LinkId, RelayMsg};
+use media_core::{Command, EngineId, LinkId, RelayMsg};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, NodeRole};
@@ -61,7 +68,22 @@ impl Drop for Cluster {
 
 fn link_config(config: &Config) -> io::Result<LinkConfig> {
     let secret = config.cluster_secret.clone().unwrap_or_default();
-    LinkConfig::new(secret.into_bytes()).map_err(|e| io::Error::other(e.to_string()))
+    let mut link =
+        LinkConfig::new(secret.into_bytes()).map_err(|e| io::Error::other(e.to_string()))?;
+    link.node_id = config.node_id.unwrap_or(0);
+    Ok(link)
+}
+
+/// The engine number of the node at the other end of `link`, or `None` (the
+/// link closed) when its node id cannot number voices.
+fn peer_engine(link: &LinkHandle) -> Option<EngineId> {
+    let node = link.peer_node_id();
+    let engine = EngineId::new(node);
+    if engine.is_none() {
+        tracing::warn!(peer = %link.remote_addr(), node, max = EngineId::MAX, "node id out of range; link closed");
+        link.close();
+    }
+    engine
 }
 
 type Links = Arc<Mutex<HashMap<LinkId, LinkHandle>>>;
@@ -106,14 +128,23 @@ pub async fn start_with(
             tasks.push(tokio::spawn(async move {
                 let mut next = 1u64;
                 while let Some(mut link) = listener.accept().await {
+                    let Some(engine) = peer_engine(&link.handle()) else {
+                        continue;
+                    };
                     let id = LinkId(next);
                     next += 1;
-                    tracing::info!(edge = %link.remote_addr(), ?id, "edge linked");
+                    let node = link.peer_node_id();
+                    tracing::info!(edge = %link.remote_addr(), node, ?id, "edge linked");
                     if let Ok(mut l) = links.lock() {
                         l.insert(id, link.handle());
                     }
                     let (worker, links) = (worker.clone(), links.clone());
                     tokio::spawn(async move {
+                        // Before any of its messages: the engine drops what
+                        // comes over a link it was not told about.
+                        worker
+                            .engine_command(Command::LinkOpened { link: id, engine })
+                            .await;
                         loop {
                             match link.recv_event().await {
                                 Some(LinkEvent::Message(m)) => worker.relay_in(id, m),
@@ -141,10 +172,20 @@ pub async fn start_with(
                 while let Some(ev) = dialer.next_event().await {
                     match ev {
                         DialerEvent::Connected(handle) => {
-                            tracing::info!(core = %handle.remote_addr(), "linked to core");
+                            let Some(engine) = peer_engine(&handle) else {
+                                continue;
+                            };
+                            let node = handle.peer_node_id();
+                            tracing::info!(core = %handle.remote_addr(), node, "linked to core");
                             if let Ok(mut l) = links.lock() {
                                 l.insert(UPSTREAM, handle);
                             }
+                            worker
+                                .engine_command(Command::LinkOpened {
+                                    link: UPSTREAM,
+                                    engine,
+                                })
+                                .await;
                             // Every subscription died with the old link.
                             worker.resubscribe().await;
                         }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use media_core::MAX_SLOTS;
+use media_core::{EngineId, MAX_SLOTS};
 
 /// Server configuration: built-in defaults, then a TOML file, then `SFU_*`
 /// environment variables, then command-line flags (each overrides the
@@ -56,6 +56,11 @@ pub struct Config {
     pub log: String,
     /// What this node is in a cluster; default `standalone`.
     pub role: NodeRole,
+    /// This node's number in its cluster (0 to 4095): the high bits of the
+    /// voice ids its engine gives out, announced to the core when an edge
+    /// links. Every node of a cluster needs its own, so it is required for
+    /// `core` and `edge`; a standalone node is 0 when unset.
+    pub node_id: Option<u16>,
     /// (core) QUIC address edges dial; default `127.0.0.1:7000`.
     pub cluster_listen: SocketAddr,
     /// (edge) the cores to dial, primary first, then standbys.
@@ -156,6 +161,7 @@ impl Default for Config {
             turn_ttl_secs: 600,
             drain_timeout_secs: 30,
             role: NodeRole::Standalone,
+            node_id: None,
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             cluster_cores: Vec::new(),
             cluster_secret: None,
@@ -200,6 +206,7 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log", &self.log)
             .field("role", &self.role)
+            .field("node_id", &self.node_id)
             .field("cluster_listen", &self.cluster_listen)
             .field("cluster_cores", &self.cluster_cores)
             .field("cluster_secret", &redact(&self.cluster_secret))
@@ -244,6 +251,8 @@ pub struct Overrides {
     pub log: Option<String>,
     /// `--role standalone|core|edge`.
     pub role: Option<NodeRole>,
+    /// `--node-id N`.
+    pub node_id: Option<u16>,
     /// `--cluster-listen ADDR`.
     pub cluster_listen: Option<SocketAddr>,
     /// `--cluster-core ADDR` (repeated: primary first).
@@ -336,7 +345,7 @@ impl Config {
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
-    /// `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
+    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
     /// origin rules: `SFU_MAX_MEMBERS_PER_CHANNEL`, `SFU_MAX_CHANNELS`,
     /// `SFU_JOINS_PER_TOKEN_PER_MINUTE`, `SFU_JOINS_PER_IP_PER_MINUTE`,
     /// `SFU_MAX_HTTP_CONNECTIONS`, `SFU_MAX_WS_CONNECTIONS`,
@@ -418,6 +427,9 @@ impl Config {
                 value: v.clone(),
                 reason,
             })?;
+        }
+        if let Some(v) = env("SFU_NODE_ID") {
+            self.node_id = Some(parse_env("SFU_NODE_ID", v)?);
         }
         if let Some(v) = env("SFU_CLUSTER_LISTEN") {
             self.cluster_listen = parse_env("SFU_CLUSTER_LISTEN", v)?;
@@ -512,6 +524,9 @@ impl Config {
         if let Some(role) = o.role {
             self.role = role;
         }
+        if let Some(n) = o.node_id {
+            self.node_id = Some(n);
+        }
         if let Some(a) = o.cluster_listen {
             self.cluster_listen = a;
         }
@@ -540,7 +555,8 @@ impl Config {
     /// that is not an origin; STUN/TURN URLs
     /// with the wrong scheme or characters that cannot go into a header;
     /// `turn_ttl_secs` or `max_body_bytes` of 0; a `log` directive that does
-    /// not parse.
+    /// not parse; a core or edge without a cluster secret or a `node_id`; a
+    /// `node_id` above 4095.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.role != NodeRole::Standalone
             && self.cluster_secret.as_deref().is_none_or(str::is_empty)
@@ -549,6 +565,23 @@ impl Config {
                 field: "cluster_secret",
                 reason: "a core or edge needs a cluster secret (SFU_CLUSTER_SECRET or --cluster-secret) to authenticate the other nodes".into(),
             });
+        }
+        match self.node_id {
+            Some(n) if n > EngineId::MAX => {
+                return Err(ConfigError::Invalid {
+                    field: "node_id",
+                    reason: format!("{n} is above {}", EngineId::MAX),
+                })
+            }
+            None if self.role != NodeRole::Standalone => {
+                return Err(ConfigError::Invalid {
+                    field: "node_id",
+                    reason: "a core or edge needs its own node id, distinct from every other \
+                             node of the cluster (SFU_NODE_ID or --node-id N)"
+                        .into(),
+                })
+            }
+            _ => {}
         }
         if self.role == NodeRole::Edge && self.cluster_cores.is_empty() {
             return Err(ConfigError::Invalid {
@@ -1155,6 +1188,45 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
                 "allowed_origins",
             );
         }
+    }
+
+    /// Node ids number the voices of a cluster: a core or edge must have its
+    /// own, in range; a standalone node needs none.
+    #[test]
+    fn cluster_nodes_need_a_node_id_in_range() {
+        let core = Config {
+            role: NodeRole::Core,
+            cluster_secret: Some(SECRET.into()),
+            ..Config::default()
+        };
+        let err = core.validate().unwrap_err().to_string();
+        assert!(err.contains("node_id"), "{err}");
+        let numbered = Config::load(
+            None,
+            &env_of(&[("SFU_NODE_ID", "4095")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(numbered.node_id, Some(4095));
+        Config {
+            node_id: numbered.node_id,
+            ..core.clone()
+        }
+        .validate()
+        .unwrap();
+        let err = Config {
+            node_id: Some(4096),
+            ..core
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("node_id") && err.contains("4095"), "{err}");
+        let flag = Overrides {
+            node_id: Some(3),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::load(None, &no_env, &flag).unwrap().node_id, Some(3));
     }
 
     #[test]

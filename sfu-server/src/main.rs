@@ -74,6 +74,10 @@ struct RunArgs {
     /// Place in a cluster: standalone (default), core or edge.
     #[arg(long, value_name = "ROLE")]
     role: Option<sfu_server::config::NodeRole>,
+    /// This node's number in its cluster, 0 to 4095, distinct for every
+    /// node (required for core and edge).
+    #[arg(long, value_name = "N")]
+    node_id: Option<u16>,
     /// (core) QUIC address edges dial (default 127.0.0.1:7000).
     #[arg(long, value_name = "ADDR")]
     cluster_listen: Option<SocketAddr>,
@@ -186,6 +190,7 @@ fn run(args: RunArgs) -> ExitCode {
         slots: args.slots,
         log: args.log,
         role: args.role,
+        node_id: args.node_id,
         cluster_listen: args.cluster_listen,
         cluster_cores: args.cluster_cores,
         cluster_secret: args.cluster_secret,

@@ -354,6 +354,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         ("stale", st.dropped_stale),
         ("seal_failed", st.dropped_seal),
         ("relay_rejected", st.dropped_relay),
+        ("relay_limit", st.dropped_relay_limit),
         ("send_buffer_full", s.send_drops.buffer_full),
         ("send_failed", s.send_drops.failed),
     ] {
@@ -639,7 +640,7 @@ mod tests {
     #[test]
     fn every_engine_counter_is_rendered() {
         let mut st = EngineStats::default();
-        let fields: [(&mut u64, &str); 26] = [
+        let fields: [(&mut u64, &str); 27] = [
             (&mut st.datagrams_in, "sfu_datagrams_total direction=in"),
             (&mut st.bytes_in, "sfu_bytes_total direction=in"),
             (&mut st.datagrams_out, "sfu_datagrams_total direction=out"),
@@ -678,6 +679,10 @@ mod tests {
             (
                 &mut st.dropped_relay,
                 "sfu_dropped_total reason=relay_rejected",
+            ),
+            (
+                &mut st.dropped_relay_limit,
+                "sfu_dropped_total reason=relay_limit",
             ),
             (&mut st.speaker_switches, "sfu_speaker_switches_total"),
             (&mut st.peers_joined, "sfu_joins_total outcome=ok"),

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use media_core::EngineConfig;
+use media_core::{EngineConfig, EngineId};
 use tokio::sync::Notify;
 
 use crate::config::{Config, NodeRole};
 use crate::connections::{self, ConnectionLimits};
 use crate::rooms::RoomLimits;
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 use crate::worker::{Worker, Workers};
 
 /// A started server.
@@ -33,14 +33,7 @@ impl Server {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let engine_config = EngineConfig {
-            slots_per_listener: config.slots,
-            seed: unix_now() ^ u64::from(std::process::id()) << 32,
-            // The engine starts a moment later (in `Worker::spawn`): its
-            // sender reports' NTP times are off by that much, consistently.
-            wallclock_at_start: Some(std::time::SystemTime::now()),
-            ..Default::default()
-        };
+        let engine_config = engine_config(&config)?;
         let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
         let limits = RoomLimits {
@@ -124,6 +117,31 @@ impl Server {
         self.stop.notify_one();
         let _ = self.http.await;
     }
+}
+
+/// The configuration of this node's engine: its random generator keyed
+/// from the operating system's secure generator (every ICE password derives
+/// from it), its engine number the node id (one worker per node; with
+/// several, worker `w` of `W` would be `node_id × W + w`).
+pub fn engine_config(config: &Config) -> io::Result<EngineConfig> {
+    let mut seed = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut seed)
+        .map_err(|_| io::Error::other("the operating system's random generator failed"))?;
+    let node = config.node_id.unwrap_or(0);
+    let engine_id = EngineId::new(node).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("node_id {node} is above {}", EngineId::MAX),
+        )
+    })?;
+    Ok(EngineConfig {
+        slots_per_listener: config.slots,
+        engine_id,
+        // The engine starts a moment later (in `Worker::spawn`): its
+        // sender reports' NTP times are off by that much, consistently.
+        wallclock_at_start: Some(std::time::SystemTime::now()),
+        ..EngineConfig::new(seed)
+    })
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then drains.

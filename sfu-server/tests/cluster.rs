@@ -7,6 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,6 +27,8 @@ fn free_udp_port() -> u16 {
 struct Node {
     child: Child,
     http: String,
+    /// Its log lines (standard output, warnings and errors) so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -50,14 +53,43 @@ impl Node {
             }
         };
         // Keep draining stdout so the process never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Node { child, http }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Node { child, http, log }
     }
 
-    fn core(port: u16) -> Node {
+    /// Waits (at most `LIMIT`) for a log line containing every one of
+    /// `words`; returns it.
+    fn wait_log(&self, words: &[&str]) -> Option<String> {
+        let deadline = Instant::now() + LIMIT;
+        while Instant::now() < deadline {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+                .cloned();
+            if found.is_some() {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A core with node id `node` listening on `port`.
+    fn core(port: u16, node: u16) -> Node {
         Node::start(&[
             "--role".into(),
             "core".into(),
+            "--node-id".into(),
+            node.to_string(),
             "--cluster-listen".into(),
             format!("127.0.0.1:{port}"),
             "--cluster-secret".into(),
@@ -65,10 +97,13 @@ impl Node {
         ])
     }
 
-    fn edge(cores: &[u16], secret: &str) -> Node {
+    /// An edge with node id `node` dialing `cores` (primary first).
+    fn edge(cores: &[u16], secret: &str, node: u16) -> Node {
         let mut args = vec![
             "--role".into(),
             "edge".into(),
+            "--node-id".into(),
+            node.to_string(),
             "--cluster-secret".into(),
             secret.into(),
         ];
@@ -133,9 +168,9 @@ fn assert_continuous(peer: &UdpPeer, streams_before: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_hear_each_other_through_the_core_and_survive_its_restart() {
     let port = free_udp_port();
-    let mut core = Node::core(port);
-    let e1 = Node::edge(&[port], SECRET);
-    let mut e2 = Node::edge(&[port], SECRET);
+    let mut core = Node::core(port, 0);
+    let e1 = Node::edge(&[port], SECRET, 1);
+    let mut e2 = Node::edge(&[port], SECRET, 2);
 
     let (_wa, a, _) =
         ws_member_at(&e1.http, "town", "alice", ClientSpec::speaker(0), json!({})).await;
@@ -168,7 +203,7 @@ async fn edges_hear_each_other_through_the_core_and_survive_its_restart() {
     // Kill the core and start it again on the same port.
     core.kill();
     let killed = Instant::now();
-    core = Node::core(port);
+    core = Node::core(port, 0);
     let restarted = Instant::now();
     let back1 = heard_after(&l1, 1, restarted, LIMIT).expect("edge 1 hears bob again");
     let back2 = heard_after(&l2, 0, restarted, LIMIT).expect("edge 2 hears alice again");
@@ -201,10 +236,10 @@ async fn edges_hear_each_other_through_the_core_and_survive_its_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_fail_over_to_the_standby_core() {
     let (p1, p2) = (free_udp_port(), free_udp_port());
-    let mut primary = Node::core(p1);
-    let _standby = Node::core(p2);
-    let e1 = Node::edge(&[p1, p2], SECRET);
-    let e2 = Node::edge(&[p1, p2], SECRET);
+    let mut primary = Node::core(p1, 0);
+    let _standby = Node::core(p2, 10);
+    let e1 = Node::edge(&[p1, p2], SECRET, 1);
+    let e2 = Node::edge(&[p1, p2], SECRET, 2);
     let (_wa, a, _) =
         ws_member_at(&e1.http, "hall", "alice", ClientSpec::speaker(2), json!({})).await;
     let (_wl, l, _) = ws_member_at(
@@ -235,9 +270,9 @@ async fn edges_fail_over_to_the_standby_core() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_with_the_wrong_secret_gets_nothing() {
     let port = free_udp_port();
-    let core = Node::core(port);
-    let good = Node::edge(&[port], SECRET);
-    let bad = Node::edge(&[port], "not-the-secret-not-the-secret-not-the");
+    let core = Node::core(port, 0);
+    let good = Node::edge(&[port], SECRET, 1);
+    let bad = Node::edge(&[port], "not-the-secret-not-the-secret-not-the", 2);
     let (_wa, a, _) =
         ws_member_at(&good.http, "c", "alice", ClientSpec::speaker(0), json!({})).await;
     let (_wl, l, _) = ws_member_at(
@@ -274,8 +309,8 @@ async fn an_edge_with_the_wrong_secret_gets_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_traffic_shows_in_the_metrics_of_core_and_edge() {
     let port = free_udp_port();
-    let core = Node::core(port);
-    let edge = Node::edge(&[port], SECRET);
+    let core = Node::core(port, 0);
+    let edge = Node::edge(&[port], SECRET, 1);
     let relay = |m: &prometheus_parse::Scrape, direction| {
         value(
             m,
@@ -326,5 +361,52 @@ async fn relay_traffic_shows_in_the_metrics_of_core_and_edge() {
         // Present (whatever its value: media may race ahead of the
         // subscription it belongs to).
         value(&m, "sfu_dropped_total", Some(("reason", "relay_rejected")));
+    }
+}
+
+/// Node ids number the voices of a cluster, so the core refuses an edge
+/// whose id is the core's own or another linked edge's, after checking its
+/// proof: both sides log the reason, and the refused edge's members hear
+/// nothing of the cluster while the edge with its own id works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_with_a_node_id_in_use_is_refused_with_a_reason() {
+    let port = free_udp_port();
+    let core = Node::core(port, 7);
+    let good = Node::edge(&[port], SECRET, 1);
+    let (_wa, a, _) =
+        ws_member_at(&core.http, "c", "alice", ClientSpec::speaker(0), json!({})).await;
+    let listen = json!({"role": "listener"});
+    let (_wg, g, _) =
+        ws_member_at(&good.http, "c", "g", ClientSpec::listener(), listen.clone()).await;
+    a.set_talking(true);
+    assert!(hears(&g, &[0], 25), "edge 1 is linked and hears the core");
+
+    let twin = Node::edge(&[port], SECRET, 1);
+    let as_core = Node::edge(&[port], SECRET, 7);
+    let (_wt, t, _) =
+        ws_member_at(&twin.http, "c", "t", ClientSpec::listener(), listen.clone()).await;
+    let (_wc, c, _) = ws_member_at(&as_core.http, "c", "k", ClientSpec::listener(), listen).await;
+    for (edge, reason) in [
+        (&twin, "node id 1 is already linked"),
+        (&as_core, "node id 7 is the listener's own"),
+    ] {
+        let line = edge.wait_log(&["refused", reason]);
+        assert!(line.is_some(), "the edge logs why: {reason}");
+        let line = core.wait_log(&["link refused", reason]);
+        assert!(line.is_some(), "the core logs why: {reason}");
+    }
+    // Meanwhile the edge with its own id still hears alice, the others not.
+    let t0 = Instant::now();
+    assert!(
+        g.wait_until(t0 + LIMIT, |c| Instant::now() > t0 + Duration::from_secs(1)
+            && c.tones_heard(t0, Instant::now(), 25).contains(&0))
+    );
+    for (peer, name) in [(&t, "twin"), (&c, "core's id")] {
+        assert!(
+            peer.lock()
+                .tones_heard(peer.created, Instant::now(), 1)
+                .is_empty(),
+            "the edge with the {name} hears nothing"
+        );
     }
 }

@@ -12,7 +12,9 @@
 //! such a frame may report either tone or `None`; tests should allow two
 //! frames of settling after any switch.
 
-use media_core::{level_from_pcm, Rng};
+use media_core::level_from_pcm;
+
+use crate::rng::SplitMix64;
 
 /// Samples per 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
@@ -237,7 +239,7 @@ impl TalkPattern {
 #[derive(Debug, Clone)]
 pub struct TalkSchedule {
     pattern: TalkPattern,
-    rng: Rng,
+    rng: SplitMix64,
     talking: bool,
     /// Frames left in the current spurt or pause.
     left: u32,
@@ -251,7 +253,7 @@ impl TalkSchedule {
     pub fn new(pattern: TalkPattern) -> Self {
         let mut s = TalkSchedule {
             pattern,
-            rng: Rng::new(0),
+            rng: SplitMix64::new(0),
             talking: true,
             left: u32::MAX,
         };
@@ -261,7 +263,7 @@ impl TalkSchedule {
             pause_mean_ms,
         } = pattern
         {
-            s.rng = Rng::new(seed);
+            s.rng = SplitMix64::new(seed);
             // Start in a spurt or a pause with their long-run shares.
             let total = f64::from(spurt_mean_ms) + f64::from(pause_mean_ms);
             let p_talk = if total > 0.0 {
@@ -529,7 +531,7 @@ mod tests {
             .map(|t| (8000.0 * (std::f64::consts::TAU * 1000.0 * t as f64 / 48_000.0).sin()) as i16)
             .collect();
         assert_eq!(detector.detect(&pcm), None);
-        let mut rng = Rng::new(7);
+        let mut rng = SplitMix64::new(7);
         let noise: Vec<i16> = (0..FRAME_SAMPLES)
             .map(|_| rng.next_u64() as i16 / 4)
             .collect();
@@ -746,7 +748,7 @@ mod tests {
     #[test]
     fn garbage_does_not_panic() {
         let mut listener = ToneListener::new(&TONES);
-        let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
+        let mut rng = SplitMix64::new(0xDEAD_BEEF_CAFE_F00D);
         let mut buf = vec![0u8; 1500];
         let mut errors = 0;
         for i in 0..3000 {

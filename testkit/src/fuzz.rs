@@ -35,7 +35,7 @@ fn engine(now: Instant) -> Engine {
     let config = EngineConfig {
         host_candidates: vec![ENGINE_ADDR],
         dtls_cert: Some(cert().clone()),
-        ..Default::default()
+        ..EngineConfig::new(crate::SEED)
     };
     Engine::new(config, now)
 }

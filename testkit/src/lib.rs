@@ -11,6 +11,10 @@
 //!   ([`latency`]) from `abs-capture-time`; a header-only mode reads the
 //!   plain RTP header ([`rtp`]) without decrypting.
 //! - [`audio`]: Opus tone speakers and detectors, talk patterns, DTX.
+//! - [`answers`]: many joins against a bare engine, for the voice ids and
+//!   ICE credentials its answers hand out.
+//! - [`rng`]: the kit's seeded (not cryptographic) generator; engines get
+//!   the fixed [`SEED`] so that a test replays the same run.
 //! - [`udp::UdpPeer`]: a client on a real loopback socket and real time, on
 //!   its own thread, for tests against a running server.
 //! - `fuzz` (feature `fuzz`): the bodies of the fuzz targets.
@@ -19,12 +23,14 @@
 //! advances to whichever comes first: a datagram's arrival, an engine's
 //! timeout, a client's timeout, or a speaker's next 20 ms frame.
 
+pub mod answers;
 pub mod audio;
 pub mod client;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod latency;
 pub mod net;
+pub mod rng;
 pub mod rtp;
 pub mod sim;
 pub mod stream_stats;
@@ -33,6 +39,11 @@ pub mod udp;
 pub use sim::{link_to, node_addr, Node, Sim, ENGINE_ADDR};
 
 use std::time::Instant;
+
+/// The seed of test engines (`EngineConfig::new(testkit::SEED)`): fixed, so
+/// that a test replays the same ICE credentials and slot numbering on every
+/// run. Public on purpose; a server fills its seed from the operating system.
+pub const SEED: [u8; 32] = *b"voice-sfu test seed, not secret!";
 
 /// An origin for a test's simulated time: the one clock read a simulated
 /// test makes (std has no other way to make an `Instant`). Nothing in a

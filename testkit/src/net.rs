@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use media_core::Rng;
+use crate::rng::SplitMix64;
 
 /// A datagram in flight.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,7 +42,7 @@ impl Default for LinkConditions {
 pub struct Net {
     queue: BinaryHeap<Reverse<(Instant, u64, Datagram)>>,
     counter: u64,
-    rng: Rng,
+    rng: SplitMix64,
     /// Conditions from clients to the engine.
     pub uplink: LinkConditions,
     /// Conditions from the engine to clients.
@@ -59,7 +59,7 @@ impl Net {
         Net {
             queue: BinaryHeap::new(),
             counter: 0,
-            rng: Rng::new(seed),
+            rng: SplitMix64::new(seed),
             uplink: LinkConditions::default(),
             downlink: LinkConditions::default(),
             lost: 0,

@@ -161,7 +161,7 @@ pub fn parse_rtp_header(buf: &[u8], ids: ExtIds) -> Option<RtpHeader> {
 
 #[cfg(test)]
 mod tests {
-    use media_core::Rng;
+    use crate::rng::SplitMix64;
 
     use super::*;
 
@@ -233,7 +233,7 @@ mod tests {
         assert!(parse_rtp_header(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0], ids).is_none());
         assert!(parse_rtp_header(&[0x80, 111], ids).is_none());
         // Garbage never panics.
-        let mut rng = Rng::new(0x5EED);
+        let mut rng = SplitMix64::new(0x5EED);
         let mut buf = [0u8; 64];
         for _ in 0..20_000 {
             let n = (rng.next_u64() % 64) as usize;

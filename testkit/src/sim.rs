@@ -11,7 +11,7 @@
 //! # use std::time::Duration;
 //! # use media_core::{EngineConfig, Role};
 //! # use testkit::{client::ClientSpec, Sim};
-//! let mut sim = Sim::new(EngineConfig::default(), testkit::epoch());
+//! let mut sim = Sim::new(EngineConfig::new(testkit::SEED), testkit::epoch());
 //! let alice = sim.join("alice", "room", Role::Speaker, ClientSpec::speaker(0));
 //! let bob = sim.join("bob", "room", Role::Listener, ClientSpec::listener());
 //! sim.run_until_connected(Duration::from_secs(5));
@@ -26,8 +26,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use media_core::{
-    Command, DatagramKind, Engine, EngineConfig, Event, Input, LinkId, Output, PeerId, RelayMsg,
-    Role,
+    Command, DatagramKind, Engine, EngineConfig, EngineId, Event, Input, LinkId, Output, PeerId,
+    RelayMsg, Role,
 };
 
 use crate::audio::TONES;
@@ -53,6 +53,14 @@ pub fn node_addr(n: usize) -> SocketAddr {
 /// The link on node `from` that leads to node `to`.
 pub fn link_to(to: usize) -> LinkId {
     LinkId(to as u64)
+}
+
+/// The engine number of node `n`: node 0's (its config's) plus `n`.
+fn node_engine(base: EngineId, n: usize) -> EngineId {
+    u16::try_from(n)
+        .ok()
+        .and_then(|n| EngineId::new(base.get().checked_add(n)?))
+        .expect("engine numbers up to EngineId::MAX")
 }
 
 /// The engine, its clients and the network between them.
@@ -118,7 +126,9 @@ impl Sim {
         if config.dtls_cert.is_none() {
             config.dtls_cert = Some(cert.clone());
         }
-        let seed = config.seed;
+        let mut net_seed = [0u8; 8];
+        net_seed.copy_from_slice(&config.seed[..8]);
+        let net_seed = u64::from_le_bytes(net_seed);
         Sim {
             start,
             now: start,
@@ -132,7 +142,7 @@ impl Sim {
             event_nodes: Vec::new(),
             base_config: config,
             clients: Vec::new(),
-            net: Net::new(seed ^ 0xA5A5),
+            net: Net::new(net_seed ^ 0xA5A5),
             events: Vec::new(),
             vanished: Vec::new(),
             by_addr: HashMap::new(),
@@ -140,6 +150,28 @@ impl Sim {
             cert,
             errors: Vec::new(),
         }
+    }
+
+    /// A core (node 0) with `edges` edges (nodes 1, 2, …) whose channel
+    /// `channel` follows it; returns the edges' node numbers.
+    pub fn cluster(
+        config: EngineConfig,
+        start: Instant,
+        edges: usize,
+        channel: &str,
+    ) -> (Sim, Vec<usize>) {
+        let mut sim = Sim::new(config, start);
+        let nodes: Vec<usize> = (0..edges).map(|_| sim.add_node()).collect();
+        for &e in &nodes {
+            sim.command_on(
+                e,
+                Command::SetUpstream {
+                    channel: channel.into(),
+                    link: Some(link_to(0)),
+                },
+            );
+        }
+        (sim, nodes)
     }
 
     /// Simulated time since the start.
@@ -154,17 +186,40 @@ impl Sim {
     }
 
     /// Adds an engine (node `1 + existing extra nodes`); returns its node
-    /// number. Its config is node 0's with another seed and address.
+    /// number. Its config is node 0's with another seed, address and engine
+    /// number (node 0's plus `n`). Its links to every other node are opened on both sides.
     pub fn add_node(&mut self) -> usize {
         let n = self.nodes.len() + 1;
         let mut config = self.base_config.clone();
-        config.seed = config.seed.wrapping_add(0x9E37_79B9 * n as u64);
+        config.seed[31] ^= n as u8;
+        config.seed[30] ^= (n >> 8) as u8;
+        config.engine_id = node_engine(self.base_config.engine_id, n);
         config.host_candidates = vec![node_addr(n)];
         self.nodes.push(Node {
             engine: Engine::new(config, self.now),
             timeout: self.now,
         });
+        for m in 0..n {
+            self.open_link(m, n);
+        }
         n
+    }
+
+    /// Tells both ends of the relay link between nodes `a` and `b` that it
+    /// is up, and which engine is at the other end (as a transport does
+    /// after its handshake).
+    fn open_link(&mut self, a: usize, b: usize) {
+        let base = self.base_config.engine_id;
+        for (from, to) in [(a, b), (b, a)] {
+            let engine = node_engine(base, to);
+            self.command_on(
+                from,
+                Command::LinkOpened {
+                    link: link_to(to),
+                    engine,
+                },
+            );
+        }
     }
 
     /// The engine of node `n`.
@@ -201,14 +256,18 @@ impl Sim {
     }
 
     /// Cuts (or restores) the relay link between two nodes. Cutting tells
-    /// both engines `LinkClosed`, as a transport noticing the loss would.
+    /// both engines `LinkClosed`, as a transport noticing the loss would;
+    /// restoring opens it again on both sides, as a transport reconnecting.
     pub fn set_link_cut(&mut self, a: usize, b: usize, cut: bool) {
         let key = (a.min(b), a.max(b));
+        let was_cut = self.cut.contains(&key);
         self.cut.retain(|k| *k != key);
         if cut {
             self.cut.push(key);
             self.command_on(a, Command::LinkClosed { link: link_to(b) });
             self.command_on(b, Command::LinkClosed { link: link_to(a) });
+        } else if was_cut {
+            self.open_link(a, b);
         }
     }
 

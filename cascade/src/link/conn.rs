@@ -11,8 +11,9 @@ use media_core::RelayMsg;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
-use super::{auth, tls, CloseReason, LinkConfig, LinkError, Shared, CLOSE_AUTH_FAILED};
-use super::{CLOSE_NORMAL, CLOSE_PROTOCOL};
+use super::auth::{self, Authenticated};
+use super::{tls, CloseReason, LinkConfig, LinkError, Shared, CLOSE_AUTH_FAILED};
+use super::{CLOSE_NODE_ID_IN_USE, CLOSE_NORMAL, CLOSE_PROTOCOL};
 use crate::wire::{decode_datagram, encode_datagram, encode_frame, FrameDecoder};
 
 /// Received messages buffered between the receive task and the owner.
@@ -78,6 +79,8 @@ struct Inner {
     conn: Connection,
     control: mpsc::Sender<Bytes>,
     counters: Counters,
+    /// The node id the peer announced in its (verified) hello.
+    peer_node: u16,
 }
 
 /// The sending half of a [`Link`]: cheap to clone, usable from many tasks.
@@ -162,6 +165,11 @@ impl LinkHandle {
     /// The peer's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.inner.conn.remote_address()
+    }
+
+    /// The node id the peer announced in its hello (covered by its proof).
+    pub fn peer_node_id(&self) -> u16 {
+        self.inner.peer_node
     }
 
     /// The largest encoded media datagram the path takes now (`None` when the
@@ -251,8 +259,8 @@ impl Link {
         let deadline = shared.config.connect_timeout;
         let attempt = async {
             let conn = connecting.await.map_err(|e| LinkError::Closed(e.into()))?;
-            match auth::client(&conn, &shared.key).await {
-                Ok((send, recv)) => Ok((conn, send, recv)),
+            match auth::client(&conn, &shared.key, shared.config.node_id).await {
+                Ok(authenticated) => Ok((conn, authenticated)),
                 Err(e) => {
                     close_failed(&conn, &e);
                     Err(e)
@@ -264,7 +272,7 @@ impl Link {
             Err(_) => Err(LinkError::Timeout(deadline)),
         };
         match result {
-            Ok((conn, send, recv)) => Ok(Link::start(conn, send, recv, Some(endpoint))),
+            Ok((conn, authenticated)) => Ok(Link::start(conn, authenticated, Some(endpoint))),
             Err(e) => {
                 endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"dial failed");
                 Err(e)
@@ -276,16 +284,21 @@ impl Link {
     /// connection.
     pub(super) fn start(
         conn: Connection,
-        send: SendStream,
-        recv: RecvStream,
+        authenticated: Authenticated,
         endpoint: Option<Endpoint>,
     ) -> Link {
+        let Authenticated {
+            send,
+            recv,
+            peer_node,
+        } = authenticated;
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let inner = Arc::new(Inner {
             conn,
             control: control_tx,
             counters: Counters::default(),
+            peer_node,
         });
         tokio::spawn(write_control(Arc::downgrade(&inner), send, control_rx));
         tokio::spawn(receive(inner.clone(), recv, events_tx));
@@ -349,6 +362,11 @@ impl Link {
         self.handle.remote_addr()
     }
 
+    /// See [`LinkHandle::peer_node_id`].
+    pub fn peer_node_id(&self) -> u16 {
+        self.handle.peer_node_id()
+    }
+
     /// See [`LinkHandle::close_reason`].
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.handle.close_reason()
@@ -369,6 +387,9 @@ pub(super) fn close_failed(conn: &Connection, e: &LinkError) {
         ),
         LinkError::Protocol(_) | LinkError::Timeout(_) => {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation")
+        }
+        LinkError::NodeIdInUse(reason) => {
+            conn.close(VarInt::from_u32(CLOSE_NODE_ID_IN_USE), reason.as_bytes())
         }
         _ => conn.close(VarInt::from_u32(CLOSE_NORMAL), b"handshake failed"),
     }

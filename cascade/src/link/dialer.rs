@@ -93,6 +93,10 @@ async fn run(addrs: Vec<SocketAddr>, shared: Shared, events: mpsc::Sender<Dialer
                     link = Some((idx, l));
                     break;
                 }
+                // A configuration error that retrying will not fix.
+                Err(e @ LinkError::NodeIdInUse(_)) => {
+                    tracing::warn!(%addr, error = %e, "cascade dial refused");
+                }
                 Err(e) => tracing::info!(%addr, error = %e, "cascade dial failed"),
             }
         }

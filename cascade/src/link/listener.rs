@@ -1,11 +1,12 @@
 //! Accepting links.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use quinn::{Endpoint, Incoming, VarInt};
+use quinn::{Connection, Endpoint, Incoming, VarInt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -13,7 +14,7 @@ use super::conn::{close_failed, Link};
 use super::{tls, LinkConfig, LinkError, Shared, CLOSE_NORMAL};
 
 /// Handshakes (TLS + authentication) in progress at once; more incoming
-/// connections are refused.
+/// connections are refused. Only addresses that answered a Retry get one.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Authenticated links waiting for [`Listener::accept`].
 const ACCEPT_QUEUE: usize = 16;
@@ -31,6 +32,13 @@ pub struct ListenerStats {
     /// handshake failure, no proof in time, a datagram or a bad magic
     /// before the proof, too many handshakes at once.
     pub handshake_failed: u64,
+    /// Connection attempts answered with a QUIC Retry (their address was not
+    /// validated yet): an honest dialer retries at once, a forged source
+    /// address never sees the Retry.
+    pub retried: u64,
+    /// Authenticated dialers refused because their node id is the
+    /// listener's own or another open link's.
+    pub node_id_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,7 +46,13 @@ struct Counters {
     accepted: AtomicU64,
     auth_failed: AtomicU64,
     handshake_failed: AtomicU64,
+    retried: AtomicU64,
+    node_id_refused: AtomicU64,
 }
+
+/// The node ids of the links this listener accepted, with their connection
+/// (a closed one frees its id). At most one entry per node id.
+type LinkedNodes = Arc<Mutex<HashMap<u16, Connection>>>;
 
 /// Accepts authenticated links on a UDP address.
 ///
@@ -131,6 +145,8 @@ impl Listener {
             accepted: self.counters.accepted.load(Ordering::Relaxed),
             auth_failed: self.counters.auth_failed.load(Ordering::Relaxed),
             handshake_failed: self.counters.handshake_failed.load(Ordering::Relaxed),
+            retried: self.counters.retried.load(Ordering::Relaxed),
+            node_id_refused: self.counters.node_id_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -158,6 +174,7 @@ async fn accept_loop(
     counters: Arc<Counters>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let nodes = LinkedNodes::default();
     loop {
         let incoming = tokio::select! {
             () = links.closed() => return,
@@ -166,6 +183,15 @@ async fn accept_loop(
                 None => return,
             },
         };
+        // Stateless: no slot, no state, until the address proves it receives
+        // (a spoofed Initial cannot hold a handshake slot).
+        if !incoming.remote_address_validated() {
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), "too many handshakes; refused");
             counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
@@ -175,9 +201,10 @@ async fn accept_loop(
         let shared = shared.clone();
         let links = links.clone();
         let counters = counters.clone();
+        let nodes = nodes.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let result = handshake(incoming, &shared, &counters).await;
+            let result = handshake(incoming, &shared, &counters, &nodes).await;
             drop(permit);
             match result {
                 Ok(link) => {
@@ -185,6 +212,9 @@ async fn accept_loop(
                     tracing::debug!(%remote, "link accepted");
                     // A full queue waits; a closed listener drops (closes) it.
                     let _ = links.send(link).await;
+                }
+                Err(e @ LinkError::NodeIdInUse(_)) => {
+                    tracing::warn!(%remote, error = %e, "link refused");
                 }
                 Err(e) => tracing::info!(%remote, error = %e, "link refused"),
             }
@@ -198,26 +228,29 @@ async fn handshake(
     incoming: Incoming,
     shared: &Shared,
     counters: &Counters,
+    nodes: &LinkedNodes,
 ) -> Result<Link, LinkError> {
     let deadline = shared.config.idle_timeout;
+    let own = shared.config.node_id;
     let mut connection = None;
     let attempt = async {
         let conn = incoming.await.map_err(|e| LinkError::Closed(e.into()))?;
         connection = Some(conn.clone());
-        let (send, recv) = super::auth::server(&conn, &shared.key).await?;
-        Ok::<_, LinkError>((conn, send, recv))
+        let admit = |node| admit_node(nodes, own, node, &conn);
+        let authenticated = super::auth::server(&conn, &shared.key, own, admit).await?;
+        Ok::<_, LinkError>((conn, authenticated))
     };
     let result = match tokio::time::timeout(deadline, attempt).await {
         Ok(result) => result,
         Err(_) => Err(LinkError::Timeout(deadline)),
     };
     match result {
-        Ok((conn, send, recv)) => Ok(Link::start(conn, send, recv, None)),
+        Ok((conn, authenticated)) => Ok(Link::start(conn, authenticated, None)),
         Err(e) => {
-            let counter = if matches!(e, LinkError::AuthFailed) {
-                &counters.auth_failed
-            } else {
-                &counters.handshake_failed
+            let counter = match e {
+                LinkError::AuthFailed => &counters.auth_failed,
+                LinkError::NodeIdInUse(_) => &counters.node_id_refused,
+                _ => &counters.handshake_failed,
             };
             // Count first, then close: whoever sees the close sees the count.
             counter.fetch_add(1, Ordering::Relaxed);
@@ -227,4 +260,30 @@ async fn handshake(
             Err(e)
         }
     }
+}
+
+/// Whether an authenticated dialer with node id `node` may link: not the
+/// listener's own id, not the id of another link still open. Records it.
+fn admit_node(
+    nodes: &LinkedNodes,
+    own: u16,
+    node: u16,
+    conn: &Connection,
+) -> Result<(), LinkError> {
+    if node == own {
+        return Err(LinkError::NodeIdInUse(format!(
+            "node id {node} is the listener's own"
+        )));
+    }
+    let mut nodes = nodes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(open) = nodes.get(&node).filter(|c| c.close_reason().is_none()) {
+        return Err(LinkError::NodeIdInUse(format!(
+            "node id {node} is already linked from {}",
+            open.remote_address()
+        )));
+    }
+    nodes.insert(node, conn.clone());
+    Ok(())
 }

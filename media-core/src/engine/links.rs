@@ -1,6 +1,12 @@
 //! The engine's side of links to other engines: a channel as origin
 //! (subscribers, voices that came over their links) or as relay (following
 //! an origin's selection over its upstream link).
+//!
+//! What a link may do is bounded: messages count only over an open link
+//! (`Command::LinkOpened`); as origin, a link brings in only voices of the
+//! engine at its other end (the high bits of their `SourceId`), at most
+//! `max_sources_per_link` of them, into at most `max_channels_per_link`
+//! channels; everything a link brought in is forgotten when it closes.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +14,30 @@ use std::time::Instant;
 use super::Engine;
 use crate::demux::PeerKey;
 use crate::frame::VoiceFrame;
-use crate::{Error, Event, LinkId, RelayMsg, Role, SourceId};
+use crate::{EngineId, Error, Event, LinkId, RelayMsg, Role, SourceId};
+
+/// A relayed message's channel and link, as [`Engine::admit`] found them.
+struct Admitted {
+    /// The channel.
+    k: u32,
+    link: LinkId,
+    /// Whether the link is the channel's origin (else a subscriber).
+    from_origin: bool,
+    /// The engine at the link's other end.
+    engine: EngineId,
+}
+
+/// An open link: the engine at its other end and what it brought in.
+#[derive(Debug)]
+pub(super) struct LinkState {
+    /// The engine at the other end: as origin, the only engine whose voices
+    /// this link may bring in.
+    engine: EngineId,
+    /// Voices it brought in (entries of its channels' `remote`).
+    pub(super) voices: usize,
+    /// Channels it subscribed to.
+    channels: usize,
+}
 
 impl Engine {
     /// Sends `msg` to every engine that shares channel `k`: its origin, if
@@ -28,14 +57,20 @@ impl Engine {
         }
     }
 
-    /// The channel a relayed message is for, if `link` may speak for it:
-    /// its origin (`Some((k, true))`) or one of its subscribers
-    /// (`Some((k, false))`). Anything else is dropped and counted.
-    fn admit(&mut self, channel: &str, link: LinkId) -> Option<(u32, bool)> {
-        let admitted = self.channel_keys.get(channel).and_then(|&k| {
+    /// The channel a relayed message is for, if `link` is open and may speak
+    /// for it: as its origin or as one of its subscribers. Anything else is
+    /// dropped and counted.
+    fn admit(&mut self, channel: &str, link: LinkId) -> Option<Admitted> {
+        let admitted = self.links.get(&link).and_then(|state| {
+            let k = *self.channel_keys.get(channel)?;
             let ch = self.channels.get(k)?;
             let from_origin = ch.upstream == Some(link);
-            (from_origin || ch.subscribers.contains(&link)).then_some((k, from_origin))
+            (from_origin || ch.subscribers.contains(&link)).then_some(Admitted {
+                k,
+                link,
+                from_origin,
+                engine: state.engine,
+            })
         });
         if admitted.is_none() {
             self.fx.stats.dropped_relay += 1;
@@ -43,11 +78,80 @@ impl Engine {
         admitted
     }
 
+    /// Whether an admitted message may be about `source`. The origin speaks
+    /// for every voice but this engine's own (it never sends one back to
+    /// where it came from). A subscriber speaks only for voices of the
+    /// engine at its other end, and brings in at most
+    /// `max_sources_per_link`: a new one is recorded in the channel's
+    /// `remote` and counted. Refusals are dropped and counted.
+    fn admit_voice(&mut self, at: &Admitted, source: SourceId) -> bool {
+        let stats = &mut self.fx.stats;
+        let own = self.config.engine_id;
+        let allowed = if at.from_origin {
+            source.engine() != own
+        } else {
+            source.engine() == at.engine
+        };
+        if !allowed {
+            stats.dropped_relay += 1;
+            return false;
+        }
+        if at.from_origin {
+            return true;
+        }
+        let Some(ch) = self.channels.get_mut(at.k) else {
+            return false;
+        };
+        // The common case, once per relayed frame: a voice already in.
+        if ch.remote.contains_key(&source) {
+            return true;
+        }
+        let Some(state) = self.links.get_mut(&at.link) else {
+            return false;
+        };
+        if state.voices >= self.config.max_sources_per_link {
+            stats.dropped_relay_limit += 1;
+            return false;
+        }
+        state.voices += 1;
+        ch.remote.insert(source, at.link);
+        true
+    }
+
+    /// A voice that came over a link left channel `k`: forgotten there and
+    /// uncounted on its link. Returns whether the channel had it.
+    fn forget_voice(&mut self, k: u32, source: SourceId) -> bool {
+        let Some(link) = self
+            .channels
+            .get_mut(k)
+            .and_then(|ch| ch.remote.remove(&source))
+        else {
+            return false;
+        };
+        if let Some(state) = self.links.get_mut(&link) {
+            state.voices = state.voices.saturating_sub(1);
+        }
+        true
+    }
+
     /// One message from another engine.
     pub(super) fn on_relay(&mut self, now: Instant, link: LinkId, msg: RelayMsg) {
         self.fx.stats.relay_in += 1;
         match msg {
             RelayMsg::Subscribe { channel } => {
+                let Some(state) = self.links.get(&link) else {
+                    self.fx.stats.dropped_relay += 1;
+                    return;
+                };
+                let subscribed = self
+                    .channel_keys
+                    .get(&channel)
+                    .and_then(|k| self.channels.get(*k))
+                    .is_some_and(|ch| ch.subscribers.contains(&link));
+                if !subscribed && state.channels >= self.config.max_channels_per_link {
+                    self.fx.stats.dropped_relay_limit += 1;
+                    return;
+                }
                 let k = self.channel_or_create(channel.to_string(), now);
                 let Some(ch) = self.channels.get_mut(k) else {
                     return;
@@ -57,8 +161,11 @@ impl Engine {
                     self.fx.stats.dropped_relay += 1;
                     return;
                 }
-                if !ch.subscribers.contains(&link) {
+                if !subscribed {
                     ch.subscribers.push(link);
+                    if let Some(state) = self.links.get_mut(&link) {
+                        state.channels += 1;
+                    }
                 }
                 // Who is who, then what is selected.
                 let infos: Vec<RelayMsg> = ch
@@ -93,13 +200,11 @@ impl Engine {
                 vad,
                 payload,
             } => {
-                let Some((k, from_origin)) = self.admit(&channel, link) else {
+                let Some(at) = self.admit(&channel, link) else {
                     return;
                 };
-                if !from_origin {
-                    if let Some(ch) = self.channels.get_mut(k) {
-                        ch.remote.insert(source, link);
-                    }
+                if !self.admit_voice(&at, source) {
+                    return;
                 }
                 let frame = VoiceFrame {
                     source,
@@ -112,7 +217,7 @@ impl Engine {
                     red: None,
                     capture: None,
                 };
-                self.route(k, &frame, now, Some(link));
+                self.route(at.k, &frame, now, Some(link));
             }
             RelayMsg::Speakers {
                 channel,
@@ -156,16 +261,31 @@ impl Engine {
                 source,
                 identity,
             } => {
-                let Some((k, from_origin)) = self.admit(&channel, link) else {
+                let Some(at) = self.admit(&channel, link) else {
                     return;
                 };
+                let (k, from_origin) = (at.k, at.from_origin);
+                let leaving = identity.is_empty();
+                if leaving && !from_origin {
+                    // Only a voice this link brought in can leave over it.
+                    let known = self
+                        .channels
+                        .get(k)
+                        .is_some_and(|ch| ch.remote.get(&source) == Some(&link));
+                    if !known {
+                        self.fx.stats.dropped_relay += 1;
+                        return;
+                    }
+                } else if !self.admit_voice(&at, source) {
+                    return;
+                }
                 let Some(ch) = self.channels.get_mut(k) else {
                     return;
                 };
-                if identity.is_empty() {
+                if leaving {
                     ch.identities.remove(&source);
                     // A subscriber's voice left: release it here as well.
-                    if !from_origin && ch.remote.remove(&source).is_some() {
+                    if !from_origin && self.forget_voice(k, source) {
                         self.release_voice(k, source);
                     }
                 } else {
@@ -240,6 +360,35 @@ impl Engine {
         Ok(())
     }
 
+    /// `Command::LinkOpened`: messages over `link` count from now on.
+    pub(super) fn link_opened(&mut self, link: LinkId, engine: EngineId) -> Result<(), Error> {
+        let taken = engine == self.config.engine_id
+            || self
+                .links
+                .iter()
+                .any(|(l, state)| *l != link && state.engine == engine);
+        if taken {
+            return Err(Error::EngineIdInUse(engine));
+        }
+        match self.links.get(&link) {
+            Some(state) if state.engine == engine => return Ok(()),
+            Some(_) => self.link_closed(link),
+            None => {}
+        }
+        self.links.insert(
+            link,
+            LinkState {
+                engine,
+                voices: 0,
+                channels: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// `Command::LinkClosed`: the link's subscriptions and the voices it
+    /// brought in are forgotten; messages over it are dropped until it is
+    /// opened again.
     pub(super) fn link_closed(&mut self, link: LinkId) {
         let keys: Vec<u32> = self
             .channel_keys
@@ -255,6 +404,7 @@ impl Engine {
             self.drop_subscriber(k, link);
             self.remove_if_unused(k);
         }
+        self.links.remove(&link);
     }
 
     /// Forgets a subscriber and the voices that came over it.
@@ -262,7 +412,13 @@ impl Engine {
         let Some(ch) = self.channels.get_mut(k) else {
             return;
         };
+        let before = ch.subscribers.len();
         ch.subscribers.retain(|l| *l != link);
+        if ch.subscribers.len() < before {
+            if let Some(state) = self.links.get_mut(&link) {
+                state.channels = state.channels.saturating_sub(1);
+            }
+        }
         let gone: Vec<SourceId> = ch
             .remote
             .iter()
@@ -270,8 +426,8 @@ impl Engine {
             .map(|(s, _)| *s)
             .collect();
         for s in gone {
+            self.forget_voice(k, s);
             if let Some(ch) = self.channels.get_mut(k) {
-                ch.remote.remove(&s);
                 ch.identities.remove(&s);
             }
             self.release_voice(k, s);

@@ -12,12 +12,15 @@ use str0m::rtp::RtpPacket;
 
 mod links;
 
+use links::LinkState;
+
 use crate::api::{Command, Input, Output};
 use crate::channel::Channel;
 use crate::config::EngineConfig;
 use crate::demux::{Demux, PeerKey, Route};
 use crate::effects::{Effects, Signal};
 use crate::frame::{level_from_ext, VoiceFrame};
+use crate::ids::SourceIds;
 use crate::level::OpusLevelMeter;
 use crate::ntp::NtpClock;
 use crate::peer::{Peer, PeerSetup};
@@ -69,7 +72,10 @@ pub struct Engine {
     /// Origin channels whose selection changed since the last input: their
     /// subscribers get a `Speakers` message once the input is handled.
     speakers_dirty: Vec<u32>,
-    next_source: u32,
+    source_ids: SourceIds,
+    /// Open links (`Command::LinkOpened` until `LinkClosed`): the engine at
+    /// the other end and what the link brought in.
+    links: HashMap<LinkId, LinkState>,
     last_now: Instant,
 }
 
@@ -92,10 +98,8 @@ impl Engine {
         // most this many voices at once.
         config.slots_per_listener = config.slots_per_listener.clamp(1, MAX_SLOTS);
         let dtls_cert = config.dtls_cert.clone().unwrap_or_else(generate_dtls_cert);
-        let mut rng = Rng::new(config.seed);
-        // Source ids of different engines should not collide; start each engine
-        // at its own seeded point, away from 0 (CSRC 0 confuses some stacks).
-        let next_source = (rng.next_u32() & 0x7fff_ffff).max(1);
+        let rng = Rng::from_seed(config.seed);
+        let source_ids = SourceIds::new(config.engine_id);
         let ntp = NtpClock::new(now, config.wallclock_at_start);
         Engine {
             config,
@@ -109,7 +113,8 @@ impl Engine {
             demux: Demux::default(),
             fx: Effects::new(ntp),
             speakers_dirty: Vec::new(),
-            next_source,
+            source_ids,
+            links: HashMap::new(),
             last_now: now,
         }
     }
@@ -164,6 +169,20 @@ impl Engine {
     pub fn selected_speakers(&self, channel: &str) -> Option<Vec<SourceId>> {
         let ch = self.channels.get(*self.channel_keys.get(channel)?)?;
         Some(ch.selector.selected().to_vec())
+    }
+
+    /// The voices a channel knows by name: its local speakers and, as origin,
+    /// the voices its subscribers announced, or as relay, those its origin
+    /// named. `None` if the channel does not exist.
+    pub fn voices(&self, channel: &str) -> Option<Vec<(SourceId, Arc<str>)>> {
+        let ch = self.channels.get(*self.channel_keys.get(channel)?)?;
+        Some(ch.identities.iter().map(|(s, i)| (*s, i.clone())).collect())
+    }
+
+    /// (origin) How many voices came over `link` and are known now, all
+    /// channels together (at most [`EngineConfig::max_sources_per_link`]).
+    pub fn link_voices(&self, link: LinkId) -> usize {
+        self.links.get(&link).map_or(0, |l| l.voices)
     }
 
     /// Routes datagrams from `source` to `peer` as if ICE had learned the
@@ -320,6 +339,7 @@ impl Engine {
                 Ok(())
             }
             Command::SetUpstream { channel, link } => self.set_upstream(now, channel, link),
+            Command::LinkOpened { link, engine } => self.link_opened(link, engine),
             Command::LinkClosed { link } => {
                 self.link_closed(link);
                 Ok(())
@@ -352,7 +372,11 @@ impl Engine {
         if channel.len() > MAX_CHANNEL_NAME {
             return Err(Error::InvalidChannel("longer than 256 bytes"));
         }
-        let source = SourceId(self.next_source);
+        let sources = &self.sources;
+        let source = self
+            .source_ids
+            .allocate(|s| sources.contains_key(&s))
+            .ok_or(Error::SourceIdsExhausted)?;
         let setup = PeerSetup {
             id,
             gen: 0,
@@ -364,7 +388,6 @@ impl Engine {
             dtls_cert: &self.dtls_cert,
         };
         let (mut peer, sdp) = Peer::accept(setup, &self.config, &mut self.rng, now)?;
-        self.next_source = self.next_source.wrapping_add(1).max(1);
         self.fx.stats.peers_joined += 1;
 
         let ch_key = self.channel_or_create(channel, now);
