@@ -24,6 +24,7 @@ use media_core::{Command, Event, LeaveReason, PeerId, Role, SourceId};
 use crate::protocol::{MemberInfo, ServerMsg, Voice};
 
 mod member;
+pub mod mode;
 mod moderation;
 #[cfg(test)]
 mod tests;

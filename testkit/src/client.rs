@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
@@ -201,6 +201,8 @@ pub struct Client {
     /// Datagrams that looked like RTP but did not parse (raw media mode),
     /// and RED payloads that did not parse.
     pub malformed_rtp: u64,
+    /// Local candidates not yet taken for trickling (SDP attribute values).
+    local_candidates: Vec<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -250,6 +252,11 @@ pub struct ClientSpec {
     /// Keep every received packet in [`StreamLog::packets`] (off for large
     /// crowds: [`StreamLog::stats`] is kept anyway).
     pub log_packets: bool,
+    /// Trickle ICE (RFC 8838): the host candidate is not written into the
+    /// offer or answer; [`Client::take_local_candidates`] gives it to be
+    /// sent on its own, as a browser's `icecandidate` event does, and the
+    /// other side's arrive through [`Client::add_remote_candidate`].
+    pub trickle: bool,
     /// Count-only fast path (ignored when `decode`): once connected, RTP
     /// datagrams are not given to str0m (no SRTP decryption, no str0m
     /// receive state); their plaintext header is read for statistics and
@@ -272,6 +279,7 @@ impl Default for ClientSpec {
             capture_clock: None,
             log_packets: true,
             raw_media: false,
+            trickle: false,
         }
     }
 }
@@ -301,14 +309,10 @@ impl Client {
         cert: &str0m::config::DtlsCert,
         now: Instant,
     ) -> (Client, String) {
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, spec.red)
-            .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
-            .set_dtls_cert(cert.clone())
-            .build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+        let mut rtc = build_rtc(spec, cert, now);
+        if !spec.trickle {
+            rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+        }
         let mut api = rtc.sdp_api();
         let send_mid = spec
             .tone
@@ -317,6 +321,66 @@ impl Client {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         }
         let (offer, pending) = api.apply().expect("offer has m-lines");
+        let mut client = Client::with_rtc(name, addr, rtc, spec, tones, send_mid, now);
+        client.pending = Some(pending);
+        (client, offer.to_sdp_string())
+    }
+
+    /// A client that answers `offer` at `now`, as the other end of a
+    /// peer-to-peer link does: full ICE (controlled), the offer's m-lines
+    /// with their directions reversed; with a tone it sends on the first
+    /// m-line it may send on. Returns the client, connecting as soon as
+    /// the offerer's candidates are known, and its answer; an error when
+    /// the offer does not parse or cannot be answered.
+    pub fn answer(
+        name: &str,
+        addr: SocketAddr,
+        spec: &ClientSpec,
+        tones: &[f32],
+        cert: &str0m::config::DtlsCert,
+        offer: &str,
+        now: Instant,
+    ) -> Result<(Client, String), String> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| format!("offer: {e}"))?;
+        let mut rtc = build_rtc(spec, cert, now);
+        if !spec.trickle {
+            rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| format!("offer not accepted: {e}"))?
+            .to_sdp_string();
+        let send_mid = spec.tone.and_then(|_| {
+            answer
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+                .map(Mid::from)
+                .find(|m| rtc.media(*m).is_some_and(|m| m.direction().is_sending()))
+        });
+        let mut client = Client::with_rtc(name, addr, rtc, spec, tones, send_mid, now);
+        client.negotiated(&answer, now);
+        Ok((client, answer))
+    }
+
+    /// The client around a built `rtc`, sending on `send_mid` (when it has
+    /// a tone); the local candidate is made here when it trickles.
+    fn with_rtc(
+        name: &str,
+        addr: SocketAddr,
+        mut rtc: Rtc,
+        spec: &ClientSpec,
+        tones: &[f32],
+        send_mid: Option<Mid>,
+        now: Instant,
+    ) -> Client {
+        let mut local_candidates = Vec::new();
+        if spec.trickle {
+            let host = Candidate::host(addr, "udp").expect("host candidate");
+            if let Some(c) = rtc.add_local_candidate(host) {
+                local_candidates.push(c.to_sdp_string());
+            }
+        }
         let uplink = send_mid.zip(spec.tone).map(|(mid, f)| {
             let mut speaker = ToneSpeaker::new(f, 0.0);
             let dtx = (spec.dtx && speaker.set_dtx(true)).then(DtxGate::default);
@@ -336,11 +400,11 @@ impl Client {
                 previous: None,
             }
         });
-        let client = Client {
+        Client {
             name: name.to_string(),
             addr,
             rtc,
-            pending: Some(pending),
+            pending: None,
             uplink,
             decode: spec.decode,
             tones: tones.to_vec(),
@@ -361,8 +425,25 @@ impl Client {
             latency: LatencyHistogram::default(),
             packets_without_capture_time: 0,
             malformed_rtp: 0,
-        };
-        (client, offer.to_sdp_string())
+            local_candidates,
+        }
+    }
+
+    /// The local candidates not taken yet, as SDP `candidate` attribute
+    /// values (empty unless [`ClientSpec::trickle`]).
+    pub fn take_local_candidates(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.local_candidates)
+    }
+
+    /// Adds a candidate of the other side (an SDP `candidate` attribute
+    /// value, with or without `a=`/`candidate:`'s prefix as browsers give
+    /// it); an error when it does not parse.
+    pub fn add_remote_candidate(&mut self, candidate: &str, now: Instant) -> Result<(), String> {
+        let c = candidate.trim().trim_start_matches("a=");
+        let c = Candidate::from_sdp_string(c).map_err(|e| format!("candidate {c:?}: {e}"))?;
+        self.rtc.add_remote_candidate(c);
+        self.poll_rtc(now);
+        Ok(())
     }
 
     /// Applies the engine's answer.
@@ -385,6 +466,13 @@ impl Client {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| format!("answer not accepted: {e}"))?;
+        self.negotiated(sdp, now);
+        Ok(())
+    }
+
+    /// What the session's SDP (the answer, made or received) fixed: header
+    /// extension ids, RED, the uplink's Opus payload type.
+    fn negotiated(&mut self, sdp: &str, now: Instant) {
         self.ext_ids = ExtIds::from_sdp(sdp);
         // str0m folds a negotiated RED onto the Opus parameters.
         self.red_pt = self
@@ -408,7 +496,6 @@ impl Client {
             up.next_frame = now;
         }
         self.poll_rtc(now);
-        Ok(())
     }
 
     /// Starts or stops talking (amplitude 0 sends encoded silence, as a
@@ -772,11 +859,21 @@ impl Client {
     }
 }
 
+/// A client's str0m instance: full ICE, RTP mode, Opus (and RED when the
+/// spec offers it), `abs-capture-time`, the given DTLS certificate.
+fn build_rtc(spec: &ClientSpec, cert: &str0m::config::DtlsCert, now: Instant) -> Rtc {
+    Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, spec.red)
+        .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
+        .set_dtls_cert(cert.clone())
+        .build(now)
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
-
-    use str0m::change::SdpOffer;
 
     use super::*;
     use crate::rtp::{RtpHeader, ABS_CAPTURE_TIME_URI};

@@ -17,6 +17,10 @@
 //!   the fixed [`SEED`] so that a test replays the same run.
 //! - [`udp::UdpPeer`]: a client on a real loopback socket and real time, on
 //!   its own thread, for tests against a running server.
+//! - [`mesh::MeshMember`]: a member of a peer-to-peer channel (hybrid mode):
+//!   a `UdpPeer` link per other member, signaling as data, and an SFU
+//!   session beside them; [`playback`]: what it plays across a switch of
+//!   path, the longest gap and voices heard twice.
 //! - `fuzz` (feature `fuzz`): the bodies of the fuzz targets.
 //!
 //! Like quinn-proto's `Pair` and str0m's `TestRtc`, the simulation always
@@ -29,7 +33,9 @@ pub mod client;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod latency;
+pub mod mesh;
 pub mod net;
+pub mod playback;
 pub mod rng;
 pub mod rtp;
 pub mod sim;

@@ -19,6 +19,8 @@ pub struct UdpPeer {
     client: Arc<Mutex<Client>>,
     socket: Arc<UdpSocket>,
     stop: Arc<AtomicBool>,
+    /// Every datagram in or out is dropped (a path that does not work).
+    blackhole: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
     /// The socket's address.
     pub addr: SocketAddr,
@@ -30,6 +32,35 @@ impl UdpPeer {
     /// Binds a socket on 127.0.0.1 and makes an offer. Returns the peer
     /// (not yet running) and the offer SDP.
     pub fn new(name: &str, spec: &ClientSpec) -> std::io::Result<(UdpPeer, String)> {
+        UdpPeer::bind(|addr, cert, now| Ok(Client::new(name, addr, spec, &TONES, cert, now)))
+    }
+
+    /// Binds a socket on 127.0.0.1, answers `offer` (the other end of a
+    /// peer-to-peer link, see [`Client::answer`]) and starts the peer's
+    /// thread. Returns the running peer and the answer SDP; an
+    /// `InvalidData` error when the offer cannot be answered.
+    pub fn answer(
+        name: &str,
+        spec: &ClientSpec,
+        offer: &str,
+    ) -> std::io::Result<(UdpPeer, String)> {
+        let (mut peer, answer) = UdpPeer::bind(|addr, cert, now| {
+            Client::answer(name, addr, spec, &TONES, cert, offer, now)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        peer.spawn();
+        Ok((peer, answer))
+    }
+
+    /// A socket on 127.0.0.1, a DTLS certificate, and the client `make`
+    /// builds on them with its SDP.
+    fn bind(
+        make: impl FnOnce(
+            SocketAddr,
+            &str0m::config::DtlsCert,
+            Instant,
+        ) -> std::io::Result<(Client, String)>,
+    ) -> std::io::Result<(UdpPeer, String)> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         let addr = socket.local_addr()?;
         let cert = str0m::crypto::from_feature_flags()
@@ -37,17 +68,18 @@ impl UdpPeer {
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("DTLS certificate generation failed"))?;
         let now = Instant::now();
-        let (client, offer) = Client::new(name, addr, spec, &TONES, &cert, now);
+        let (client, sdp) = make(addr, &cert, now)?;
         Ok((
             UdpPeer {
                 client: Arc::new(Mutex::new(client)),
                 socket: Arc::new(socket),
                 stop: Arc::new(AtomicBool::new(false)),
+                blackhole: Arc::new(AtomicBool::new(false)),
                 thread: None,
                 addr,
                 created: now,
             },
-            offer,
+            sdp,
         ))
     }
 
@@ -65,10 +97,30 @@ impl UdpPeer {
     /// (and no thread) when the answer does not fit the offer.
     pub fn try_start(&mut self, answer: &str) -> Result<(), String> {
         self.lock().try_accept_answer(answer, Instant::now())?;
-        let (client, socket, stop) = (self.client.clone(), self.socket.clone(), self.stop.clone());
-        let local = self.addr;
-        self.thread = Some(thread::spawn(move || run(client, socket, stop, local)));
+        self.spawn();
         Ok(())
+    }
+
+    fn spawn(&mut self) {
+        let (client, socket) = (self.client.clone(), self.socket.clone());
+        let (stop, blackhole) = (self.stop.clone(), self.blackhole.clone());
+        let local = self.addr;
+        self.thread = Some(thread::spawn(move || {
+            run(client, socket, stop, blackhole, local)
+        }));
+    }
+
+    /// Adds a trickled candidate of the other side (see
+    /// [`Client::add_remote_candidate`]).
+    pub fn add_remote_candidate(&self, candidate: &str) -> Result<(), String> {
+        self.lock().add_remote_candidate(candidate, Instant::now())
+    }
+
+    /// Drops every datagram the peer sends or receives from now on (`true`)
+    /// or no longer (`false`): a path that does not work, as a firewall
+    /// between two members makes it.
+    pub fn set_blackhole(&self, on: bool) {
+        self.blackhole.store(on, Ordering::Relaxed);
     }
 
     /// The client's state (hold the guard briefly: the peer's thread waits).
@@ -130,6 +182,7 @@ fn run(
     client: Arc<Mutex<Client>>,
     socket: Arc<UdpSocket>,
     stop: Arc<AtomicBool>,
+    blackhole: Arc<AtomicBool>,
     local: SocketAddr,
 ) {
     let mut buf = vec![0u8; 2048];
@@ -152,8 +205,11 @@ fn run(
                 c.handle_timeout(now);
                 c.send_due_frames(now);
             }
-            for d in c.take_outbox() {
-                let _ = socket.send_to(&d.contents, d.destination);
+            let outbox = c.take_outbox();
+            if !blackhole.load(Ordering::Relaxed) {
+                for d in outbox {
+                    let _ = socket.send_to(&d.contents, d.destination);
+                }
             }
             c.next_wakeup()
         };
@@ -167,6 +223,7 @@ fn run(
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
             for _ in 0..BURST {
                 match socket.recv_from(&mut buf) {
+                    Ok(_) if blackhole.load(Ordering::Relaxed) => {}
                     Ok((n, source)) => c.receive_bytes(Instant::now(), source, local, &buf[..n]),
                     Err(_) => break,
                 }
@@ -175,6 +232,9 @@ fn run(
         }
         let _ = socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
         if let Ok((n, source)) = socket.recv_from(&mut buf) {
+            if blackhole.load(Ordering::Relaxed) {
+                continue;
+            }
             let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
             c.receive_bytes(Instant::now(), source, local, &buf[..n]);
         }
