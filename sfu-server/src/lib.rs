@@ -12,7 +12,8 @@
 //! | [`worker`] | one engine + its UDP socket on a task, carrying the rooms' messages |
 //! | [`cluster`] | core/edge: cascade links ⇄ the worker's relay messages |
 //! | [`state`] | what the handlers share: workers, drain flag, resources, `authorize` |
-//! | [`server`] | start-up, HTTP listener, drain |
+//! | [`server`] | start-up, HTTP listener, drain, exit when the node failed |
+//! | [`health`] | the node's essential tasks watched: a dead worker fails the node |
 //! | [`http`] | WHIP/WHEP, demo page, metrics, health |
 //! | [`ws`] | the WebSocket room protocol |
 //! | [`protocol`] | its JSON messages |
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod config_check;
+pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -1,9 +1,10 @@
-//! The running server: workers, HTTP listener, drain on shutdown.
+//! The running server: workers, HTTP listener, drain on shutdown, and the
+//! exit of a node whose media worker died (see [`crate::health`]).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,20 @@ use media_core::EngineConfig;
 use tokio::sync::{Mutex, Notify};
 
 use crate::config::{Config, NodeRole};
+use crate::health::Health;
 use crate::state::{unix_now, AppState};
 use crate::worker::{Worker, Workers};
+
+/// How long the members of a failed node's other workers are given to move
+/// before the process exits (the dead worker's members are told at once).
+const FAILED_NODE_GRACE: Duration = Duration::from_secs(2);
+
+/// Servers started in this process (see the engine seed).
+static SERVERS_STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// Least time between a failure and the exit: the sessions write the last
+/// message their members were handed.
+const LAST_MESSAGES: Duration = Duration::from_millis(500);
 
 /// A started server.
 #[derive(Debug)]
@@ -29,16 +42,23 @@ impl Server {
     pub async fn start(config: Config) -> io::Result<Server> {
         let engine_config = EngineConfig {
             slots_per_listener: config.slots,
-            seed: unix_now() ^ u64::from(std::process::id()) << 32,
+            // Two servers of one process (the in-process cluster tests)
+            // must not draw the same source ids: a third ingredient.
+            seed: unix_now()
+                ^ u64::from(std::process::id()) << 32
+                ^ SERVERS_STARTED
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15),
             // The engine starts a moment later (in `Worker::spawn`): its
             // sender reports' NTP times are off by that much, consistently.
             wallclock_at_start: Some(std::time::SystemTime::now()),
             ..Default::default()
         };
-        let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
-        let worker = Worker::spawn(config.udp, engine_config, Some(relay_tx), upstream).await?;
-        let cluster = crate::cluster::start(&config, worker.clone(), relay_rx).await?;
+        let health = Health::new(1);
+        let (worker, task) = Worker::spawn(config.udp, engine_config, upstream).await?;
+        health.watch_worker(0, task);
+        let cluster = crate::cluster::start(&config, worker.clone(), &health).await?;
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
@@ -48,6 +68,7 @@ impl Server {
             draining: AtomicBool::new(false),
             resources: Mutex::new(HashMap::new()),
             https: https.clone(),
+            health,
         });
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
@@ -90,7 +111,9 @@ impl Server {
     }
 
     /// Graceful shutdown: refuse joins, tell every member to move, and stop
-    /// when nobody is left or `deadline` passed.
+    /// when no WebSocket member is left or `deadline` passed; then end the
+    /// sessions still there (WHIP/WHEP members, whom nobody can tell to
+    /// move, and WebSocket members who did not).
     pub async fn drain(self, deadline: Duration) {
         self.state.draining.store(true, Ordering::Relaxed);
         for w in self.state.workers.all() {
@@ -98,19 +121,32 @@ impl Server {
         }
         let until = Instant::now() + deadline;
         loop {
-            let members = self.state.snapshot().await.members;
-            if members == 0 {
-                tracing::info!("drained: no members left");
+            let s = self.state.snapshot().await;
+            if s.websocket_members == 0 {
+                tracing::info!(whip_whep = s.members, "drained: no WebSocket member left");
                 break;
             }
             if Instant::now() >= until {
-                tracing::warn!(members, "drain deadline passed; stopping");
+                tracing::warn!(members = s.members, "drain deadline passed; stopping");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        for w in self.state.workers.all() {
+            w.leave_all().await;
+        }
         self.stop.notify_one();
         let _ = self.http.await;
+    }
+
+    /// The node failed (a media worker died): joins are refused, the
+    /// members of the workers still running are told to move and given
+    /// [`FAILED_NODE_GRACE`], and the dead worker's members (told when its
+    /// task ended) get [`LAST_MESSAGES`] to read why.
+    pub async fn fail(self) {
+        let last_messages = Instant::now() + LAST_MESSAGES;
+        self.drain(FAILED_NODE_GRACE).await;
+        tokio::time::sleep_until(last_messages.into()).await;
     }
 }
 
@@ -159,9 +195,38 @@ pub async fn serve(config: Config) -> io::Result<()> {
             );
         }
     }
-    shutdown.await;
-    tracing::info!(deadline = ?drain, "shutting down: draining");
-    server.drain(drain).await;
+    #[cfg(all(unix, debug_assertions))]
+    crash_worker_on_sigusr2(server.state().workers.all()[0].clone())?;
+    let health = server.state().health.clone();
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!(deadline = ?drain, "shutting down: draining");
+            server.drain(drain).await;
+            Ok(())
+        }
+        reason = health.failed() => {
+            tracing::error!(%reason, "the node failed: telling members, then exiting");
+            server.fail().await;
+            // A non-zero exit: systemd (Restart=on-failure) or Kubernetes
+            // restarts the node.
+            Err(io::Error::other(format!("the node failed: {reason}")))
+        }
+    }
+}
+
+/// Debug builds: SIGUSR2 makes the media worker panic, so that the tests can
+/// watch a built binary deal with a dead worker. Release builds have no such
+/// hook.
+#[cfg(all(unix, debug_assertions))]
+fn crash_worker_on_sigusr2(worker: Worker) -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    tokio::spawn(async move {
+        if usr2.recv().await.is_some() {
+            tracing::warn!("SIGUSR2: crashing the media worker on purpose (debug build)");
+            worker.crash_for_test().await;
+        }
+    });
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub struct AppState {
     pub resources: Mutex<HashMap<String, Resource>>,
     /// The HTTPS certificate and counters, when `tls_cert` is set.
     pub https: Option<Arc<crate::tls::Https>>,
+    /// Whether the node's essential tasks run (a failed node refuses joins).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Why a join is not authorized.
@@ -119,9 +121,9 @@ impl AppState {
         }
     }
 
-    /// Refuses joins from now on.
+    /// Refuses joins from now on (shutting down, or failed).
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed) || self.health.failure().is_some()
     }
 
     /// Counters of all workers, summed.

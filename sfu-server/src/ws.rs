@@ -7,12 +7,13 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use media_core::{PeerId, Role};
-use tokio::sync::mpsc;
 
 use crate::protocol::{ClientMsg, ServerMsg};
 use crate::rooms::{ModerateError, Moderation};
 use crate::state::{unix_now, AppState, Need};
-use crate::worker::{JoinError, JoinRequest, Worker};
+use crate::worker::{
+    member_events, EventSink, JoinError, JoinRequest, MemberEvents, Signaling, Worker,
+};
 
 /// Largest message a client may send. Offers are a few KiB.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -44,13 +45,13 @@ struct Session {
     state: Arc<AppState>,
     remote: SocketAddr,
     membership: Option<Membership>,
-    events_tx: mpsc::UnboundedSender<ServerMsg>,
-    events_rx: mpsc::UnboundedReceiver<ServerMsg>,
+    events_tx: EventSink,
+    events_rx: MemberEvents,
 }
 
 impl Session {
     fn new(state: Arc<AppState>, remote: SocketAddr) -> Session {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = member_events(Signaling::WebSocket);
         Session {
             state,
             remote,

@@ -13,6 +13,8 @@
 //! - [`audio`]: Opus tone speakers and detectors, talk patterns, DTX.
 //! - [`udp::UdpPeer`]: a client on a real loopback socket and real time, on
 //!   its own thread, for tests against a running server.
+//! - [`flood::Flood`]: garbage and bogus STUN at a media port from a thread,
+//!   as fast as it can send.
 //! - `fuzz` (feature `fuzz`): the bodies of the fuzz targets.
 //!
 //! Like quinn-proto's `Pair` and str0m's `TestRtc`, the simulation always
@@ -21,6 +23,7 @@
 
 pub mod audio;
 pub mod client;
+pub mod flood;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod latency;
