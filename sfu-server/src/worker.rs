@@ -148,6 +148,10 @@ impl Worker {
     ) -> io::Result<(Worker, JoinHandle<TaskEnd>)> {
         let socket = UdpSocket::bind(udp).await?;
         let udp_addr = socket.local_addr()?;
+        match udp::set_recv_buffer(&socket, udp::RECV_BUFFER) {
+            Ok(granted) => tracing::debug!(granted, "media socket receive buffer"),
+            Err(e) => tracing::warn!(error = %e, "media socket receive buffer not raised"),
+        }
         config.host_candidates = vec![udp_addr];
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (relay, relay_inbox) = relay::relay_input();

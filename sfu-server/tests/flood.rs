@@ -27,7 +27,7 @@ async fn members_connect_and_speaker_events_come_under_a_datagram_flood() {
         .trim()
         .to_string();
     let maker = GarbageMaker::new(1, Some(ufrag));
-    let mut flood = Flood::start(server.udp_addr(), &EVERY_KIND, maker);
+    let mut flood = Flood::start(server.udp_addr(), &EVERY_KIND, maker, None);
 
     let flooding = until(|| async {
         let m = scrape(&base).await;

@@ -14,6 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use media_core::Rng;
 
@@ -142,8 +143,13 @@ pub struct Flood {
 
 impl Flood {
     /// Starts flooding `target` from a socket on 127.0.0.1 with the kinds
-    /// `kinds` in turn.
-    pub fn start(target: SocketAddr, kinds: &[Garbage], mut maker: GarbageMaker) -> Flood {
+    /// `kinds` in turn: as fast as the thread can, or at most `per_second`.
+    pub fn start(
+        target: SocketAddr,
+        kinds: &[Garbage],
+        mut maker: GarbageMaker,
+        per_second: Option<u64>,
+    ) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let pool: Vec<Vec<u8>> = (0..POOL)
@@ -158,12 +164,34 @@ impl Flood {
             let Ok(socket) = UdpSocket::bind("127.0.0.1:0") else {
                 return;
             };
+            let began = Instant::now();
             let mut n = 0u64;
-            while !stopping.load(Ordering::Relaxed) {
-                for batch in pool.chunks(SEND_BATCH) {
-                    n += send_batch(&socket, target, batch);
+            // A slow rate sends a datagram at a time, on schedule.
+            let batch = match per_second {
+                Some(rate) if rate < 1000 * SEND_BATCH as u64 => 1,
+                _ => SEND_BATCH,
+            };
+            'flood: while !stopping.load(Ordering::Relaxed) {
+                for datagrams in pool.chunks(batch) {
+                    n += send_batch(&socket, target, datagrams);
+                    counting.store(n, Ordering::Relaxed);
+                    let Some(rate) = per_second.filter(|r| *r > 0) else {
+                        continue;
+                    };
+                    // Ahead of the rate: wait until the schedule says, a
+                    // little at a time so that a stop is seen.
+                    let due = began + Duration::from_secs_f64(n as f64 / rate as f64);
+                    loop {
+                        if stopping.load(Ordering::Relaxed) {
+                            break 'flood;
+                        }
+                        let wait = due.saturating_duration_since(Instant::now());
+                        if wait.is_zero() {
+                            break;
+                        }
+                        std::thread::sleep(wait.min(Duration::from_millis(10)));
+                    }
                 }
-                counting.store(n, Ordering::Relaxed);
             }
         });
         Flood {
@@ -249,6 +277,22 @@ mod tests {
         assert_eq!(&d[4..8], &MAGIC_COOKIE.to_be_bytes());
         let username = &d[24..24 + u16::from_be_bytes([d[22], d[23]]) as usize];
         assert!(username.starts_with(b"srv1:"));
+    }
+
+    /// A paced flood never runs ahead of its rate (it may fall behind on a
+    /// busy machine), and stops when told even while it waits.
+    #[test]
+    fn a_paced_flood_keeps_to_its_rate_and_stops() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target = sink.local_addr().unwrap();
+        let began = Instant::now();
+        let mut flood = Flood::start(target, &EVERY_KIND, GarbageMaker::new(3, None), Some(500));
+        while flood.sent() < 20 {
+            std::thread::yield_now();
+        }
+        let sent = flood.stop();
+        let allowed = 500.0 * began.elapsed().as_secs_f64() + 1.0;
+        assert!(sent as f64 <= allowed, "{sent} sent, {allowed} allowed");
     }
 
     #[test]
