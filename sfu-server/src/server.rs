@@ -181,6 +181,9 @@ pub async fn serve(config: Config) -> io::Result<()> {
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let shutdown = shutdown_signal();
     let server = Server::start(config).await?;
+    // Before the server says it listens, as the shutdown handlers.
+    #[cfg(all(unix, debug_assertions))]
+    crash_worker_on_sigusr2(server.state().workers.all()[0].clone())?;
     let http = server.http_addr();
     tracing::info!(%http, udp = %server.udp_addr(), tls = scheme == "https", dev_mode = dev, "sfu-server listening");
     // For a person at a terminal; JSON logs must stay one object per line.
@@ -195,8 +198,6 @@ pub async fn serve(config: Config) -> io::Result<()> {
             );
         }
     }
-    #[cfg(all(unix, debug_assertions))]
-    crash_worker_on_sigusr2(server.state().workers.all()[0].clone())?;
     let health = server.state().health.clone();
     tokio::select! {
         () = shutdown => {
