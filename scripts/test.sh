@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# fuzz smoke run, the aiortc interop test, the browser test (Chromium and
-# Firefox) and the operations kit (Prometheus, coturn, TLS). This is the
-# README's test command and what CI runs.
+# flood smoke run, a fuzz smoke run, the aiortc interop test, the browser test
+# (Chromium and Firefox) and the operations kit (Prometheus, coturn, TLS). This
+# is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Where cargo builds (a relative CARGO_TARGET_DIR is relative to this folder).
@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== flood smoke (members join and listen while the media port is flooded)"
+# The binaries `cargo test --workspace` built above (sfu-server, loadgen,
+# flood), like the browser test below.
+scripts/flood-test.sh --smoke
 
 echo "== fuzz smoke (${FUZZ_SECONDS:=20} s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh

@@ -12,18 +12,25 @@
 //! an edge whose id is the core's own or another linked edge's (logged,
 //! counted in the listener's stats), and the engine then accepts from each
 //! edge only voices numbered by that edge.
+//!
+//! Each link has a send task of its own, fed by bounded queues
+//! ([`crate::worker::link_queues`]): a link that stops reading fills its
+//! own queue (its media is dropped, its control closes it) and holds up no
+//! other link. What a link receives goes to the worker ([`Worker::relay_in`]):
+//! media without waiting, control waiting briefly for room; a link whose
+//! control finds no room in time is closed.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use cascade::link::{Dialer, DialerEvent, LinkConfig, LinkEvent, LinkHandle, Listener};
+use cascade::link::{Dialer, DialerEvent, Link, LinkConfig, LinkEvent, LinkHandle, Listener};
 use media_core::{Command, EngineId, LinkId, RelayMsg};
-use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use crate::config::{Config, NodeRole};
-use crate::worker::Worker;
+use crate::health::{Health, TaskEnd};
+use crate::worker::{link_queues, LinkQueue, Worker};
 
 /// Where the cores are: the seam for the cluster directory. Static (the
 /// configured list) today; a Redis-backed directory (node registry, channel
@@ -47,15 +54,12 @@ impl Directory for StaticDirectory {
 /// failover rebuilds it under the same id).
 pub const UPSTREAM: LinkId = LinkId(1);
 
-/// Relay messages the engine emits, to be sent over links.
-pub type RelayOut = mpsc::UnboundedReceiver<(LinkId, RelayMsg)>;
-
 /// What the cluster side runs; dropping it stops it.
 #[derive(Debug)]
 pub struct Cluster {
     /// (core) the QUIC address edges dial.
     pub listen_addr: Option<SocketAddr>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<AbortHandle>,
 }
 
 impl Drop for Cluster {
@@ -86,27 +90,69 @@ fn peer_engine(link: &LinkHandle) -> Option<EngineId> {
     engine
 }
 
-type Links = Arc<Mutex<HashMap<LinkId, LinkHandle>>>;
+/// Sends what the worker queued for one link (control on the ordered
+/// stream, media as datagrams) until the worker drops the link's sender,
+/// then closes the link: the worker drops it when the link is gone, or when
+/// the link's queue overflowed (it does not read).
+async fn send_link(queue: LinkQueue, handle: LinkHandle) {
+    let LinkQueue {
+        mut messages,
+        dropped,
+    } = queue;
+    let sending = async {
+        while let Some(msg) = messages.next().await {
+            if matches!(msg, RelayMsg::Media { .. }) {
+                handle.send_media(&msg);
+            } else if let Err(e) = handle.send_control(&msg).await {
+                tracing::debug!(error = %e, "control message not sent");
+            }
+        }
+    };
+    // A stalled link can hold `send_control` forever: the worker's drop
+    // ends the wait too.
+    tokio::select! {
+        () = sending => {}
+        _ = dropped => {}
+    }
+    handle.close();
+}
 
-/// Sends what the engine emits over the link it names: media as a datagram
-/// (dropped if the link cannot take it now), the rest on the control stream.
-async fn send_out(mut out: RelayOut, links: Links) {
-    while let Some((link, msg)) = out.recv().await {
-        let handle = links.lock().ok().and_then(|l| l.get(&link).cloned());
-        let Some(handle) = handle else { continue };
-        if matches!(msg, RelayMsg::Media { .. }) {
-            handle.send_media(&msg);
-        } else if let Err(e) = handle.send_control(&msg).await {
-            tracing::debug!(?link, error = %e, "control message not sent");
+/// (core) One edge's link: its send task, then what it sends us until it
+/// closes.
+async fn serve_edge(mut link: Link, id: LinkId, engine: EngineId, worker: Worker) {
+    let (sender, queue) = link_queues();
+    // Before anything from the link reaches the worker: the engine drops
+    // what comes over a link it was not told about, and its answers to the
+    // link need the queue.
+    worker.link_opened(id, engine, sender).await;
+    tokio::spawn(send_link(queue, link.handle()));
+    loop {
+        match link.recv_event().await {
+            Some(LinkEvent::Message(m)) => {
+                if worker.relay_in(id, m).await.is_err() {
+                    tracing::warn!(?id, "edge link closed: its control messages found no room in the worker's queue");
+                    link.close();
+                    break;
+                }
+            }
+            Some(LinkEvent::Closed(reason)) => {
+                tracing::info!(?id, ?reason, "edge link closed");
+                break;
+            }
+            None => break,
         }
     }
+    worker
+        .engine_command(Command::LinkClosed { link: id })
+        .await;
 }
 
 /// Starts the cluster side for `config.role` (nothing for standalone), with
-/// the static directory of the configuration.
-pub async fn start(config: &Config, worker: Worker, out: RelayOut) -> io::Result<Cluster> {
+/// the static directory of the configuration. Its accept loop (core) or
+/// dialer (edge) ending fails the node (`health`).
+pub async fn start(config: &Config, worker: Worker, health: &Arc<Health>) -> io::Result<Cluster> {
     let directory = StaticDirectory(config.cluster_cores.clone());
-    start_with(config, &directory, worker, out).await
+    start_with(config, &directory, worker, health).await
 }
 
 /// [`start`] with any [`Directory`].
@@ -114,10 +160,9 @@ pub async fn start_with(
     config: &Config,
     directory: &dyn Directory,
     worker: Worker,
-    out: RelayOut,
+    health: &Arc<Health>,
 ) -> io::Result<Cluster> {
-    let links: Links = Arc::new(Mutex::new(HashMap::new()));
-    let mut tasks = vec![tokio::spawn(send_out(out, links.clone()))];
+    let mut tasks = Vec::new();
     let mut listen_addr = None;
     match config.role {
         NodeRole::Standalone => {}
@@ -125,9 +170,9 @@ pub async fn start_with(
             let mut listener = Listener::bind(config.cluster_listen, link_config(config)?)?;
             listen_addr = Some(listener.local_addr());
             tracing::info!(addr = %listener.local_addr(), "core: accepting edges");
-            tasks.push(tokio::spawn(async move {
+            let accept = tokio::spawn(async move {
                 let mut next = 1u64;
-                while let Some(mut link) = listener.accept().await {
+                while let Some(link) = listener.accept().await {
                     let Some(engine) = peer_engine(&link.handle()) else {
                         continue;
                     };
@@ -135,40 +180,18 @@ pub async fn start_with(
                     next += 1;
                     let node = link.peer_node_id();
                     tracing::info!(edge = %link.remote_addr(), node, ?id, "edge linked");
-                    if let Ok(mut l) = links.lock() {
-                        l.insert(id, link.handle());
-                    }
-                    let (worker, links) = (worker.clone(), links.clone());
-                    tokio::spawn(async move {
-                        // Before any of its messages: the engine drops what
-                        // comes over a link it was not told about.
-                        worker
-                            .engine_command(Command::LinkOpened { link: id, engine })
-                            .await;
-                        loop {
-                            match link.recv_event().await {
-                                Some(LinkEvent::Message(m)) => worker.relay_in(id, m),
-                                Some(LinkEvent::Closed(reason)) => {
-                                    tracing::info!(?id, ?reason, "edge link closed");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        if let Ok(mut l) = links.lock() {
-                            l.remove(&id);
-                        }
-                        worker
-                            .engine_command(Command::LinkClosed { link: id })
-                            .await;
-                    });
+                    tokio::spawn(serve_edge(link, id, engine, worker.clone()));
                 }
-            }));
+                TaskEnd::Failed("the cluster listener closed".into())
+            });
+            tasks.push(accept.abort_handle());
+            health.watch("the core's accept loop", accept);
         }
         NodeRole::Edge => {
             let mut dialer = Dialer::spawn(directory.cores(), link_config(config)?)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            tasks.push(tokio::spawn(async move {
+            let dial = tokio::spawn(async move {
+                let mut current: Option<LinkHandle> = None;
                 while let Some(ev) = dialer.next_event().await {
                     match ev {
                         DialerEvent::Connected(handle) => {
@@ -177,31 +200,34 @@ pub async fn start_with(
                             };
                             let node = handle.peer_node_id();
                             tracing::info!(core = %handle.remote_addr(), node, "linked to core");
-                            if let Ok(mut l) = links.lock() {
-                                l.insert(UPSTREAM, handle);
-                            }
-                            worker
-                                .engine_command(Command::LinkOpened {
-                                    link: UPSTREAM,
-                                    engine,
-                                })
-                                .await;
+                            let (sender, queue) = link_queues();
+                            worker.link_opened(UPSTREAM, engine, sender).await;
+                            tokio::spawn(send_link(queue, handle.clone()));
+                            current = Some(handle);
                             // Every subscription died with the old link.
                             worker.resubscribe().await;
                         }
-                        DialerEvent::Message(m) => worker.relay_in(UPSTREAM, m),
+                        DialerEvent::Message(m) => {
+                            if worker.relay_in(UPSTREAM, m).await.is_err() {
+                                tracing::warn!("core link closed: its control messages found no room in the worker's queue; reconnecting");
+                                if let Some(link) = current.take() {
+                                    link.close();
+                                }
+                            }
+                        }
                         DialerEvent::Disconnected(reason) => {
                             tracing::warn!(?reason, "core link lost; reconnecting");
-                            if let Ok(mut l) = links.lock() {
-                                l.remove(&UPSTREAM);
-                            }
+                            current = None;
                             worker
                                 .engine_command(Command::LinkClosed { link: UPSTREAM })
                                 .await;
                         }
                     }
                 }
-            }));
+                TaskEnd::Failed("the dialer stopped".into())
+            });
+            tasks.push(dial.abort_handle());
+            health.watch("the edge's dialer", dial);
         }
     }
     Ok(Cluster { listen_addr, tasks })

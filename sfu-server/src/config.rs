@@ -1090,6 +1090,7 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
                 Config {
                     cluster_secret: Some(short.clone()),
                     role: NodeRole::Core,
+                    node_id: Some(1),
                     ..Config::default()
                 },
             ),
@@ -1109,6 +1110,7 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
             turn_urls: vec!["turn:t:3478".into()],
             cluster_secret: Some(SECRET.into()),
             role: NodeRole::Core,
+            node_id: Some(1),
             ..Config::default()
         }
         .validate()

@@ -47,7 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/sfu-client.js", get(client_js))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ws", get(crate::ws::upgrade))
         .merge(media)
@@ -74,6 +74,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot().await;
     let mut body = crate::metrics::render(&snapshot, state.is_draining());
     crate::metrics::render_refusals(&mut body, &state.refusals);
+    crate::metrics::render_health(&mut body, state.health.workers_up());
     if let Some(https) = &state.https {
         crate::metrics::render_tls(&mut body, https.stats());
     }
@@ -88,8 +89,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Alive unless the node failed (a media worker died): then the process is
+/// about to exit, and a supervisor that probes must see it too.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.health.failure() {
+        Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}")),
+        None => "ok\n".into_response(),
+    }
+}
+
+/// Takes new members: not while draining, nor once the node failed.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_draining() {
+    if let Some(reason) = state.health.failure() {
+        text(StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}"))
+    } else if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
         "ready\n".into_response()
@@ -197,7 +210,7 @@ async fn media_session(
     let worker = state.workers.for_channel(&request.channel).clone();
     // The session's own events tell when it ends without a DELETE (the
     // client vanished), so that its resource id is forgotten too.
-    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events, rx) = crate::worker::member_events(crate::worker::Signaling::Http);
     let joined = worker
         .join(JoinRequest {
             channel: request.channel.clone(),
@@ -219,7 +232,7 @@ async fn media_session(
             )
         }
         Err(e @ JoinError::Refused(_)) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let id = resource_id();
     state.resources.lock().await.insert(
@@ -263,7 +276,7 @@ async fn watch_resource(
     worker: crate::worker::Worker,
     peer: PeerId,
     id: String,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<ServerMsg>,
+    mut events: crate::worker::MemberEvents,
     exp: u64,
 ) {
     let left = Duration::from_secs(exp.saturating_sub(unix_now()));

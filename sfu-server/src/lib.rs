@@ -15,7 +15,8 @@
 //! | [`names`] | channel names and identities: length, no control characters |
 //! | [`origin`] | which pages may use the server (`Origin`), proxies in development mode |
 //! | [`join_rate`] | joins per client address and per token per minute (sans-IO token buckets) |
-//! | [`server`] | start-up, HTTP listener, drain |
+//! | [`server`] | start-up, HTTP listener, drain, exit when the node failed |
+//! | [`health`] | the node's essential tasks watched: a dead worker fails the node |
 //! | [`connections`] | HTTP/1.1 connections: limit with `503`, header-read timeout, `ConnectInfo` |
 //! | [`http`] | WHIP/WHEP, demo page, metrics, health |
 //! | [`media_request`] | a WHIP/WHEP `POST` checked (body, type, channel, `Authorization`), pure |
@@ -37,6 +38,7 @@ pub mod config_check;
 pub mod connections;
 #[cfg(any(test, feature = "_internal_fuzz"))]
 pub mod fuzz;
+pub mod health;
 pub mod http;
 pub mod join_rate;
 pub mod logging;

@@ -137,6 +137,22 @@ pub struct Snapshot {
     pub join_time: Histogram<JoinBuckets>,
     /// Members still joined (for the drain).
     pub members: usize,
+    /// Members joined over a WebSocket: those a drain waits for (WHIP/WHEP
+    /// members cannot be told to move).
+    pub websocket_members: usize,
+    /// Cluster links up (each with its send queue).
+    pub links: usize,
+    /// Relay media from links dropped: the worker's relay queue was full.
+    pub relay_in_dropped: u64,
+    /// Links closed: their relay control overflowed the worker's queue.
+    pub relay_in_overflows: u64,
+    /// Relay media for a link dropped: the link's send queue was full.
+    pub relay_out_dropped: u64,
+    /// Links closed: relay control for them overflowed their send queue.
+    pub relay_out_overflows: u64,
+    /// Members dropped because their event queue was full (they do not
+    /// read their messages).
+    pub members_dropped_slow: u64,
 }
 
 impl AddAssign<&Snapshot> for Snapshot {
@@ -160,6 +176,13 @@ impl AddAssign<&Snapshot> for Snapshot {
             forward_latency,
             join_time,
             members,
+            websocket_members,
+            links,
+            relay_in_dropped,
+            relay_in_overflows,
+            relay_out_dropped,
+            relay_out_overflows,
+            members_dropped_slow,
         } = rhs;
         self.stats += stats;
         self.channels += channels;
@@ -173,6 +196,13 @@ impl AddAssign<&Snapshot> for Snapshot {
         self.forward_latency += forward_latency;
         self.join_time += join_time;
         self.members += members;
+        self.websocket_members += websocket_members;
+        self.links += links;
+        self.relay_in_dropped += relay_in_dropped;
+        self.relay_in_overflows += relay_in_overflows;
+        self.relay_out_dropped += relay_out_dropped;
+        self.relay_out_overflows += relay_out_overflows;
+        self.members_dropped_slow += members_dropped_slow;
     }
 }
 
@@ -357,9 +387,45 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         ("relay_limit", st.dropped_relay_limit),
         ("send_buffer_full", s.send_drops.buffer_full),
         ("send_failed", s.send_drops.failed),
+        ("relay_in_queue_full", s.relay_in_dropped),
+        ("relay_out_queue_full", s.relay_out_dropped),
     ] {
         let _ = writeln!(o, "sfu_dropped_total{{reason=\"{reason}\"}} {n}");
     }
+    metric(
+        &mut o,
+        "sfu_cascade_links",
+        "gauge",
+        "Cluster links up (a core: one per edge; an edge: its core).",
+    );
+    let _ = writeln!(o, "sfu_cascade_links {}", s.links);
+    metric(
+        &mut o,
+        "sfu_relay_overflows_total",
+        "counter",
+        "Cluster links closed because their relay control messages overflowed a bounded queue: in, the worker's input queue stayed full (a link flooding it); out, the link's send queue (a link that does not read).",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_relay_overflows_total{{direction=\"in\"}} {}",
+        s.relay_in_overflows
+    );
+    let _ = writeln!(
+        o,
+        "sfu_relay_overflows_total{{direction=\"out\"}} {}",
+        s.relay_out_overflows
+    );
+    metric(
+        &mut o,
+        "sfu_members_dropped_total",
+        "counter",
+        "Members the server removed, by reason (too_slow: its event queue was full, the client does not read).",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_members_dropped_total{{reason=\"too_slow\"}} {}",
+        s.members_dropped_slow
+    );
     metric(
         &mut o,
         "sfu_speaker_switches_total",
@@ -379,6 +445,19 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "From a join request to the member's media connected (ICE and DTLS done).",
     );
     o
+}
+
+/// Appends whether each media worker runs (`workers_up`, by index).
+pub fn render_health(o: &mut String, workers_up: impl Iterator<Item = bool>) {
+    metric(
+        o,
+        "sfu_worker_up",
+        "gauge",
+        "1 while the media worker runs; 0 once it stopped (the node then fails its health checks and exits).",
+    );
+    for (i, up) in workers_up.enumerate() {
+        let _ = writeln!(o, "sfu_worker_up{{worker=\"{i}\"}} {}", u8::from(up));
+    }
 }
 
 /// Appends the process's own counters (`process_*`, the names Prometheus
@@ -735,6 +814,13 @@ mod tests {
             },
             send_calls: 9,
             recv_calls: 10,
+            websocket_members: 6,
+            links: 11,
+            relay_in_dropped: 12,
+            relay_in_overflows: 13,
+            relay_out_dropped: 14,
+            relay_out_overflows: 15,
+            members_dropped_slow: 16,
             ..Snapshot::default()
         };
         snapshot.forward_latency.observe(Duration::from_micros(30));
@@ -750,6 +836,12 @@ mod tests {
             ("sfu_dropped_total reason=send_failed", 8.0),
             ("sfu_udp_syscalls_total direction=out", 9.0),
             ("sfu_udp_syscalls_total direction=in", 10.0),
+            ("sfu_cascade_links", 11.0),
+            ("sfu_dropped_total reason=relay_in_queue_full", 12.0),
+            ("sfu_relay_overflows_total direction=in", 13.0),
+            ("sfu_dropped_total reason=relay_out_queue_full", 14.0),
+            ("sfu_relay_overflows_total direction=out", 15.0),
+            ("sfu_members_dropped_total reason=too_slow", 16.0),
         ] {
             assert_eq!(series(&scrape, spec), value, "{spec}");
         }
@@ -762,6 +854,11 @@ mod tests {
             panic!("not a histogram: {:?}", hist.value);
         };
         let le = |bound: f64| buckets.iter().find(|b| b.less_than == bound).unwrap().count;
+        let mut health = String::new();
+        render_health(&mut health, [true, false].into_iter());
+        let health = parse(&health);
+        assert_eq!(series(&health, "sfu_worker_up worker=0"), 1.0);
+        assert_eq!(series(&health, "sfu_worker_up worker=1"), 0.0);
         assert_eq!(le(0.000_025), 0.0);
         assert_eq!(le(0.000_05), 1.0);
         assert_eq!(le(0.005), 2.0);
@@ -803,6 +900,13 @@ mod tests {
             },
             send_calls: 4,
             recv_calls: 5,
+            websocket_members: 1,
+            links: 2,
+            relay_in_dropped: 3,
+            relay_in_overflows: 4,
+            relay_out_dropped: 5,
+            relay_out_overflows: 6,
+            members_dropped_slow: 7,
             ..Snapshot::default()
         };
         one.stats.relay_in = 7;
@@ -826,6 +930,18 @@ mod tests {
             }
         );
         assert_eq!((total.send_calls, total.recv_calls), (8, 10));
+        assert_eq!(
+            (
+                total.websocket_members,
+                total.links,
+                total.relay_in_dropped,
+                total.relay_in_overflows,
+                total.relay_out_dropped,
+                total.relay_out_overflows,
+                total.members_dropped_slow
+            ),
+            (2, 4, 6, 8, 10, 12, 14)
+        );
         assert_eq!(total.stats.relay_in, 14);
         assert_eq!(total.forward_latency.count(), 2);
     }

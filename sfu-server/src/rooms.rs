@@ -203,6 +203,11 @@ impl Rooms {
             .is_some_and(|r| !r.members.is_empty())
     }
 
+    /// Every member's peer id.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.members.keys().copied()
+    }
+
     /// The channels that have members.
     pub fn channels(&self) -> impl Iterator<Item = &str> {
         self.rooms

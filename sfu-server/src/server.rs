@@ -1,4 +1,5 @@
-//! The running server: workers, HTTP listener, drain on shutdown.
+//! The running server: workers, HTTP listener, drain on shutdown, and the
+//! exit of a node whose media worker died (see [`crate::health`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,9 +12,18 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, NodeRole};
 use crate::connections::{self, ConnectionLimits};
+use crate::health::Health;
 use crate::rooms::RoomLimits;
 use crate::state::AppState;
 use crate::worker::{Worker, Workers};
+
+/// How long the members of a failed node's other workers are given to move
+/// before the process exits (the dead worker's members are told at once).
+const FAILED_NODE_GRACE: Duration = Duration::from_secs(2);
+
+/// Least time between a failure and the exit: the sessions write the last
+/// message their members were handed.
+const LAST_MESSAGES: Duration = Duration::from_millis(500);
 
 /// A started server.
 #[derive(Debug)]
@@ -34,15 +44,15 @@ impl Server {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let engine_config = engine_config(&config)?;
-        let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
         let limits = RoomLimits {
             max_members_per_channel: config.max_members_per_channel,
             max_channels: config.max_channels,
         };
-        let worker =
-            Worker::spawn(config.udp, engine_config, limits, Some(relay_tx), upstream).await?;
-        let cluster = crate::cluster::start(&config, worker.clone(), relay_rx).await?;
+        let health = Health::new(1);
+        let (worker, task) = Worker::spawn(config.udp, engine_config, limits, upstream).await?;
+        health.watch_worker(0, task);
+        let cluster = crate::cluster::start(&config, worker.clone(), &health).await?;
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
@@ -50,6 +60,7 @@ impl Server {
             config,
             Workers::new(vec![worker]),
             https.clone(),
+            health,
         ));
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
@@ -95,7 +106,9 @@ impl Server {
     }
 
     /// Graceful shutdown: refuse joins, tell every member to move, and stop
-    /// when nobody is left or `deadline` passed.
+    /// when no WebSocket member is left or `deadline` passed; then end the
+    /// sessions still there (WHIP/WHEP members, whom nobody can tell to
+    /// move, and WebSocket members who did not).
     pub async fn drain(self, deadline: Duration) {
         self.state.draining.store(true, Ordering::Relaxed);
         for w in self.state.workers.all() {
@@ -103,19 +116,32 @@ impl Server {
         }
         let until = Instant::now() + deadline;
         loop {
-            let members = self.state.snapshot().await.members;
-            if members == 0 {
-                tracing::info!("drained: no members left");
+            let s = self.state.snapshot().await;
+            if s.websocket_members == 0 {
+                tracing::info!(whip_whep = s.members, "drained: no WebSocket member left");
                 break;
             }
             if Instant::now() >= until {
-                tracing::warn!(members, "drain deadline passed; stopping");
+                tracing::warn!(members = s.members, "drain deadline passed; stopping");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        for w in self.state.workers.all() {
+            w.leave_all().await;
+        }
         self.stop.notify_one();
         let _ = self.http.await;
+    }
+
+    /// The node failed (a media worker died): joins are refused, the
+    /// members of the workers still running are told to move and given
+    /// [`FAILED_NODE_GRACE`], and the dead worker's members (told when its
+    /// task ended) get [`LAST_MESSAGES`] to read why.
+    pub async fn fail(self) {
+        let last_messages = Instant::now() + LAST_MESSAGES;
+        self.drain(FAILED_NODE_GRACE).await;
+        tokio::time::sleep_until(last_messages.into()).await;
     }
 }
 
@@ -156,6 +182,9 @@ pub async fn serve(config: Config) -> io::Result<()> {
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let shutdown = shutdown_signal();
     let server = Server::start(config).await?;
+    // Before the server says it listens, as the shutdown handlers.
+    #[cfg(all(unix, debug_assertions))]
+    crash_worker_on_sigusr2(server.state().workers.all()[0].clone())?;
     let http = server.http_addr();
     tracing::info!(%http, udp = %server.udp_addr(), tls = scheme == "https", dev_mode = dev, "sfu-server listening");
     // For a person at a terminal; JSON logs must stay one object per line.
@@ -170,9 +199,36 @@ pub async fn serve(config: Config) -> io::Result<()> {
             );
         }
     }
-    shutdown.await;
-    tracing::info!(deadline = ?drain, "shutting down: draining");
-    server.drain(drain).await;
+    let health = server.state().health.clone();
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!(deadline = ?drain, "shutting down: draining");
+            server.drain(drain).await;
+            Ok(())
+        }
+        reason = health.failed() => {
+            tracing::error!(%reason, "the node failed: telling members, then exiting");
+            server.fail().await;
+            // A non-zero exit: systemd (Restart=on-failure) or Kubernetes
+            // restarts the node.
+            Err(io::Error::other(format!("the node failed: {reason}")))
+        }
+    }
+}
+
+/// Debug builds: SIGUSR2 makes the media worker panic, so that the tests can
+/// watch a built binary deal with a dead worker. Release builds have no such
+/// hook.
+#[cfg(all(unix, debug_assertions))]
+fn crash_worker_on_sigusr2(worker: Worker) -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    tokio::spawn(async move {
+        if usr2.recv().await.is_some() {
+            tracing::warn!("SIGUSR2: crashing the media worker on purpose (debug build)");
+            worker.crash_for_test().await;
+        }
+    });
     Ok(())
 }
 

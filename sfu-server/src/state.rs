@@ -56,6 +56,8 @@ pub struct AppState {
     pub ws_slots: Arc<Semaphore>,
     /// Join allowances per client address and per token.
     join_rates: std::sync::Mutex<JoinRates>,
+    /// Whether the node's essential tasks run (a failed node refuses joins).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Why a request is refused.
@@ -164,6 +166,7 @@ impl AppState {
         config: Config,
         workers: Workers,
         https: Option<Arc<crate::tls::Https>>,
+        health: Arc<crate::health::Health>,
     ) -> AppState {
         let join_rates = JoinRates::new(
             config.joins_per_ip_per_minute,
@@ -178,6 +181,7 @@ impl AppState {
             https,
             refusals: Arc::new(Refusals::default()),
             join_rates: std::sync::Mutex::new(join_rates),
+            health,
         }
     }
 
@@ -356,9 +360,9 @@ impl AppState {
         Duration::from_secs(self.config.ws_join_timeout_secs)
     }
 
-    /// Refuses joins from now on.
+    /// Refuses joins from now on (shutting down, or failed).
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed) || self.health.failure().is_some()
     }
 
     /// Counters of all workers, summed.

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use media_core::{PeerId, Role};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::client_request::{Ask, ClientRequest};
@@ -23,7 +23,9 @@ use crate::metrics::Refusal;
 use crate::protocol::ServerMsg;
 use crate::rooms::{ModerateError, Moderation};
 use crate::state::{unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
-use crate::worker::{JoinError, JoinRequest, Worker};
+use crate::worker::{
+    member_events, EventSink, JoinError, JoinRequest, MemberEvents, Signaling, Worker,
+};
 
 /// WebSocket close code: the session broke a rule (RFC 6455 §7.4.1).
 const CLOSE_POLICY: u16 = 1008;
@@ -79,8 +81,8 @@ struct Session {
     join_deadline: Option<Instant>,
     /// When the member's token expires.
     expires: Option<Instant>,
-    events_tx: mpsc::UnboundedSender<ServerMsg>,
-    events_rx: mpsc::UnboundedReceiver<ServerMsg>,
+    events_tx: EventSink,
+    events_rx: MemberEvents,
     /// One of `max_ws_connections`.
     _slot: OwnedSemaphorePermit,
 }
@@ -99,7 +101,7 @@ enum Ending {
 
 impl Session {
     fn new(state: Arc<AppState>, remote: SocketAddr, slot: OwnedSemaphorePermit) -> Session {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = member_events(Signaling::WebSocket);
         let join_deadline = Some(Instant::now() + state.join_timeout());
         Session {
             state,

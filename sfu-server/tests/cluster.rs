@@ -410,3 +410,42 @@ async fn an_edge_with_a_node_id_in_use_is_refused_with_a_reason() {
         );
     }
 }
+
+/// An edge's join that its engine refuses (a bad offer) on a channel new to
+/// the edge leaves no subscription at the core: while the channel's speaker
+/// talks on the core, the core relays nothing to the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_join_on_an_edge_leaves_nothing_subscribed_at_the_core() {
+    let (core, edge) = core_and_edge().await;
+    let mut ws = Ws::connect(&edge).await;
+    ws.send(json!({"type": "join", "channel": "x", "offer": "v=0"}))
+        .await;
+    assert_eq!(ws.recv().await["code"], "invalid_offer");
+
+    let (_wa, a, _) = ws_member(&core, "x", "alice", ClientSpec::speaker(0), json!({})).await;
+    let (_wl, l, _) = ws_member(
+        &core,
+        "x",
+        "lena",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    a.set_talking(true);
+    assert!(hears(&l, &[0], 50), "the core's own listener hears alice");
+    let m = scrape(&format!("http://{}", core.http_addr())).await;
+    assert_eq!(
+        value(&m, "sfu_relay_messages_total", Some(("direction", "out"))),
+        0.0
+    );
+    // The edge can still join the channel for real.
+    let (_we, e, _) = ws_member(
+        &edge,
+        "x",
+        "eve",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    assert!(hears(&e, &[0], 25), "a member of the edge hears alice");
+}

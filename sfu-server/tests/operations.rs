@@ -142,3 +142,33 @@ async fn drain_tells_members_and_refuses_joins() {
     tokio::time::timeout(LIMIT, drain).await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// WHIP and WHEP members cannot be told to move: the drain does not wait
+/// for them, and ends their sessions when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_does_not_wait_for_whip_members_and_ends_their_sessions() {
+    let server = server(config()).await;
+    let base = format!("http://{}", server.http_addr());
+    let (mut ws, _peer, _) = ws_member(&server, "d", "a", ClientSpec::speaker(0), json!({})).await;
+    let (mut publisher, offer) =
+        testkit::udp::UdpPeer::new("obs", &ClientSpec::speaker(1)).unwrap();
+    let r = post_sdp(&base, "/whip/d", offer).await;
+    assert_eq!(r.status(), 201);
+    publisher.start(&r.text().await.unwrap());
+    let state = server.state().clone();
+    assert_eq!(state.snapshot().await.members, 2);
+
+    let deadline = Duration::from_secs(10);
+    let drain = tokio::spawn(server.drain(deadline));
+    ws.recv_type("shutdown").await;
+    ws.send(json!({"type": "leave"})).await;
+    // Done once the WebSocket member left, the WHIP member still there.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(LIMIT, drain).await.unwrap().unwrap();
+    assert!(started.elapsed() < deadline / 2, "{:?}", started.elapsed());
+    // And its session was ended: no member left, its resource forgotten.
+    assert_eq!(state.snapshot().await.members, 0);
+    let forgotten = until(|| async { state.resources.lock().await.is_empty() });
+    assert!(forgotten.await, "the WHIP resource is forgotten");
+    publisher.stop();
+}

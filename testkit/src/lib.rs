@@ -21,6 +21,8 @@
 //!   a `UdpPeer` link per other member, signaling as data, and an SFU
 //!   session beside them; [`playback`]: what it plays across a switch of
 //!   path, the longest gap and voices heard twice.
+//! - [`flood::Flood`]: garbage and bogus STUN at a media port from a thread,
+//!   as fast as it can send.
 //! - `fuzz` (feature `fuzz`): the bodies of the fuzz targets.
 //!
 //! Like quinn-proto's `Pair` and str0m's `TestRtc`, the simulation always
@@ -30,6 +32,7 @@
 pub mod answers;
 pub mod audio;
 pub mod client;
+pub mod flood;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod latency;

@@ -1,20 +1,29 @@
-//! The worker's loop: datagrams, signaling requests and the engine's
-//! deadline, around the [`Engine`] and the [`Rooms`]. It keeps no rules of
-//! its own: the engine decides about media, the rooms about members; this
-//! loop carries their inputs and outputs (datagrams to the socket, relay
-//! messages to the cascade, room messages to each member's event channel,
-//! join answers to whoever asked).
+//! The worker's loop: datagrams, signaling requests, relay messages and the
+//! engine's deadline, around the [`Engine`] and the [`Rooms`]. It keeps no
+//! rules of its own: the engine decides about media, the rooms about
+//! members; this loop carries their inputs and outputs (datagrams to the
+//! socket, relay messages to each link's queue, room messages to each
+//! member's event queue, join answers to whoever asked).
 //!
 //! The engine's timeouts are honoured exactly: the task sleeps until the
 //! earlier of the engine's deadline and the next member count, unless a
-//! datagram or a request comes first. There is no periodic tick.
+//! datagram, a relay message or a request comes first; and whatever woke it,
+//! a deadline that has passed is handed to the engine before it sleeps
+//! again, so that a flood of datagrams (the socket always ready) cannot
+//! starve connect timeouts, DTLS retransmissions or the speaker tick. There
+//! is no periodic tick.
 //!
 //! Datagrams move in batches (`udp`): one wake-up reads what the socket has
 //! queued with `recvmmsg`, and the copies the engine makes of them leave
 //! with `sendmmsg`, up to 32 per system call.
+//!
+//! Nothing outside input waits on this task and nothing it feeds can grow
+//! without bound: a member whose event queue is full is dropped, a link whose
+//! queue is full loses media or, for control, the link (`events`, `relay`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +31,10 @@ use media_core::{Command, Engine, Event, Input, LinkId, Output, PeerId, RelayMsg
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::events::{EventSink, NotQueued, Signaling};
+use super::relay::{LinkSender, Queued, RelayInCounters, RelayInbox, RelayInput};
 use super::{udp, JoinError, JoinRequest, Request};
+use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
 use crate::rooms::{Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms};
@@ -31,26 +43,41 @@ use crate::rooms::{Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms}
 /// datagrams) before requests and timers get their turn.
 const RECV_CALLS_PER_WAKE: usize = 4;
 
+/// Relay messages handled per wake-up at most, from each of the two relay
+/// queues, before the others get their turn.
+const RELAY_PER_WAKE: usize = 64;
+
 pub(super) struct Task {
     engine: Engine,
     rooms: Rooms,
     socket: Arc<UdpSocket>,
     rx: mpsc::Receiver<Request>,
-    /// Each member's event channel (WebSocket session, WHIP/WHEP resource),
+    /// Relay messages from the links.
+    relay: RelayInbox,
+    relay_counters: Arc<RelayInCounters>,
+    /// Each link's outbound queues, by link.
+    links: HashMap<LinkId, LinkSender>,
+    /// Each member's event queue (WebSocket session, WHIP/WHEP resource),
     /// by the peer id the room layer addresses it with.
-    sinks: HashMap<PeerId, mpsc::UnboundedSender<ServerMsg>>,
+    sinks: HashMap<PeerId, EventSink>,
+    /// Members whose event queue was full: dropped at the next flush.
+    slow: Vec<PeerId>,
     /// Joins waiting for the engine's answer.
     pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
     /// When each member not yet connected asked to join (`sfu_join_seconds`).
     connecting: HashMap<PeerId, Instant>,
     next_peer: u64,
-    relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
     upstream: Option<LinkId>,
+    /// The engine's next timeout (its last `Output::Timeout`).
+    engine_deadline: Instant,
     snapshot: Snapshot,
     /// Transmits of the engine waiting for the next `sendmmsg`.
     outbox: udp::Outbox,
     /// Arrival times of the datagrams forwarded since the last flush.
     forwarded_arrivals: Vec<Instant>,
+    /// The loop ended because the node stops (not a failure): what members
+    /// still here are told.
+    stopped: bool,
 }
 
 impl Task {
@@ -59,7 +86,8 @@ impl Task {
         limits: RoomLimits,
         socket: UdpSocket,
         rx: mpsc::Receiver<Request>,
-        relay_out: Option<mpsc::UnboundedSender<(LinkId, RelayMsg)>>,
+        relay: RelayInbox,
+        input: &RelayInput,
         upstream: Option<LinkId>,
     ) -> Task {
         Task {
@@ -67,55 +95,90 @@ impl Task {
             rooms: Rooms::with_limits(limits),
             socket: Arc::new(socket),
             rx,
+            relay,
+            relay_counters: input.counters.clone(),
+            links: HashMap::new(),
             sinks: HashMap::new(),
+            slow: Vec::new(),
             pending: HashMap::new(),
             connecting: HashMap::new(),
             next_peer: 1,
-            relay_out,
             upstream,
+            engine_deadline: Instant::now(),
             snapshot: Snapshot::default(),
             outbox: udp::Outbox::default(),
             forwarded_arrivals: Vec::new(),
+            stopped: false,
         }
     }
 
-    pub(super) async fn run(mut self) {
+    /// Runs until every handle is dropped ([`TaskEnd::Stopped`]) or the
+    /// socket fails. A panic ends it too; the members are told either way
+    /// (`Drop`).
+    pub(super) async fn run(mut self) -> TaskEnd {
         let local = match self.socket.local_addr() {
             Ok(a) => a,
-            Err(_) => return,
+            Err(e) => return TaskEnd::Failed(format!("the media socket has no address: {e}")),
         };
         let mut inbox = udp::Inbox::new();
-        let mut deadline = self.flush();
-        // One timer, moved only when the deadline moves.
-        let sleep = tokio::time::sleep_until(deadline.into());
+        let mut control = Vec::with_capacity(RELAY_PER_WAKE);
+        let mut media = Vec::with_capacity(RELAY_PER_WAKE);
+        let mut wake_at = self.flush();
+        // One timer, moved only when the wake-up time moves.
+        let sleep = tokio::time::sleep_until(wake_at.into());
         tokio::pin!(sleep);
-        let mut armed = Some(deadline);
+        let mut armed = Some(wake_at);
         loop {
             tokio::select! {
                 biased;
                 req = self.rx.recv() => {
-                    let Some(req) = req else { return };
+                    let Some(req) = req else {
+                        self.stopped = true;
+                        return TaskEnd::Stopped;
+                    };
                     self.request(req);
-                    deadline = self.flush();
+                }
+                // `recv_many` returns 0 only once every handle is gone, and
+                // then the request arm (polled first) ends the loop.
+                _ = self.relay.control.recv_many(&mut control, RELAY_PER_WAKE) => {
+                    self.relay_in(&mut control);
+                }
+                _ = self.relay.media.recv_many(&mut media, RELAY_PER_WAKE) => {
+                    self.relay_in(&mut media);
                 }
                 ready = self.socket.readable() => {
-                    if ready.is_err() {
-                        // The runtime's I/O driver is gone.
-                        return;
+                    if let Err(e) = ready {
+                        return TaskEnd::Failed(format!("the media socket failed: {e}"));
                     }
                     self.receive(&mut inbox, local);
-                    deadline = self.flush();
                 }
                 () = &mut sleep => {
                     armed = None;
-                    let _ = self.engine.handle_input(Input::Timeout(Instant::now()));
-                    deadline = self.flush();
                 }
             }
-            if armed != Some(deadline) {
-                sleep.as_mut().reset(deadline.into());
-                armed = Some(deadline);
+            self.run_due_timers(Instant::now());
+            wake_at = self.flush();
+            if armed != Some(wake_at) {
+                sleep.as_mut().reset(wake_at.into());
+                armed = Some(wake_at);
             }
+        }
+    }
+
+    /// Hands the engine its timeout if it is due.
+    fn run_due_timers(&mut self, now: Instant) {
+        if now >= self.engine_deadline {
+            let _ = self.engine.handle_input(Input::Timeout(now));
+            self.poll_engine();
+        }
+    }
+
+    /// Hands the engine the relay messages of one wake-up.
+    fn relay_in(&mut self, relayed: &mut Vec<(LinkId, RelayMsg)>) {
+        let now = Instant::now();
+        for (link, msg) in relayed.drain(..) {
+            let _ = self.engine.handle_input(Input::Relay { now, link, msg });
+            self.poll_engine();
         }
     }
 
@@ -129,6 +192,7 @@ impl Task {
                 break;
             };
             let now = Instant::now();
+            self.run_due_timers(now);
             for i in 0..n {
                 let Some((source, datagram)) = inbox.datagram(i) else {
                     continue;
@@ -152,14 +216,21 @@ impl Task {
     }
 
     /// Sends what the engine queued, handles its events, sends the member
-    /// counts that are due; returns when to wake next. Each datagram
-    /// forwarded since the last flush counts in the latency histogram: from
-    /// its arrival to now, when its last copy has been handed to the socket.
+    /// counts that are due, drops the members too slow to take their
+    /// messages; returns when to wake next. Each datagram forwarded since
+    /// the last flush counts in the latency histogram: from its arrival to
+    /// now, when its last copy has been handed to the socket.
     fn flush(&mut self) -> Instant {
-        let engine_deadline = self.poll_engine();
-        let now = Instant::now();
-        let counts_due = self.rooms.poll_member_counts(now);
+        self.poll_engine();
+        let counts_due = self.rooms.poll_member_counts(Instant::now());
         self.deliver();
+        // A dropped member's departure is news for the others, whose queues
+        // may be full too: until nobody else is dropped.
+        while !self.slow.is_empty() {
+            self.drop_slow_members();
+            self.poll_engine();
+            self.deliver();
+        }
         self.outbox.flush(&self.socket);
         if !self.forwarded_arrivals.is_empty() {
             let sent = Instant::now();
@@ -172,23 +243,47 @@ impl Task {
         self.snapshot.send_drops = self.outbox.drops;
         self.snapshot.send_calls = self.outbox.calls;
         self.snapshot.stats = self.engine.stats().clone();
-        counts_due.map_or(engine_deadline, |at| at.min(engine_deadline))
+        counts_due.map_or(self.engine_deadline, |at| at.min(self.engine_deadline))
     }
 
-    /// Polls the engine until its next timeout (returned). Datagrams go to
-    /// the outbox (sent whenever a batch is full; the caller flushes the
-    /// rest), relay messages to the cascade, events to the rooms.
-    fn poll_engine(&mut self) -> Instant {
+    /// Polls the engine until its next timeout (kept in `engine_deadline`).
+    /// Datagrams go to the outbox (sent whenever a batch is full; the caller
+    /// flushes the rest), relay messages to their link's queue, events to
+    /// the rooms.
+    fn poll_engine(&mut self) {
         loop {
             match self.engine.poll_output() {
                 Output::Transmit(t) => self.outbox.push(&self.socket, t.destination, t.contents),
-                Output::Relay { link, msg } => {
-                    if let Some(tx) = &self.relay_out {
-                        let _ = tx.send((link, msg));
-                    }
-                }
+                Output::Relay { link, msg } => self.relay_out(link, msg),
                 Output::Event(e) => self.event(e),
-                Output::Timeout(t) => return t,
+                Output::Timeout(t) => {
+                    self.engine_deadline = t;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues a relay message for its link; a message for a link that is
+    /// not up is dropped (the engine learns of links only through us).
+    fn relay_out(&mut self, link: LinkId, msg: RelayMsg) {
+        let Some(sender) = self.links.get(&link) else {
+            return;
+        };
+        match sender.push(msg) {
+            Queued::Yes => {}
+            Queued::MediaDropped => self.snapshot.relay_out_dropped += 1,
+            Queued::ControlOverflow => {
+                tracing::warn!(
+                    ?link,
+                    "relay control overflowed the link's queue: closing the link"
+                );
+                self.snapshot.relay_out_overflows += 1;
+                // Its send task closes the link when this sender is gone.
+                self.links.remove(&link);
+            }
+            Queued::Gone => {
+                self.links.remove(&link);
             }
         }
     }
@@ -219,12 +314,36 @@ impl Task {
         }
     }
 
-    /// Hands the room messages to their members' event channels.
+    /// Hands the room messages to their members' event queues; a member
+    /// whose queue is full is noted to be dropped.
     fn deliver(&mut self) {
         for (to, msg) in self.rooms.take_messages() {
-            if let Some(sink) = self.sinks.get(&to) {
-                let _ = sink.send(msg);
+            let Some(sink) = self.sinks.get(&to) else {
+                continue;
+            };
+            // A session that is gone leaves on its own (WebSocket closed,
+            // WHIP/WHEP resource deleted).
+            if sink.try_send(msg) == Err(NotQueued::Full) && !self.slow.contains(&to) {
+                self.slow.push(to);
             }
+        }
+    }
+
+    /// Drops the members whose event queue was full: each is told why (its
+    /// session ends) and leaves its channel.
+    fn drop_slow_members(&mut self) {
+        while let Some(peer) = self.slow.pop() {
+            let Some(sink) = self.sinks.remove(&peer) else {
+                continue;
+            };
+            tracing::warn!(%peer, "member dropped: it does not read its messages");
+            sink.end(ServerMsg::error(
+                "too_slow",
+                "dropped: this client did not read the server's messages",
+                None,
+            ));
+            self.snapshot.members_dropped_slow += 1;
+            let _ = self.command(Command::Leave { peer });
         }
     }
 
@@ -244,22 +363,18 @@ impl Task {
                 let _ = reply.send(self.moderate(by, target, action));
             }
             Request::Snapshot(reply) => {
-                let census = self.rooms.census();
-                let mut s = self.snapshot.clone();
-                s.channels = census.channels;
-                s.members = census.members;
-                s.speakers = census.speakers;
-                s.listeners = census.listeners;
-                let _ = reply.send(s);
+                let _ = reply.send(self.snapshot());
             }
-            Request::Relay(link, msg) => {
-                let _ = self.engine.handle_input(Input::Relay {
-                    now: Instant::now(),
-                    link,
-                    msg,
-                });
+            Request::LinkOpened(link, engine, sender) => {
+                self.links.insert(link, sender);
+                if let Err(e) = self.command(Command::LinkOpened { link, engine }) {
+                    tracing::warn!(?link, error = %e, "link refused by the engine");
+                }
             }
             Request::Engine(command) => {
+                if let Command::LinkClosed { link } = command {
+                    self.links.remove(&link);
+                }
                 if let Err(e) = self.command(command) {
                     tracing::warn!(error = %e, "cluster command refused");
                 }
@@ -274,7 +389,34 @@ impl Task {
                 self.rooms.handle_drain(deadline);
                 self.deliver();
             }
+            Request::LeaveAll => {
+                let peers: Vec<PeerId> = self.rooms.peers().collect();
+                for peer in peers {
+                    let _ = self.command(Command::Leave { peer });
+                }
+            }
+            #[cfg(debug_assertions)]
+            Request::Crash => panic!("media worker crashed on purpose (test hook)"),
         }
+    }
+
+    /// The counters for `/metrics`, with the census of the rooms and queues.
+    fn snapshot(&self) -> Snapshot {
+        let census = self.rooms.census();
+        let mut s = self.snapshot.clone();
+        s.channels = census.channels;
+        s.members = census.members;
+        s.speakers = census.speakers;
+        s.listeners = census.listeners;
+        s.websocket_members = self
+            .sinks
+            .values()
+            .filter(|sink| sink.signaling() == Signaling::WebSocket)
+            .count();
+        s.links = self.links.len();
+        s.relay_in_dropped = self.relay_counters.media_dropped.load(Ordering::Relaxed);
+        s.relay_in_overflows = self.relay_counters.overflows.load(Ordering::Relaxed);
+        s
     }
 
     fn command(&mut self, command: Command) -> Result<(), media_core::Error> {
@@ -294,9 +436,7 @@ impl Task {
             let _ = reply.send(Err(JoinError::Full(full)));
             return;
         }
-        if !self.rooms.has_members(&j.channel) {
-            self.follow_upstream(j.channel.clone());
-        }
+        let first = !self.rooms.has_members(&j.channel);
         let peer = PeerId(self.next_peer);
         self.next_peer += 1;
         let res = self.command(Command::Join {
@@ -311,6 +451,11 @@ impl Task {
             tracing::info!(channel = %j.channel, identity = %j.identity, error = %e, "join refused");
             let _ = reply.send(Err(JoinError::Refused(e)));
             return;
+        }
+        // (edge) Only a join the engine accepted subscribes upstream: a
+        // refused one would leave the channel subscribed with nobody in it.
+        if first {
+            self.follow_upstream(j.channel.clone());
         }
         let rights = Rights {
             can_publish: j.can_publish,
@@ -347,5 +492,24 @@ impl Task {
         self.rooms.handle_moderated(target, action);
         self.deliver();
         Ok(())
+    }
+}
+
+/// Whatever ends the task (the node stopping, a panic, a failed socket), the
+/// members still here are told and their sessions end: a WebSocket waiting
+/// for messages from a dead worker would otherwise wait forever.
+impl Drop for Task {
+    fn drop(&mut self) {
+        let reason = if self.stopped {
+            "the server stopped"
+        } else {
+            "the media worker of this server failed; join again elsewhere"
+        };
+        for sink in self.sinks.values() {
+            sink.end(ServerMsg::Shutdown {
+                reason: reason.into(),
+                deadline_ms: 0,
+            });
+        }
     }
 }

@@ -22,6 +22,27 @@ pub(super) const BATCH: usize = 32;
 /// buffer of this size would), and the engine then refuses it.
 pub(super) const DATAGRAM_MAX: usize = 2048;
 
+/// The receive buffer asked of the kernel for the media socket. The
+/// default (about 200 KiB: a hundred or so datagrams as the kernel counts
+/// them) overflows within a millisecond of a flood while the worker is off
+/// the CPU, and the kernel then drops members' audio with the garbage; 4 MiB
+/// absorbs tens of milliseconds. Linux caps it at `net.core.rmem_max`.
+pub(super) const RECV_BUFFER: usize = 4 << 20;
+
+/// Asks the kernel for a receive buffer of `bytes` (at most
+/// `net.core.rmem_max`); returns what it granted.
+#[cfg(target_os = "linux")]
+pub(super) fn set_recv_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    setsockopt(socket, sockopt::RcvBuf, &bytes).map_err(io::Error::from)?;
+    getsockopt(socket, sockopt::RcvBuf).map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn set_recv_buffer(_socket: &UdpSocket, _bytes: usize) -> io::Result<usize> {
+    Ok(0)
+}
+
 /// Transmits waiting for the next `sendmmsg`.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
@@ -275,6 +296,17 @@ mod tests {
         let mut inbox = Inbox::new();
         let got = read_all(&rx, &mut inbox, 2).await;
         assert_eq!(got, vec![b"first".to_vec(), b"last".to_vec()]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_receive_buffer_grows_past_the_default() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let before = nix::sys::socket::getsockopt(&rx, nix::sys::socket::sockopt::RcvBuf).unwrap();
+        let granted = set_recv_buffer(&rx, RECV_BUFFER).unwrap();
+        // Linux doubles what it grants (for its bookkeeping), up to twice
+        // net.core.rmem_max; the default is far below 4 MiB everywhere.
+        assert!(granted > before, "{before} → {granted}");
     }
 
     #[tokio::test]

@@ -175,3 +175,57 @@ pub(crate) fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&st
         _ => panic!("{name} is not a number"),
     }
 }
+
+/// The cluster secret of the in-process clusters.
+pub(crate) const CLUSTER_SECRET: &str = "in-process-cluster-secret-of-32-bytes";
+
+/// A core and an edge linked to it, both in this process; returns once the
+/// core counts the edge's link.
+pub(crate) async fn core_and_edge() -> (Server, Server) {
+    let mut cfg = config();
+    cfg.role = sfu_server::config::NodeRole::Core;
+    cfg.cluster_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.cluster_secret = Some(CLUSTER_SECRET.into());
+    cfg.node_id = Some(1);
+    let core = server(cfg).await;
+    let mut cfg = config();
+    cfg.role = sfu_server::config::NodeRole::Edge;
+    cfg.cluster_cores = vec![core.cluster_addr().expect("a core listens")];
+    cfg.cluster_secret = Some(CLUSTER_SECRET.into());
+    cfg.node_id = Some(2);
+    let edge = server(cfg).await;
+    let base = format!("http://{}", core.http_addr());
+    let linked = until(|| async { value(&scrape(&base).await, "sfu_cascade_links", None) == 1.0 });
+    assert!(linked.await, "the edge links to the core");
+    (core, edge)
+}
+
+/// Checks `cond` until it holds or [`LIMIT`] passed (every 20 ms: for
+/// conditions only a poll can see, such as another server's counters).
+pub(crate) async fn until<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `POST {base}{path}` with an SDP offer (WHIP, WHEP).
+pub(crate) async fn post_sdp(base: &str, path: &str, offer: String) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .expect("a response")
+}

@@ -25,8 +25,6 @@ if (!PROM || !SFU || !DASHBOARD) {
 // (yet, or not in this configuration), and why. Anything else a query names
 // must be in /metrics: a misspelt metric evaluates fine and shows nothing.
 const NOT_EXPORTED_HERE = {
-  sfu_relay_messages_total: "relay traffic counters: only once the server exports them (cascade metrics)",
-  sfu_cascade_links: "open core-edge links: not exported yet",
   sfu_tls_handshakes_total: "only when the node serves TLS itself (this one does not)",
   sfu_tls_reloads_total: "only when the node serves TLS itself (this one does not)",
 };
