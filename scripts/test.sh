@@ -19,7 +19,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 
-echo "== fuzz smoke (${FUZZ_SECONDS:=20} s per target)"
+echo "== fuzz smoke (${FUZZ_SECONDS:=10} s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
 
 if [ -x scripts/browser-test.sh ]; then
