@@ -185,3 +185,41 @@ fn a_pseudo_random_corpus_on_one_rig_and_on_fresh_ones() {
     data.extend([FROM_SPEAKER, 3, 0x80, 200, 0, FROM_SPEAKER, 2, 23, 254]);
     rig.run_input(&data);
 }
+
+/// The seed offers of the `sdp_offer` target (fuzz/seeds) are offers the
+/// engine answers, so that the fuzzer starts from the parser's far end.
+#[test]
+fn the_sdp_seeds_are_answered() {
+    use media_core::{Command, Engine, EngineConfig, Event, Input, Output, Role};
+    for (i, seed) in [
+        include_str!("../../fuzz/seeds/sdp_offer/chrome-speaker.sdp"),
+        include_str!("../../fuzz/seeds/sdp_offer/firefox-listener.sdp"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let now = testkit::epoch();
+        let config = EngineConfig {
+            host_candidates: vec![testkit::ENGINE_ADDR],
+            ..Default::default()
+        };
+        let mut engine = Engine::new(config, now);
+        let role = if i == 0 { Role::Speaker } else { Role::Listener };
+        let command = Command::Join {
+            peer: PeerId(1),
+            channel: "seed".into(),
+            identity: "seed".into(),
+            role,
+            offer: seed.into(),
+        };
+        engine
+            .handle_input(Input::Command { now, command })
+            .unwrap_or_else(|e| panic!("seed {i}: {e}"));
+        let answered = std::iter::from_fn(|| match engine.poll_output() {
+            Output::Timeout(_) => None,
+            o => Some(o),
+        })
+        .any(|o| matches!(o, Output::Event(Event::Answer { .. })));
+        assert!(answered, "seed {i}");
+    }
+}
