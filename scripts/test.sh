@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# fuzz smoke run, the browser test and the operations kit (Prometheus,
-# coturn, TLS). This is the README's test command and what CI runs.
+# fuzz smoke run, a soak smoke run, the browser test and the operations kit
+# (Prometheus, coturn, TLS). This is the README's test command and what CI
+# runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Where cargo builds (a relative CARGO_TARGET_DIR is relative to this folder).
@@ -21,6 +22,10 @@ cargo test --workspace --locked
 
 echo "== fuzz smoke (${FUZZ_SECONDS:=10} s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
+
+echo "== soak smoke (60 s of load with churn)"
+# The binaries `cargo test --workspace` built above, as for the browser test.
+SFU_SERVER_BIN="$target/debug/sfu-server" LOADGEN_BIN="$target/debug/loadgen" scripts/soak.sh --smoke
 
 if [ -x scripts/browser-test.sh ]; then
   echo "== browser test (headless Chromium)"
