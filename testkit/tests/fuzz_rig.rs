@@ -204,7 +204,11 @@ fn the_sdp_seeds_are_answered() {
             ..Default::default()
         };
         let mut engine = Engine::new(config, now);
-        let role = if i == 0 { Role::Speaker } else { Role::Listener };
+        let role = if i == 0 {
+            Role::Speaker
+        } else {
+            Role::Listener
+        };
         let command = Command::Join {
             peer: PeerId(1),
             channel: "seed".into(),

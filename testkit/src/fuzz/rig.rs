@@ -10,7 +10,7 @@
 //! connected (a handshake that has not started). Inputs then act on it, and
 //! [`DatagramRig::reset`] puts back what an input may have changed:
 //!
-//! - the speaker's role and mute (commands undone);
+//! - the speaker's and the listener's role and mute (commands undone);
 //! - the newcomer, joined afresh after every [`NEWCOMER_REUSE`]th input
 //!   whose datagrams or STUN requests reached it, and when it left or timed
 //!   out;
@@ -322,19 +322,11 @@ impl DatagramRig {
         let up = self.speaker.is_connected() && self.listener.is_connected();
         if up {
             if self.commanded {
-                self.commanded = false;
-                for command in [
-                    Command::SetRole {
-                        peer: SPEAKER,
-                        role: Role::Speaker,
-                    },
-                    Command::SetMuted {
-                        peer: SPEAKER,
-                        muted: false,
-                    },
-                ] {
-                    self.command(command);
+                for (peer, role) in [(SPEAKER, Role::Speaker), (LISTENER, Role::Listener)] {
+                    self.command(Command::SetRole { peer, role });
+                    self.command(Command::SetMuted { peer, muted: false });
                 }
+                self.commanded = false;
             }
             self.newcomer_inputs += u32::from(std::mem::take(&mut self.newcomer_touched));
             if self.newcomer_inputs >= NEWCOMER_REUSE || self.engine.peer_source(NEWCOMER).is_none()
@@ -368,8 +360,7 @@ impl DatagramRig {
 
     /// A command to the engine (refusals are fine).
     pub(crate) fn command(&mut self, command: Command) {
-        if matches!(command, Command::SetMuted { peer, .. } | Command::SetRole { peer, .. } if peer == SPEAKER)
-        {
+        if matches!(command, Command::SetMuted { .. } | Command::SetRole { .. }) {
             self.commanded = true;
         }
         let now = self.now;
