@@ -8,7 +8,8 @@
 //!     --speakers 3 --listeners 100 --seconds 10 \
 //!     [--pattern continuous|conversation] [--seed N] [--no-dtx] \
 //!     [--threads N] [--full-srtp] [--join-parallel N] \
-//!     [--pid PID | --pid NAME=PID ...] [--decode | --decode-every N]
+//!     [--pid PID | --pid NAME=PID ...] [--decode | --decode-every N] \
+//!     [--churn PER_SEC [--churn-stay S]] [--idle-ws N]
 //! ```
 //!
 //! Speakers join the first URL; listeners are spread round-robin over all
@@ -88,6 +89,14 @@
 //! before the first listener per listener (`server_rss_kib_per_listener`).
 //! `scripts/bench-node.sh` ramps a pinned server this way.
 //!
+//! **Churn and idle members** (`--churn PER_SEC [--churn-stay S]`,
+//! `--idle-ws N`, `churn.rs`): from the end of the first step's joins,
+//! listeners join at that rate, stay S seconds and leave (every other one
+//! without a word), and N members join and never read their WebSocket
+//! again; both are reported apart (`churn`, `idle_ws`), the listener
+//! figures stay the stable listeners'. `scripts/soak.sh` runs this for
+//! half an hour.
+//!
 //! Bounded: every join waits at most `--join-timeout`, the first audio of all
 //! listeners at most `--join-timeout` more, each measurement lasts
 //! `--seconds` (at most 64 steps), leaving at most 5 s; then the process
@@ -97,13 +106,16 @@
 //! `--help` lists every flag with its default and bounds.
 //!
 //! The parts, a file each under `loadgen/`: `cli` (flags), `joins` (who
-//! joins where), `member` (one member's join and leave), `pool` (count-only
+//! joins where), `member` (one member's join and leave), `churn` (members
+//! that come and go, members that stop reading), `pool` (count-only
 //! listeners as tasks), `first_audio` (join times), `window` (counters at
 //! the start and end of a window), `listener_stats` and `hearing` (what the
 //! listeners got), `proc_stats` (CPU and memory from /proc), `measure` (one
 //! step's figures), `report` (its JSON), `quality` (E-model), `progress`,
 //! `limits` (open files).
 
+#[path = "loadgen/churn.rs"]
+mod churn;
 #[path = "loadgen/cli.rs"]
 mod cli;
 #[path = "loadgen/first_audio.rs"]
@@ -147,7 +159,8 @@ use report::Report;
 fn main() {
     let a = cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     // A UDP socket and a WebSocket per member, and some to spare.
-    let fds = 2 * (a.speakers + a.listeners) as u64 + 64;
+    let members = a.speakers + a.listeners + a.max_churners() + a.idle_ws;
+    let fds = 2 * members as u64 + 64;
     if let Err(e) = limits::ensure_open_files(fds) {
         eprintln!("loadgen: {e}");
         std::process::exit(2);
@@ -204,6 +217,8 @@ async fn run(a: Args) -> i32 {
     let steps = a.step_targets();
     let mut listeners = Vec::new();
     let mut tally = JoinTally::new(a.urls.len());
+    let mut churn = None;
+    let mut idle = Vec::new();
     for (step, &target) in steps.iter().enumerate() {
         let ramp = Instant::now();
         let first_new = listeners.len();
@@ -211,12 +226,22 @@ async fn run(a: Args) -> i32 {
             .listeners_up_to(target, &mut listeners, &mut tally, &progress)
             .await;
         let join_ramp = ramp.elapsed();
+        if step == 0 {
+            churn = churn::Churn::start(&a, &cert);
+            idle = churn::join_idle(&a, &cert).await;
+        }
         let first_audio_by = Instant::now() + Duration::from_secs(a.join_timeout);
         let m = measure::measure(&a, &speakers, &listeners, first_new, first_audio_by).await;
         let mut report = report::build(&a, &m, &rss_base);
         report.insert("listeners_per_url", json!(tally.per_url));
         report.insert("join_ramp_seconds", json!(join_ramp.as_secs_f64()));
         report.insert("dtx", json!(a.uses_dtx()));
+        if let Some(c) = &churn {
+            report.insert("churn", c.figures());
+        }
+        if a.idle_ws > 0 {
+            report.insert("idle_ws", churn::idle_report(&a, &idle));
+        }
         let stop = stop_reason(&a, &tally, &report);
         report.insert("step", json!(step));
         report.insert("stopped_because", json!(stop));
@@ -227,7 +252,11 @@ async fn run(a: Args) -> i32 {
     }
     progress.finish();
     progress_task.abort();
-    member::leave(speakers.into_iter().chain(listeners).collect()).await;
+    if let Some(c) = churn {
+        c.stop();
+    }
+    let everyone = speakers.into_iter().chain(listeners).chain(idle);
+    member::leave(everyone.collect()).await;
     0
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# flood smoke run, a fuzz smoke run, the aiortc interop test, the browser test
-# (Chromium and Firefox) and the operations kit (Prometheus, coturn, TLS). This
-# is the README's test command and what CI runs.
+# flood smoke run, a fuzz smoke run, a soak smoke run, the aiortc interop
+# test, the browser test (Chromium and Firefox) and the operations kit
+# (Prometheus, coturn, TLS). This is the README's test command and what CI
+# runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Where cargo builds (a relative CARGO_TARGET_DIR is relative to this folder).
@@ -25,8 +26,12 @@ echo "== flood smoke (members join and listen while the media port is flooded)"
 # flood), like the browser test below.
 scripts/flood-test.sh --smoke
 
-echo "== fuzz smoke (${FUZZ_SECONDS:=20} s per target)"
+echo "== fuzz smoke (${FUZZ_SECONDS:=10} s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
+
+echo "== soak smoke (60 s of load with churn)"
+# The binaries `cargo test --workspace` built above, as for the browser test.
+SFU_SERVER_BIN="$target/debug/sfu-server" LOADGEN_BIN="$target/debug/loadgen" scripts/soak.sh --smoke
 
 if [ -x scripts/interop-test.sh ]; then
   echo "== interop test (aiortc over WHIP and WHEP)"

@@ -31,6 +31,12 @@ const MAX_PIDS: usize = 64;
 /// Most steps (`--steps`): each measures for `--seconds`.
 const MAX_STEPS: usize = 64;
 
+/// Most churning listeners joining per second (`--churn`).
+const MAX_CHURN_PER_SECOND: f64 = 50.0;
+
+/// Most members that never read their WebSocket (`--idle-ws`).
+const MAX_IDLE_WS: usize = 64;
+
 /// How speakers talk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Pattern {
@@ -57,7 +63,7 @@ pub(crate) struct Steps(pub(crate) Vec<usize>);
 /// Load generator: real WebRTC speakers and listeners (str0m, real Opus)
 /// joining running sfu-servers over their WebSocket protocol; prints a JSON
 /// report (one line per step with --steps).
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", args_override_self = true)]
 pub(crate) struct Args {
     /// A server to join (repeat for several). Speakers join the first server,
@@ -137,6 +143,21 @@ pub(crate) struct Args {
     #[arg(long, value_name = "CORES", default_value_t = f64::INFINITY,
           value_parser = parse_positive)]
     pub(crate) stop_cpu: f64,
+    /// Churn: this many more listeners a second (0 to 50) join from the end
+    /// of the first step's joins on, stay --churn-stay seconds and leave
+    /// (every other one without a word); counted apart from --listeners
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0.0, value_parser = parse_churn)]
+    pub(crate) churn: f64,
+    /// Seconds each churning listener stays (1 to 600)
+    #[arg(long, value_name = "S", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub(crate) churn_stay: u64,
+    /// Members (at most 64, listeners, http:// servers only) that join, then
+    /// never read their WebSocket again, from the end of the first step's
+    /// joins to the end
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = RangedU64ValueParser::<usize>::new().range(..=MAX_IDLE_WS as u64))]
+    pub(crate) idle_ws: usize,
 }
 
 impl Args {
@@ -166,8 +187,17 @@ impl Args {
         }
     }
 
+    /// Churning listeners there can be at once: those staying, and those
+    /// whose join may still be under way.
+    pub(crate) fn max_churners(&self) -> usize {
+        (self.churn * (self.churn_stay + self.join_timeout) as f64).ceil() as usize
+    }
+
     /// The bounds that span flags (each flag's own range is clap's).
     fn check_bounds(&self) -> Result<(), String> {
+        if self.idle_ws > 0 && !self.urls[0].starts_with("http://") {
+            return Err("--idle-ws needs an http:// server (the first --url)".into());
+        }
         if self.urls.len() > MAX_URLS {
             return Err(format!("at most {MAX_URLS} URLs"));
         }
@@ -270,6 +300,16 @@ fn parse_fraction(v: &str) -> Result<f64, String> {
     }
 }
 
+/// Listeners a second, from 0 to [`MAX_CHURN_PER_SECOND`].
+fn parse_churn(v: &str) -> Result<f64, String> {
+    let f: f64 = v.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=MAX_CHURN_PER_SECOND).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("must be from 0 to {MAX_CHURN_PER_SECOND}"))
+    }
+}
+
 /// A number above 0 (`inf` allowed).
 fn parse_positive(v: &str) -> Result<f64, String> {
     let f: f64 = v.parse().map_err(|e| format!("{e}"))?;
@@ -302,6 +342,8 @@ mod tests {
         assert!(d.dtx && !d.full_srtp && !d.decode && d.decode_every.is_none());
         assert!(d.pids.is_empty() && d.steps.is_none());
         assert_eq!((d.stop_loss, d.stop_cpu), (1.0, f64::INFINITY));
+        assert_eq!((d.churn, d.churn_stay, d.idle_ws), (0.0, 5, 0));
+        assert_eq!(d.max_churners(), 0);
         assert_eq!(d.step_targets(), [20]);
         assert!(!d.uses_dtx() && !d.decodes(0));
     }
@@ -328,6 +370,9 @@ mod tests {
         assert!(a.decodes(0) && a.decodes(200) && !a.decodes(1));
         assert!(!args("--pattern conversation --no-dtx").unwrap().uses_dtx());
         assert!(args("--decode").unwrap().decodes(3));
+        let c = args("--churn 2.5 --churn-stay 4 --idle-ws 3 --join-timeout 6").unwrap();
+        assert_eq!((c.churn, c.churn_stay, c.idle_ws), (2.5, 4, 3));
+        assert_eq!(c.max_churners(), 25);
         // A flag given twice: the last one counts, as before clap.
         assert_eq!(args("--seconds 3 --seconds 4").unwrap().seconds, 4);
     }
@@ -381,6 +426,13 @@ mod tests {
             "--stop-loss=-0.1",
             "--stop-cpu 0",
             "--stop-cpu NaN",
+            "--churn -1",
+            "--churn 51",
+            "--churn NaN",
+            "--churn-stay 0",
+            "--churn-stay 601",
+            "--idle-ws 65",
+            "--idle-ws 1 --url https://x",
             "positional",
         ] {
             let e = args(bad).err().unwrap_or_else(|| panic!("accepted {bad}"));
@@ -397,8 +449,8 @@ mod tests {
 
     #[test]
     fn the_documented_invocations_parse() {
-        // As README.md, BENCHMARKS.md, scripts/bench-node.sh and
-        // scripts/cluster-demo.sh call it.
+        // As README.md, BENCHMARKS.md, scripts/bench-node.sh,
+        // scripts/cluster-demo.sh and scripts/soak.sh call it.
         for line in [
             "--url http://127.0.0.1:8080 --speakers 3 --listeners 1000 --seconds 10 --pattern conversation",
             "--url http://127.0.0.1:18501 --speakers 3 --listeners 1000 --seconds 12 --pid server=41",
@@ -412,6 +464,9 @@ mod tests {
              --decode-every 50 --pid server=41",
             "--edges http://127.0.0.1:18601,http://127.0.0.1:18602 --speakers 3 --listeners 250 \
              --seconds 10 --decode-every 50 --pid core=40 --pid edge1=41 --pid edge2=42",
+            "--url http://127.0.0.1:18700 --speakers 3 --listeners 20 --seconds 1800 \
+             --pattern conversation --decode-every 10 --join-parallel 4 --churn 2 --churn-stay 5 \
+             --idle-ws 1 --pid server=41",
         ] {
             let a = args(line).unwrap_or_else(|e| panic!("{line}: {e}"));
             assert!(a.urls[0].starts_with("http://127.0.0.1:"), "{line}");

@@ -62,6 +62,7 @@ impl Joins<'_> {
             let setup = Setup {
                 cert: self.cert,
                 pooled: false,
+                reads_events: true,
             };
             let name = format!("speaker-{i}");
             match member::join(a, &a.urls[0], &name, spec, "speaker", &setup).await {
@@ -107,6 +108,7 @@ impl Joins<'_> {
                 let setup = Setup {
                     cert: self.cert,
                     pooled: !decode && a.threads > 0,
+                    reads_events: true,
                 };
                 let u = i % a.urls.len();
                 let name = format!("listener-{i}");

@@ -1,6 +1,7 @@
 //! One member of the channel: its client, the peer that drives it, and its
 //! signaling socket, which stays open for its lifetime (closing it leaves
-//! the channel). Joining and leaving over the WebSocket room protocol.
+//! the channel). Joining and leaving over the WebSocket room protocol:
+//! politely (`leave`) or abruptly (the sockets just close).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,11 @@ use testkit::udp::UdpPeer;
 /// Most time the members take to leave, together: a server too busy to
 /// read its sockets then notices the peers vanish.
 const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The TCP receive buffer of a member that stops reading its WebSocket
+/// (`--idle-ws`), in bytes: small, so that what the server keeps sending
+/// backs up into the server soon, as with a stalled client on a slow link.
+const IDLE_RECEIVE_BUFFER: u32 = 4096;
 
 type WsSink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
@@ -49,6 +55,9 @@ pub(crate) struct Setup<'a> {
     pub(crate) cert: &'a DtlsCert,
     /// Run it on the pool (else on a thread of its own).
     pub(crate) pooled: bool,
+    /// Read (and drop) what the server says after the answer; `false`: never
+    /// read the WebSocket again (`--idle-ws`).
+    pub(crate) reads_events: bool,
 }
 
 /// Joins `a.channel` at `url` as `role` ("speaker" or "listener"): sends
@@ -64,7 +73,14 @@ pub(crate) async fn join(
 ) -> Result<Member, String> {
     let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.join_timeout);
-    let (mut ws, _) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(ws_url))
+    let connect = async {
+        if setup.reads_events {
+            tokio_tungstenite::connect_async(ws_url).await
+        } else {
+            connect_with_small_buffer(&ws_url).await
+        }
+    };
+    let (mut ws, _) = tokio::time::timeout_at(deadline, connect)
         .await
         .map_err(|_| "websocket: no connection in time".to_string())?
         .map_err(|e| format!("websocket: {e}"))?;
@@ -105,10 +121,17 @@ pub(crate) async fn join(
                     }
                 };
                 let (sink, mut stream) = ws.split();
-                // Read and drop room events so that they do not queue up in
-                // the server; ends when the socket closes.
-                let reader =
-                    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+                let reader = if setup.reads_events {
+                    // Read and drop room events so that they do not queue up
+                    // in the server; ends when the socket closes.
+                    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} })
+                } else {
+                    // Hold the socket open and never read it again.
+                    tokio::spawn(async move {
+                        let _unread = stream;
+                        std::future::pending::<()>().await;
+                    })
+                };
                 return Ok(Member {
                     peer,
                     client,
@@ -138,4 +161,46 @@ pub(crate) async fn leave(members: Vec<Member>) {
             tokio::time::timeout_at(leave_by, m.ws.send(Message::Text(leave.clone().into()))).await;
         m.reader.abort();
     }
+}
+
+/// Leaves without a word: both sockets just close, as when a browser tab
+/// crashes or a laptop lid shuts.
+pub(crate) fn vanish(m: Member) {
+    if let Peer::Thread(p) = &m.peer {
+        p.signal_stop();
+    }
+    m.reader.abort();
+    // Dropping the peer closes its UDP socket (a pooled peer's task is
+    // aborted), dropping the sink and the reader the WebSocket.
+}
+
+/// A WebSocket to `ws_url` (`ws://HOST:PORT/...`) over a TCP socket with a
+/// small receive buffer ([`IDLE_RECEIVE_BUFFER`]).
+async fn connect_with_small_buffer(
+    ws_url: &str,
+) -> Result<
+    (
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::Error;
+    let host_port = ws_url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| {
+            Error::Url(tokio_tungstenite::tungstenite::error::UrlError::UnsupportedUrlScheme)
+        })?;
+    let addr = tokio::net::lookup_host(host_port)
+        .await?
+        .next()
+        .ok_or_else(|| Error::Url(tokio_tungstenite::tungstenite::error::UrlError::NoHostName))?;
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_recv_buffer_size(IDLE_RECEIVE_BUFFER)?;
+    let tcp = socket.connect(addr).await?;
+    tokio_tungstenite::client_async(ws_url, MaybeTlsStream::Plain(tcp)).await
 }

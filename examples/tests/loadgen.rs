@@ -129,6 +129,35 @@ async fn steps_report_one_line_each() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_and_an_idle_websocket_beside_stable_listeners() {
+    let server = server().await;
+    let args = format!(
+        "--url http://{} --speakers 2 --listeners 4 --seconds 4 --churn 4 --churn-stay 1 \
+         --idle-ws 1 --join-parallel 2",
+        server.http_addr()
+    );
+    let (stdout, stderr) = run_loadgen(args).await;
+    let r: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("report is JSON ({e}): {stderr}"));
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("{v} in {r:#}"));
+    // The stable listeners are the report's listeners; churners apart.
+    assert_eq!(n(&r["listeners"]), 4, "{r:#}");
+    assert_eq!(n(&r["listeners_connected"]), 4, "{r:#}");
+    let churn = &r["churn"];
+    // About 4 a second over the 4 s window (and the wait before it).
+    assert!(n(&churn["joined"]) >= 8, "{r:#}");
+    assert_eq!(n(&churn["joins_failed"]), 0, "{r:#}");
+    let left = n(&churn["left_politely"]) + n(&churn["left_abruptly"]);
+    assert!(left >= 4 && left <= n(&churn["joined"]), "{r:#}");
+    assert!(n(&churn["left_abruptly"]) >= 1, "{r:#}");
+    assert!(n(&churn["heard_audio"]) >= 1, "{r:#}");
+    // The member that never reads its WebSocket joined and has media.
+    let idle = &r["idle_ws"];
+    assert_eq!(n(&idle["joined"]), 1, "{r:#}");
+    assert_eq!(n(&idle["connected_at_end"]), 1, "{r:#}");
+}
+
 #[test]
 fn bad_flags_exit_2_with_clap_errors() {
     for (args, says) in [
@@ -189,6 +218,9 @@ fn help_lists_the_flags() {
         "--steps",
         "--stop-loss",
         "--stop-cpu",
+        "--churn",
+        "--churn-stay",
+        "--idle-ws",
     ] {
         assert!(
             help.split_whitespace().any(|w| w == flag),

@@ -1,4 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    testkit::fuzz::datagrams(data, std::time::Instant::now())
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::fuzz::datagrams_reused(data));

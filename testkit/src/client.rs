@@ -498,6 +498,13 @@ impl Client {
         self.poll_rtc(now);
     }
 
+    /// The m-line the client sends on and the Opus payload type the answer
+    /// agreed for it (`None` before the answer, or without an uplink).
+    pub fn uplink(&self) -> Option<(Mid, Pt)> {
+        let up = self.uplink.as_ref()?;
+        Some((up.mid, up.pt?))
+    }
+
     /// Starts or stops talking (amplitude 0 sends encoded silence, as a
     /// browser without DTX does). With a [`TalkPattern::Conversation`] the
     /// speaker talks at this amplitude during its spurts only.

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use super::auth::{self, Authenticated};
 use super::{tls, CloseReason, LinkConfig, LinkError, Shared, CLOSE_AUTH_FAILED};
 use super::{CLOSE_NODE_ID_IN_USE, CLOSE_NORMAL, CLOSE_PROTOCOL};
-use crate::wire::{decode_datagram, encode_datagram, encode_frame, FrameDecoder};
+use crate::control::{ControlItem, ControlReader};
+use crate::wire::{decode_datagram, encode_datagram, encode_frame};
 
 /// Received messages buffered between the receive task and the owner.
 const EVENT_QUEUE: usize = 1024;
@@ -422,29 +423,30 @@ fn protocol_close(conn: &Connection, what: &str) -> CloseReason {
 async fn receive(inner: Arc<Inner>, mut recv: RecvStream, events: mpsc::Sender<LinkEvent>) {
     let conn = inner.conn.clone();
     let counters = &inner.counters;
-    let mut decoder = FrameDecoder::new();
+    let mut control = ControlReader::new();
     let reason = 'link: loop {
         tokio::select! {
             biased;
             () = events.closed() => return,
             chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
                 Ok(Some(chunk)) => {
-                    decoder.push(&chunk.bytes);
-                    loop {
-                        match decoder.next() {
-                            Ok(Some(msg)) => {
+                    control.push(&chunk.bytes);
+                    while let Some(item) = control.poll() {
+                        match item {
+                            ControlItem::Message(msg) => {
                                 bump(&counters.received);
                                 if events.send(LinkEvent::Message(msg)).await.is_err() {
                                     return;
                                 }
                             }
-                            Ok(None) => break,
-                            Err(e) => {
+                            ControlItem::Malformed(e) => {
                                 bump(&counters.malformed);
                                 tracing::debug!(error = %e, "malformed control frame dropped");
-                                if decoder.is_failed() {
-                                    break 'link protocol_close(&conn, "control stream cannot be framed");
-                                }
+                            }
+                            ControlItem::Lost(e) => {
+                                bump(&counters.malformed);
+                                tracing::debug!(error = %e, "control stream cannot be framed");
+                                break 'link protocol_close(&conn, "control stream cannot be framed");
                             }
                         }
                     }
