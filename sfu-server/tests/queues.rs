@@ -19,10 +19,11 @@ use testkit::udp::UdpPeer;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
-/// An identity long enough that each `member_updated` about it is a few
-/// hundred bytes: the socket buffers fill with fewer messages.
+/// An identity near the longest allowed (128 bytes), so that each
+/// `member_updated` about it is a few hundred bytes: the socket buffers fill
+/// with fewer messages.
 fn long_name(who: &str) -> String {
-    format!("{who}-{}", "x".repeat(200))
+    format!("{who}-{}", "x".repeat(120))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
