@@ -115,7 +115,10 @@ fn token_refuses_a_short_secret() {
 fn short_secrets_exit_2_with_how_to_make_one() {
     for (var, extra) in [
         ("SFU_AUTH_SECRET", &[][..]),
-        ("SFU_CLUSTER_SECRET", &["--role", "core", "--node-id", "1"][..]),
+        (
+            "SFU_CLUSTER_SECRET",
+            &["--role", "core", "--node-id", "1"][..],
+        ),
     ] {
         let out = run(sfu_server().env(var, "short").args(extra));
         assert_eq!(out.status.code(), Some(2), "{var}: {out:?}");
