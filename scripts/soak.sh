@@ -94,8 +94,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The server with nothing inherited from the environment running the soak;
-# env execs it, so $! is the server itself.
+# env execs it, so $! is the server itself. Every member joins from
+# 127.0.0.1, so the per-address join limit (60 a minute by default, which the
+# churn alone passes) is off; the other limits keep their defaults.
 env $(env | sed -n 's/^\(SFU_[A-Z_]*\)=.*/-u \1/p') -u RUST_LOG \
+  SFU_JOINS_PER_IP_PER_MINUTE=0 \
   "$SERVER" --http 127.0.0.1:0 --udp 127.0.0.1:0 --log warn >"$OUT/server.log" 2>&1 &
 server_pid=$!
 printed_addr() { grep -m1 -o 'open https\?://[0-9.:]*' "$OUT/server.log" | sed 's#.*//##'; }
