@@ -10,37 +10,43 @@ cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$PWD/$target ;; esac
 
+# Each step's header says how long the suite has run so far; the last line
+# gives the whole.
+started=$SECONDS
+step() { printf '== [%dm%02ds] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$1"; }
+
+step "set-up (scripts/setup.sh)"
 scripts/setup.sh
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo test"
+step "cargo test"
 cargo test --workspace --locked
 
-echo "== flood smoke (members join and listen while the media port is flooded)"
+step "flood smoke (members join and listen while the media port is flooded)"
 # The binaries `cargo test --workspace` built above (sfu-server, loadgen,
 # flood), like the browser test below.
 scripts/flood-test.sh --smoke
 
-echo "== fuzz smoke (${FUZZ_SECONDS:=10} s per target)"
+step "fuzz smoke (${FUZZ_SECONDS:=10} s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
 
-echo "== soak smoke (60 s of load with churn)"
+step "soak smoke (60 s of load with churn)"
 # The binaries `cargo test --workspace` built above, as for the browser test.
 SFU_SERVER_BIN="$target/debug/sfu-server" LOADGEN_BIN="$target/debug/loadgen" scripts/soak.sh --smoke
 
 if [ -x scripts/interop-test.sh ]; then
-  echo "== interop test (aiortc over WHIP and WHEP)"
+  step "interop test (aiortc over WHIP and WHEP)"
   # The server binary `cargo test --workspace` built (see the browser test).
   SFU_SERVER_BIN="$target/debug/sfu-server" scripts/interop-test.sh
 fi
 
 if [ -x scripts/browser-test.sh ]; then
-  echo "== browser test (headless Chromium and Firefox)"
+  step "browser test (headless Chromium and Firefox)"
   # The server binary `cargo test --workspace` built above (cargo builds a
   # package's binaries for its integration tests: CARGO_BIN_EXE_sfu-server).
   # `cargo build -p sfu-server` would compile media-core, cascade and the
@@ -49,6 +55,8 @@ if [ -x scripts/browser-test.sh ]; then
 fi
 
 if [ -x scripts/ops-test.sh ]; then
-  echo "== operations kit (Prometheus, coturn, TLS with headless Chromium)"
+  step "operations kit (Prometheus, coturn, TLS with headless Chromium)"
   scripts/ops-test.sh
 fi
+
+step "all passed"
