@@ -91,8 +91,10 @@ trap 'exit 130' INT TERM
 
 netns_create "$NS" veth
 
-# Started directly, not through in_netns: $! must be the server itself.
-$SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$PORT --udp 127.0.0.1:0 --log "${SFU_LOG:-info}" \
+# Started directly, not through in_netns: $! must be the server itself
+# (ip netns exec and env exec it). Development mode with dev_moderation:
+# the lecture-hall check has a page promote and demote another.
+$SUDO ip netns exec "$NS" env SFU_DEV_MODERATION=true "$SERVER" --http 127.0.0.1:$PORT --udp 127.0.0.1:0 --log "${SFU_LOG:-info}" \
   >"$SERVER_LOG" 2>&1 &
 server_pid=$!
 

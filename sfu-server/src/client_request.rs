@@ -45,6 +45,11 @@ pub enum ClientRequest {
         /// What to do.
         action: Moderation,
     },
+    /// Raise (true) or lower this member's hand.
+    Hand {
+        /// Raised.
+        raised: bool,
+    },
     /// Keep-alive.
     Ping,
 }
@@ -94,10 +99,17 @@ impl ClientRequest {
                 ask: ask("join", fields)?,
                 offer,
             },
-            ClientMsg::Moderate { action, peer, role } => ClientRequest::Moderate {
+            ClientMsg::Moderate {
+                action,
+                peer,
+                role,
+                reason,
+            } => ClientRequest::Moderate {
                 peer: PeerId(peer),
-                action: moderation(&action, role.as_deref())?,
+                action: moderation(&action, role.as_deref(), reason)?,
             },
+            ClientMsg::RaiseHand => ClientRequest::Hand { raised: true },
+            ClientMsg::LowerHand => ClientRequest::Hand { raised: false },
         })
     }
 
@@ -108,6 +120,8 @@ impl ClientRequest {
             ClientRequest::Join { .. } => "join",
             ClientRequest::Leave => "leave",
             ClientRequest::Moderate { .. } => "moderate",
+            ClientRequest::Hand { raised: true } => "raise_hand",
+            ClientRequest::Hand { raised: false } => "lower_hand",
             ClientRequest::Ping => "ping",
         }
     }
@@ -153,21 +167,35 @@ fn ask(request: &'static str, fields: AskFields) -> Result<Ask, RequestError> {
     })
 }
 
-fn moderation(action: &str, role: Option<&str>) -> Result<Moderation, RequestError> {
+/// A moderation by name. `promote` and `demote` are `set_role` to speaker
+/// and to listener; a kick's reason is checked as names are (a line of at
+/// most [`names::MAX_REASON_BYTES`]: it is logged and shown).
+fn moderation(
+    action: &str,
+    role: Option<&str>,
+    reason: Option<String>,
+) -> Result<Moderation, RequestError> {
     let req = Some("moderate");
     match (action, role) {
         ("mute", _) => Ok(Moderation::Mute(true)),
         ("unmute", _) => Ok(Moderation::Mute(false)),
-        ("set_role", Some("speaker")) => Ok(Moderation::SetRole(Role::Speaker)),
-        ("set_role", Some("listener")) => Ok(Moderation::SetRole(Role::Listener)),
+        ("set_role", Some("speaker")) | ("promote", _) => Ok(Moderation::SetRole(Role::Speaker)),
+        ("set_role", Some("listener")) | ("demote", _) => Ok(Moderation::SetRole(Role::Listener)),
         ("set_role", _) => Err(RequestError::new(
             "bad_request",
             "set_role needs role \"speaker\" or \"listener\"",
             req,
         )),
+        ("kick", _) => {
+            if let Some(r) = &reason {
+                names::check(names::NameKind::Reason, r)
+                    .map_err(|e| RequestError::new("bad_request", e.to_string(), req))?;
+            }
+            Ok(Moderation::Kick { reason })
+        }
         _ => Err(RequestError::new(
             "bad_request",
-            "unknown action: mute, unmute or set_role",
+            "unknown action: mute, unmute, set_role, promote, demote or kick",
             req,
         )),
     }
@@ -226,6 +254,37 @@ mod tests {
                 action: Moderation::SetRole(Role::Speaker)
             })
         );
+        // promote and demote are set_role by another name.
+        for (action, role) in [("promote", Role::Speaker), ("demote", Role::Listener)] {
+            let text = format!(r#"{{"type":"moderate","action":"{action}","peer":4}}"#);
+            assert_eq!(
+                ClientRequest::parse(&text, MAX),
+                Ok(ClientRequest::Moderate {
+                    peer: PeerId(4),
+                    action: Moderation::SetRole(role)
+                })
+            );
+        }
+        assert_eq!(
+            ClientRequest::parse(
+                r#"{"type":"moderate","action":"kick","peer":4,"reason":"off topic"}"#,
+                MAX
+            ),
+            Ok(ClientRequest::Moderate {
+                peer: PeerId(4),
+                action: Moderation::Kick {
+                    reason: Some("off topic".into())
+                }
+            })
+        );
+        assert_eq!(
+            ClientRequest::parse(r#"{"type":"raise_hand"}"#, MAX),
+            Ok(ClientRequest::Hand { raised: true })
+        );
+        assert_eq!(
+            ClientRequest::parse(r#"{"type":"lower_hand"}"#, MAX),
+            Ok(ClientRequest::Hand { raised: false })
+        );
     }
 
     #[test]
@@ -245,6 +304,17 @@ mod tests {
             code(r#"{"type":"moderate","action":"set_role","peer":1}"#),
             "bad_request"
         );
+        // A kick's reason is a short line: no forged log lines, no essays.
+        for reason in [r"a\nFAKE", r"\u202e", ""] {
+            let text =
+                format!(r#"{{"type":"moderate","action":"kick","peer":1,"reason":"{reason}"}}"#);
+            assert_eq!(code(&text), "bad_request", "{reason:?}");
+        }
+        let essay = format!(
+            r#"{{"type":"moderate","action":"kick","peer":1,"reason":"{}"}}"#,
+            "x".repeat(names::MAX_REASON_BYTES + 1)
+        );
+        assert_eq!(code(&essay), "bad_request");
         assert_eq!(code(&"x".repeat(MAX + 1)), "too_large");
         let long_token = format!(
             r#"{{"type":"join","channel":"a","offer":"","token":"{}"}}"#,

@@ -5,6 +5,7 @@
 
 use crate::auth::{self, AuthError, Grants, MAX_TOKEN_LEN};
 use crate::client_request::{ClientRequest, ERROR_CODES};
+use crate::rooms::Moderation;
 use crate::{media_request, names, origin};
 
 /// The key the JWT body signs with.
@@ -23,6 +24,17 @@ pub fn ws_client_message(data: &[u8]) {
                 assert!(names::check_identity(identity).is_ok(), "{ask:?}");
             }
             assert!(ask.token.as_ref().is_none_or(|t| t.len() <= MAX_TOKEN_LEN));
+        }
+        Ok(ClientRequest::Moderate {
+            action: Moderation::Kick {
+                reason: Some(reason),
+            },
+            ..
+        }) => {
+            assert!(
+                names::check(names::NameKind::Reason, &reason).is_ok(),
+                "{reason:?}"
+            );
         }
         Ok(_) => {}
         Err(e) => {
@@ -140,6 +152,9 @@ mod tests {
             &br#"{"type":"join","channel":"lobby","offer":"v=0","role":"speaker"}"#[..],
             br#"{"type":"authorize","channel":"a\nb"}"#,
             br#"{"type":"moderate","action":"set_role","peer":1}"#,
+            br#"{"type":"moderate","action":"kick","peer":1,"reason":"spam"}"#,
+            br#"{"type":"moderate","action":"kick","peer":1,"reason":"a\u2028b"}"#,
+            br#"{"type":"raise_hand"}"#,
             b"\xff\xfe",
             b"",
         ] {

@@ -591,11 +591,13 @@ pub enum Refusal {
     /// A channel name or identity that is empty, too long or has control
     /// characters.
     BadName,
+    /// A hand raised in a channel whose queue of hands is full.
+    HandsFull,
 }
 
 impl Refusal {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Unauthorized,
         Refusal::Forbidden,
         Refusal::RateAddress,
@@ -612,6 +614,7 @@ impl Refusal {
         Refusal::Proxied,
         Refusal::SessionExpired,
         Refusal::BadName,
+        Refusal::HandsFull,
     ];
 
     /// The `reason` label.
@@ -633,6 +636,7 @@ impl Refusal {
             Refusal::Proxied => "proxied",
             Refusal::SessionExpired => "session_expired",
             Refusal::BadName => "bad_name",
+            Refusal::HandsFull => "hands_full",
         }
     }
 }

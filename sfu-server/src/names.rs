@@ -13,6 +13,10 @@ pub const MAX_CHANNEL_BYTES: usize = 128;
 /// Longest identity, in bytes.
 pub const MAX_IDENTITY_BYTES: usize = 128;
 
+/// Longest reason a moderator gives for a kick, in bytes: a sentence, shown
+/// to the member removed and logged.
+pub const MAX_REASON_BYTES: usize = 200;
+
 /// What a name is, for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameKind {
@@ -20,6 +24,8 @@ pub enum NameKind {
     Channel,
     /// A member's identity.
     Identity,
+    /// A moderator's reason for a kick.
+    Reason,
 }
 
 impl NameKind {
@@ -27,6 +33,7 @@ impl NameKind {
         match self {
             NameKind::Channel => "channel name",
             NameKind::Identity => "identity",
+            NameKind::Reason => "reason",
         }
     }
 
@@ -34,6 +41,7 @@ impl NameKind {
         match self {
             NameKind::Channel => MAX_CHANNEL_BYTES,
             NameKind::Identity => MAX_IDENTITY_BYTES,
+            NameKind::Reason => MAX_REASON_BYTES,
         }
     }
 }

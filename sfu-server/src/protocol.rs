@@ -64,16 +64,34 @@ pub enum ClientMsg {
     Leave,
     /// Moderate another member.
     Moderate {
-        /// `"mute"`, `"unmute"` or `"set_role"`.
+        /// `"mute"`, `"unmute"`, `"set_role"`, `"promote"`, `"demote"` or
+        /// `"kick"`.
         action: String,
         /// Target peer.
         peer: u64,
         /// New role for `set_role`.
         #[serde(default)]
         role: Option<String>,
+        /// Why, for `kick` (told to the member removed).
+        #[serde(default)]
+        reason: Option<String>,
     },
+    /// Ask to speak: raise this member's hand.
+    RaiseHand,
+    /// Withdraw the request to speak.
+    LowerHand,
     /// Keep-alive.
     Ping,
+}
+
+/// A raised hand as moderators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandInfo {
+    /// The member's peer id.
+    pub peer: u64,
+    /// Its identity: in a hall past `LISTED_LISTENERS_UP_TO` moderators
+    /// were never told of the listener.
+    pub identity: String,
 }
 
 /// Server → client.
@@ -141,8 +159,11 @@ pub enum ServerMsg {
     MemberLeft {
         /// Their peer id.
         peer: u64,
-        /// `left`, `disconnected`, `timeout` or `failed`.
+        /// `left`, `disconnected`, `timeout`, `failed` or `kicked`.
         reason: String,
+        /// The moderator's words, told to a kicked member alone.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     /// How many members the channel has on this node (sent at most once a
     /// second per channel, when it changed).
@@ -154,6 +175,18 @@ pub enum ServerMsg {
     MemberUpdated {
         /// The member now.
         member: MemberInfo,
+    },
+    /// This member's own hand went up or down (it raised or lowered it,
+    /// or it was promoted).
+    Hand {
+        /// Raised now.
+        raised: bool,
+    },
+    /// The channel's raised hands, in the order they were raised: sent to
+    /// moderators when the queue changed (at most every `HANDS_INTERVAL`).
+    Hands {
+        /// Oldest first.
+        queue: Vec<HandInfo>,
     },
     /// This member's media is connected.
     Connected,

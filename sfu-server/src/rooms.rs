@@ -1,12 +1,14 @@
 //! The room layer: the channels of this node as people see them, and the
 //! rules about them. Who is in which channel with which role and grants;
 //! who is listed; how often member counts go out; what a member joining
-//! late is told about who speaks; who may moderate whom; how many members
-//! a channel and how many channels the node may have.
+//! late is told about who speaks; who may moderate whom; whose hand is
+//! raised; how many members a channel and how many channels the node may
+//! have.
 //!
 //! Sans-IO, like the engine: no clock, no socket, no runtime. Inputs are
 //! method calls (a join the engine accepted, an engine [`Event`], a
-//! moderation, the drain, `now` for the member counts); outputs are
+//! moderation, a hand raised or lowered, the drain, `now` for the member
+//! counts and hand queues); outputs are
 //! plain data: messages addressed to members by their [`PeerId`]
 //! ([`Rooms::take_messages`]), the engine [`Command`] a rule asks for, the
 //! [`Joined`] answer of a join. The worker carries them: it owns each
@@ -21,14 +23,16 @@ use std::time::{Duration, Instant};
 
 use media_core::{Command, Event, LeaveReason, PeerId, Role, SourceId};
 
-use crate::protocol::{MemberInfo, ServerMsg, Voice};
+use crate::protocol::{HandInfo, MemberInfo, ServerMsg, Voice};
 
+mod hands;
 mod member;
 pub mod mode;
 mod moderation;
 #[cfg(test)]
 mod tests;
 
+pub use hands::{HandError, Hands, HANDS_INTERVAL, MAX_RAISED_HANDS};
 pub use member::{role_name, Member, Rights};
 pub use moderation::{ModerateError, Moderation};
 
@@ -130,6 +134,12 @@ struct Room {
     voices: BTreeMap<u32, String>,
     /// When this channel's last `member_count` went out.
     count_sent_at: Option<Instant>,
+    /// Its members who may moderate: they are sent the raised hands.
+    moderators: BTreeSet<PeerId>,
+    /// Its raised hands.
+    hands: Hands,
+    /// When this channel's last `hands` went out.
+    hands_sent_at: Option<Instant>,
 }
 
 /// The channels of a node and their members. See the module documentation.
@@ -143,6 +153,8 @@ pub struct Rooms {
     sources: HashMap<SourceId, PeerId>,
     /// Channels whose member count changed since it was last sent.
     counts_changed: HashSet<String>,
+    /// Channels whose raised hands changed since they were last sent.
+    hands_changed: HashSet<String>,
     /// Shutting down: joins are refused.
     draining: bool,
     /// What joins may create.
@@ -244,11 +256,11 @@ impl Rooms {
         rights: Rights,
     ) {
         tracing::info!(%peer, %channel, %identity, role = role_name(role), "member joined");
-        self.rooms
-            .entry(channel.clone())
-            .or_default()
-            .members
-            .insert(peer);
+        let room = self.rooms.entry(channel.clone()).or_default();
+        room.members.insert(peer);
+        if rights.can_moderate {
+            room.moderators.insert(peer);
+        }
         self.members.insert(
             peer,
             Member {
@@ -259,6 +271,7 @@ impl Rooms {
                 rights,
                 source: None,
                 listed: false,
+                kicked: None,
             },
         );
     }
@@ -339,33 +352,42 @@ impl Rooms {
         &self,
         by: PeerId,
         target: PeerId,
-        action: Moderation,
+        action: &Moderation,
     ) -> Result<Command, ModerateError> {
         let moderator = self.members.get(&by).ok_or(ModerateError::Forbidden)?;
         if !moderator.rights.can_moderate {
             return Err(ModerateError::Forbidden);
         }
-        match self.members.get(&target) {
-            Some(m) if m.channel == moderator.channel => {}
+        let member = match self.members.get(&target) {
+            Some(m) if m.channel == moderator.channel => m,
             _ => return Err(ModerateError::NotFound),
-        }
+        };
         // A moderator hands on only what its own token grants: moderation
         // must not turn a listener-only grant into a way onto the stage.
-        if action == Moderation::SetRole(Role::Speaker) && !moderator.rights.can_publish {
+        if *action == Moderation::SetRole(Role::Speaker) && !moderator.rights.can_publish {
             return Err(ModerateError::BeyondOwnGrant);
         }
         Ok(match action {
             Moderation::Mute(muted) => Command::SetMuted {
                 peer: target,
-                muted,
+                muted: *muted,
             },
-            Moderation::SetRole(role) => Command::SetRole { peer: target, role },
+            Moderation::SetRole(role) => Command::SetRole {
+                peer: target,
+                role: *role,
+            },
+            Moderation::Kick { .. } if member.rights.can_moderate => {
+                return Err(ModerateError::TargetModerates)
+            }
+            Moderation::Kick { .. } => Command::Leave { peer: target },
         })
     }
 
     /// The engine applied a moderation to `target`: record it and tell the
     /// channel. An unlisted listener made a speaker is announced now, as if
-    /// it joined; a change to an unlisted listener is told to it alone.
+    /// it joined; a change to an unlisted listener is told to it alone. A
+    /// promoted member's hand goes down. A kicked member's departure is
+    /// announced when the engine reports it (as `kicked`).
     pub fn handle_moderated(&mut self, target: PeerId, action: Moderation) {
         let Some(m) = self.members.get_mut(&target) else {
             return;
@@ -373,7 +395,19 @@ impl Rooms {
         match action {
             Moderation::Mute(muted) => m.muted = muted,
             Moderation::SetRole(role) => m.role = role,
+            Moderation::Kick { reason } => {
+                tracing::info!(peer = %target, channel = %m.channel, "member kicked");
+                m.kicked = Some(reason.unwrap_or_else(|| "removed by a moderator".into()));
+                return;
+            }
         }
+        if m.role == Role::Speaker {
+            let channel = m.channel.clone();
+            self.lower_hand(target, &channel);
+        }
+        let Some(m) = self.members.get_mut(&target) else {
+            return;
+        };
         let member = m.info(target);
         let msg = if m.listed {
             ServerMsg::MemberUpdated { member }
@@ -388,6 +422,36 @@ impl Rooms {
         if let Some(room) = self.rooms.get(&m.channel) {
             tell_room(&mut self.messages, room, None, msg);
         }
+    }
+
+    /// `peer` raises (or lowers) its hand. Only listeners raise hands;
+    /// raising a raised hand, or lowering a lowered one, changes nothing.
+    /// The member is told its hand's state when it changed; the channel's
+    /// moderators get the queue at the next [`Rooms::poll_hands`].
+    pub fn handle_hand(&mut self, peer: PeerId, raised: bool) -> Result<(), HandError> {
+        let m = self.members.get(&peer).ok_or(HandError::NotJoined)?;
+        if raised && m.role == Role::Speaker {
+            return Err(HandError::AlreadySpeaker);
+        }
+        let channel = m.channel.clone();
+        if raised {
+            let room = self.rooms.get_mut(&channel).ok_or(HandError::NotJoined)?;
+            if room.hands.raise(peer)? {
+                self.hands_changed.insert(channel);
+                self.messages.push((peer, ServerMsg::Hand { raised: true }));
+            }
+        } else {
+            self.lower_hand(peer, &channel);
+        }
+        Ok(())
+    }
+
+    /// The raised hands of `channel`, oldest first.
+    pub fn hands(&self, channel: &str) -> Vec<PeerId> {
+        self.rooms
+            .get(channel)
+            .map(|r| r.hands.queue().collect())
+            .unwrap_or_default()
     }
 
     /// The server drains for shutdown: refuse joins from now on and tell
@@ -418,14 +482,41 @@ impl Rooms {
             let Some(room) = rooms.get_mut(channel) else {
                 return false;
             };
-            let due = room.count_sent_at.map(|t| t + MEMBER_COUNT_INTERVAL);
-            if let Some(at) = due.filter(|at| *at > now) {
+            if let Err(at) = throttle(&mut room.count_sent_at, MEMBER_COUNT_INTERVAL, now) {
                 next = Some(next.map_or(at, |n| n.min(at)));
                 return true;
             }
-            room.count_sent_at = Some(now);
             let count = room.members.len();
             tell_room(messages, room, None, ServerMsg::MemberCount { count });
+            false
+        });
+        next
+    }
+
+    /// Queues the raised-hand queues that changed, to their channel's
+    /// moderators, when the channel's [`HANDS_INTERVAL`] passed; returns
+    /// when the next one is due (`None`: none is waiting).
+    pub fn poll_hands(&mut self, now: Instant) -> Option<Instant> {
+        let Rooms {
+            rooms,
+            members,
+            hands_changed,
+            messages,
+            ..
+        } = self;
+        let mut next: Option<Instant> = None;
+        hands_changed.retain(|channel| {
+            let Some(room) = rooms.get_mut(channel) else {
+                return false;
+            };
+            if let Err(at) = throttle(&mut room.hands_sent_at, HANDS_INTERVAL, now) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                return true;
+            }
+            let msg = hands_message(members, &room.hands);
+            for peer in &room.moderators {
+                messages.push((*peer, msg.clone()));
+            }
             false
         });
         next
@@ -487,6 +578,11 @@ impl Rooms {
             let msg = ServerMsg::MemberJoined { member };
             tell_room(&mut self.messages, room, Some(peer), msg);
         }
+        // A moderator who joins late learns who waits to speak.
+        if room.moderators.contains(&peer) && room.hands.queue().next().is_some() {
+            let msg = hands_message(&self.members, &room.hands);
+            self.messages.push((peer, msg));
+        }
         self.counts_changed.insert(channel);
         Some(joined)
     }
@@ -502,24 +598,49 @@ impl Rooms {
         if let Some(source) = m.source {
             self.sources.remove(&source);
         }
-        let msg = ServerMsg::MemberLeft {
-            peer: peer.0,
-            reason: leave_reason_name(reason).to_string(),
+        let reason = match m.kicked {
+            Some(_) => "kicked",
+            None => leave_reason_name(reason),
         };
-        self.messages.push((peer, msg.clone()));
+        let left = |message| ServerMsg::MemberLeft {
+            peer: peer.0,
+            reason: reason.to_string(),
+            message,
+        };
+        // The moderator's words are for the member removed alone.
+        self.messages.push((peer, left(m.kicked)));
+        let msg = left(None);
         let Some(room) = self.rooms.get_mut(&m.channel) else {
             return;
         };
         room.members.remove(&peer);
+        room.moderators.remove(&peer);
         if room.members.is_empty() {
             self.rooms.remove(&m.channel);
             self.counts_changed.remove(&m.channel);
+            self.hands_changed.remove(&m.channel);
             return;
+        }
+        if room.hands.lower(peer) {
+            self.hands_changed.insert(m.channel.clone());
         }
         if m.listed {
             tell_room(&mut self.messages, room, None, msg);
         }
         self.counts_changed.insert(m.channel);
+    }
+
+    /// Lowers `peer`'s hand in `channel`; when it was up, the member is
+    /// told and the channel's moderators will be.
+    fn lower_hand(&mut self, peer: PeerId, channel: &str) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        if room.hands.lower(peer) {
+            self.hands_changed.insert(channel.to_string());
+            self.messages
+                .push((peer, ServerMsg::Hand { raised: false }));
+        }
     }
 
     /// Queues `msg` for `peer` if it is a member.
@@ -548,6 +669,36 @@ fn tell_room(
             messages.push((*peer, msg.clone()));
         }
     }
+}
+
+/// `Ok` (and the time noted as `sent_at`) when a message sent at most
+/// every `interval` may go out at `now`; else when it may.
+fn throttle(
+    sent_at: &mut Option<Instant>,
+    interval: Duration,
+    now: Instant,
+) -> Result<(), Instant> {
+    match sent_at.map(|t| t + interval) {
+        Some(at) if at > now => Err(at),
+        _ => {
+            *sent_at = Some(now);
+            Ok(())
+        }
+    }
+}
+
+/// The `hands` message of a queue: peers with their identities.
+fn hands_message(members: &HashMap<PeerId, Member>, hands: &Hands) -> ServerMsg {
+    let queue = hands
+        .queue()
+        .filter_map(|p| {
+            members.get(&p).map(|m| HandInfo {
+                peer: p.0,
+                identity: m.identity.clone(),
+            })
+        })
+        .collect();
+    ServerMsg::Hands { queue }
 }
 
 /// How the protocol names why a member left.

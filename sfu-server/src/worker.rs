@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
-use crate::rooms::{Joined, ModerateError, Moderation, RoomLimits, RoomRefusal};
+use crate::rooms::{HandError, Joined, ModerateError, Moderation, RoomLimits, RoomRefusal};
 
 mod events;
 mod relay;
@@ -87,6 +87,12 @@ enum Request {
         target: PeerId,
         action: Moderation,
         reply: oneshot::Sender<Result<(), ModerateError>>,
+    },
+    /// A member raises (or lowers) its hand.
+    Hand {
+        peer: PeerId,
+        raised: bool,
+        reply: oneshot::Sender<Result<(), HandError>>,
     },
     Snapshot(oneshot::Sender<Snapshot>),
     /// Graceful shutdown: refuse joins, tell members to move by then.
@@ -218,6 +224,20 @@ impl Worker {
             .await
             .map_err(|_| ModerateError::WorkerGone)?;
         rx.await.map_err(|_| ModerateError::WorkerGone)?
+    }
+
+    /// `peer` raises (`raised`) or lowers its hand.
+    pub async fn hand(&self, peer: PeerId, raised: bool) -> Result<(), HandError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Hand {
+                peer,
+                raised,
+                reply,
+            })
+            .await
+            .map_err(|_| HandError::WorkerGone)?;
+        rx.await.map_err(|_| HandError::WorkerGone)?
     }
 
     /// Counters for `/metrics`.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::client_request::{Ask, ClientRequest};
 use crate::metrics::Refusal;
 use crate::protocol::ServerMsg;
-use crate::rooms::{ModerateError, Moderation};
+use crate::rooms::{HandError, ModerateError, Moderation};
 use crate::state::{unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
 use crate::worker::{
     member_events, EventSink, JoinError, JoinRequest, MemberEvents, Signaling, Worker,
@@ -246,6 +246,7 @@ impl Session {
             ClientRequest::Authorize(ask) => Some(self.authorize(ask)),
             ClientRequest::Join { ask, offer } => Some(self.join(ask, offer).await),
             ClientRequest::Moderate { peer, action } => self.moderate(peer, action).await,
+            ClientRequest::Hand { raised } => self.hand(raised).await,
         }
     }
 
@@ -390,8 +391,11 @@ impl Session {
                 "your token does not allow moderation",
                 req,
             )),
-            Err(e @ ModerateError::BeyondOwnGrant) => {
+            Err(e @ (ModerateError::BeyondOwnGrant | ModerateError::TargetModerates)) => {
                 Some(ServerMsg::error("forbidden", e.to_string(), req))
+            }
+            Err(e @ ModerateError::CannotSpeak) => {
+                Some(ServerMsg::error("cannot_speak", e.to_string(), req))
             }
             Err(ModerateError::NotFound) => Some(ServerMsg::error(
                 "not_found",
@@ -400,6 +404,29 @@ impl Session {
             )),
             Err(e) => Some(ServerMsg::error("bad_request", e.to_string(), req)),
         }
+    }
+
+    /// `raise_hand` / `lower_hand`: success is seen as the `hand` message
+    /// (none when nothing changed).
+    async fn hand(&mut self, raised: bool) -> Option<ServerMsg> {
+        let req = Some(if raised { "raise_hand" } else { "lower_hand" });
+        let Some(j) = &self.membership else {
+            return Some(ServerMsg::error("not_joined", "join a channel first", req));
+        };
+        let e = match j.worker.hand(j.peer, raised).await {
+            Ok(()) => return None,
+            Err(e) => e,
+        };
+        let code = match e {
+            HandError::NotJoined => "not_joined",
+            HandError::AlreadySpeaker => "already_speaker",
+            HandError::Full(_) => {
+                self.state.refusals.count(Refusal::HandsFull);
+                "hands_full"
+            }
+            HandError::WorkerGone => "internal",
+        };
+        Some(ServerMsg::error(code, e.to_string(), req))
     }
 }
 

@@ -6,6 +6,10 @@
 //   await voice.join({ channel: "lobby", identity: "alice" });
 //
 // Events (CustomEvent, payload in `detail`):
+//   grants   {can_publish, can_subscribe, can_moderate}  what the token allows
+//                                              (from `authorized`, before the offer)
+//   state    "connecting" | "connected" | "disconnected" | "failed" | "closed"
+//                                              the media connection's state
 //   joined   {peer, source, slots, members}   the join succeeded
 //   members  [member, ...]                     the member list changed (large
 //                                              channels list speakers only)
@@ -14,15 +18,26 @@
 //   dominant peer | null                       the dominant speaker changed
 //   slot     {slot, mid, peer, source}         whose voice plays in a slot
 //   connected                                   media (ICE + DTLS) is up
+//   levels   [{peer, source, level}, ...]       voices heard in the last second
+//                                              and their audio level (0..1, from
+//                                              the receivers' contributing sources;
+//                                              peer null for other nodes' voices)
+//   hand     {raised}                           our own hand went up or down
+//   hands    [{peer, identity}, ...]            raised hands, oldest first
+//                                              (moderators only)
 //   error    {code, message, request}          a refusal from the server
 //   shutdown {reason, deadline_ms}             the server drains; we leave
-//   left     {reason}                          no longer in the channel: "left"
+//   left     {reason, message}                 no longer in the channel: "left"
 //            (leave()), "shutdown", "expired" (the token expired),
 //            "disconnected" (socket lost), or the server's member_left
-//            reason ("timeout", "failed", ...)
+//            reason ("timeout", "failed", "kicked" with the moderator's
+//            words in `message`, ...)
 
 /** Receive slots offered: the server's default `slots`. It may grant fewer. */
 const DEFAULT_SLOTS = 3;
+
+/** How often the voices' levels are read from the receivers (ms). */
+const LEVEL_INTERVAL_MS = 150;
 
 export class VoiceClient extends EventTarget {
   /**
@@ -45,6 +60,15 @@ export class VoiceClient extends EventTarget {
     this.micMuted = false;
     this.audio = []; // <audio> elements we created
     this.joining = false;
+    this.grants = null; // from `authorized`
+    this.handRaised = false;
+    this.hands = []; // raised hands, when we moderate
+    this.levelTimer = null;
+  }
+
+  /** Whether we offered a microphone line (and so may be promoted). */
+  get hasMic() {
+    return this.mic !== null;
   }
 
   get joined() {
@@ -58,13 +82,16 @@ export class VoiceClient extends EventTarget {
    * answers with the ICE servers, TURN credentials included, for token
    * holders only), the offer made with those servers, then `join`.
    */
-  async join({ channel, token, identity, role = "speaker" }) {
+  async join({ channel, token, identity, role = "speaker", mic = role !== "listener" }) {
     if (this.ws || this.joining) throw new Error("already joined or joining: leave first");
     this.joining = true;
     try {
       // The microphone before the socket: a permission prompt may take a
       // while, and the server closes sessions that do not join in time.
-      if (role !== "listener") {
+      // A listener who may want the stage (raise a hand, be promoted)
+      // offers it too (`mic: true`): the server routes nothing from it
+      // until a moderator promotes it.
+      if (mic) {
         this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
       }
       const ws = (this.ws = new WebSocket(this.url));
@@ -89,8 +116,18 @@ export class VoiceClient extends EventTarget {
       if (role) ask.role = role;
       if (identity) ask.identity = identity;
       const authorized = await this.#request(ask, "authorized", "authorize");
+      this.grants = {
+        can_publish: authorized.can_publish,
+        can_subscribe: authorized.can_subscribe,
+        can_moderate: authorized.can_moderate,
+      };
+      this.#emit("grants", this.grants);
 
       const pc = (this.pc = new RTCPeerConnection({ iceServers: authorized.ice_servers ?? [] }));
+      this.#emit("state", "connecting");
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState !== "new") this.#emit("state", pc.connectionState);
+      };
       if (this.mic) {
         const track = this.mic.getAudioTracks()[0];
         track.enabled = !this.micMuted;
@@ -98,8 +135,9 @@ export class VoiceClient extends EventTarget {
         // receive on as the microphone, so it must come before the slots.
         pc.addTransceiver(track, { direction: "sendonly", streams: [this.mic] });
       }
-      // A listener offers no mic m-line at all (and is never asked for the
-      // microphone); a moderator's set_role to speaker then needs a rejoin.
+      // A listener without `mic` offers no mic m-line at all (and is never
+      // asked for the microphone): a moderator's promotion is then refused
+      // (`cannot_speak`) and it must join again with one.
       // One recvonly m-line per slot: the server rewrites whichever voices it
       // selects into these fixed streams, so no renegotiation ever happens.
       for (let i = 0; i < this.slotCount; i++) {
@@ -117,6 +155,7 @@ export class VoiceClient extends EventTarget {
 
       const reply = await this.#request(msg, "joined", "join");
       await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+      this.levelTimer = setInterval(() => this.#readLevels(), LEVEL_INTERVAL_MS);
       return reply;
     } catch (err) {
       this.#teardown(null);
@@ -146,11 +185,59 @@ export class VoiceClient extends EventTarget {
     for (const t of this.mic?.getAudioTracks() ?? []) t.enabled = !this.micMuted;
   }
 
-  /** Server-side moderation (needs the `can_moderate` grant). */
-  moderate(action, peer, role) {
+  /**
+   * Server-side moderation (needs the `can_moderate` grant): `action` is
+   * "mute", "unmute", "set_role" (with `role`), "promote", "demote" or
+   * "kick" (with an optional `reason`).
+   */
+  moderate(action, peer, { role, reason } = {}) {
     const msg = { type: "moderate", action, peer };
     if (role) msg.role = role;
+    if (reason) msg.reason = reason;
     this.#send(msg);
+  }
+
+  /** Asks to speak (listeners); the `hand` event confirms it. */
+  raiseHand() {
+    this.#send({ type: "raise_hand" });
+  }
+
+  /** Withdraws the request to speak. */
+  lowerHand() {
+    this.#send({ type: "lower_hand" });
+  }
+
+  /** Moderators: let `peer` speak (its hand goes down). */
+  promote(peer) {
+    this.moderate("promote", peer);
+  }
+
+  /** Moderators: make `peer` a listener again. */
+  demote(peer) {
+    this.moderate("demote", peer);
+  }
+
+  /** Moderators: remove `peer` from the channel, telling it `reason`. */
+  kick(peer, reason) {
+    this.moderate("kick", peer, { reason });
+  }
+
+  /**
+   * Reads the level of every voice the slots carried in the last second:
+   * the server names each voice by its CSRC (a member's `source`).
+   */
+  #readLevels() {
+    if (!this.pc) return;
+    const bySource = new Map([...this.members.values()].map((m) => [m.source, m.peer]));
+    const now = performance.timeOrigin + performance.now();
+    const levels = [];
+    for (const rx of this.pc.getReceivers()) {
+      for (const c of rx.getContributingSources?.() ?? []) {
+        if (now - c.timestamp > 1000) continue;
+        levels.push({ peer: bySource.get(c.source) ?? null, source: c.source, level: c.audioLevel ?? 0 });
+      }
+    }
+    this.#emit("levels", levels);
   }
 
   #send(msg) {
@@ -212,8 +299,8 @@ export class VoiceClient extends EventTarget {
         this.#emitMembers();
         break;
       case "member_left":
-        // Our own departure (ICE lost, timeout) ends the membership too.
-        if (m.peer === this.peer) return this.#teardown(m.reason);
+        // Our own departure (ICE lost, timeout, kicked) ends the membership too.
+        if (m.peer === this.peer) return this.#teardown(m.reason, m.message);
         this.members.delete(m.peer);
         this.speakers = this.speakers.filter((p) => p !== m.peer);
         this.#emitMembers();
@@ -231,6 +318,14 @@ export class VoiceClient extends EventTarget {
         break;
       case "connected":
         this.#emit("connected", null);
+        break;
+      case "hand":
+        this.handRaised = m.raised;
+        this.#emit("hand", { raised: m.raised });
+        break;
+      case "hands":
+        this.hands = m.queue;
+        this.#emit("hands", m.queue);
         break;
       case "error":
         this.#emit("error", { code: m.code, message: m.message, request: m.request });
@@ -259,7 +354,9 @@ export class VoiceClient extends EventTarget {
   }
 
   /** Releases everything; emits `left` when we were in a channel (reason set). */
-  #teardown(reason) {
+  #teardown(reason, message) {
+    clearInterval(this.levelTimer);
+    this.levelTimer = null;
     const ws = this.ws;
     this.ws = null;
     if (ws) {
@@ -277,8 +374,10 @@ export class VoiceClient extends EventTarget {
     this.members.clear();
     this.speakers = [];
     this.dominant = null;
+    this.handRaised = false;
+    this.hands = [];
     if (wasJoined) this.#emitMembers();
-    if (wasJoined && reason) this.#emit("left", { reason });
+    if (wasJoined && reason) this.#emit("left", { reason, message });
   }
 
   #emitMembers() {

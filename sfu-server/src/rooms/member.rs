@@ -25,6 +25,9 @@ pub struct Member {
     /// The others were told about this member (`member_joined`), so they
     /// are told when it changes or leaves.
     pub listed: bool,
+    /// A moderator removed it, with these words: its departure is announced
+    /// as `kicked`, and the words told to it.
+    pub kicked: Option<String>,
 }
 
 /// The grants of a member's token that room rules look at.

@@ -7,6 +7,8 @@ use media_core::{Command, Event, LeaveReason, PeerId, Role, SourceId};
 
 use super::*;
 
+mod hall;
+
 /// Every member's voice in these tests: 1000 + its peer id.
 fn voice_of(peer: u64) -> SourceId {
     SourceId(1000 + peer as u32)
@@ -148,7 +150,7 @@ fn a_listener_made_speaker_is_announced_then() {
     sent(&mut rooms);
     let unlisted = PeerId(103); // l101
     let command = rooms
-        .moderation(PeerId(1), unlisted, Moderation::SetRole(Role::Speaker))
+        .moderation(PeerId(1), unlisted, &Moderation::SetRole(Role::Speaker))
         .unwrap();
     assert!(matches!(
         command,
@@ -209,7 +211,8 @@ fn unlisted_leavers_are_counted_not_announced() {
             PeerId(102),
             ServerMsg::MemberLeft {
                 peer: 102,
-                reason: "left".into()
+                reason: "left".into(),
+                message: None,
             }
         )],
         "only the leaver itself is told (its session ends on it)"
@@ -236,14 +239,15 @@ fn listed_leavers_are_announced_to_everyone() {
         to(&sent, 7),
         [ServerMsg::MemberLeft {
             peer: 7,
-            reason: "disconnected".into()
+            reason: "disconnected".into(),
+            message: None,
         }]
     );
     assert!(rooms.member(PeerId(7)).is_none());
     leave(&mut rooms, 8, LeaveReason::ConnectTimeout);
     assert!(matches!(
         &to(&self::sent(&mut rooms), 1)[..],
-        [ServerMsg::MemberLeft { peer: 8, reason }] if reason == "timeout"
+        [ServerMsg::MemberLeft { peer: 8, reason, .. }] if reason == "timeout"
     ));
 }
 
@@ -374,7 +378,7 @@ fn moderation_needs_the_grant_and_a_target_in_the_same_channel() {
     let mute = Moderation::Mute(true);
     let check = |by: u64, target: u64| {
         rooms
-            .moderation(PeerId(by), PeerId(target), mute)
+            .moderation(PeerId(by), PeerId(target), &mute)
             .map(|_| ())
     };
     assert_eq!(check(3, 2), Err(ModerateError::Forbidden), "no grant");
@@ -382,7 +386,7 @@ fn moderation_needs_the_grant_and_a_target_in_the_same_channel() {
     assert_eq!(check(1, 4), Err(ModerateError::NotFound), "other channel");
     assert_eq!(check(4, 2), Err(ModerateError::NotFound), "other channel");
     assert_eq!(check(1, 999), Err(ModerateError::NotFound), "nobody");
-    let command = rooms.moderation(PeerId(1), PeerId(2), mute).unwrap();
+    let command = rooms.moderation(PeerId(1), PeerId(2), &mute).unwrap();
     assert!(matches!(
         command,
         Command::SetMuted {
@@ -396,7 +400,7 @@ fn moderation_needs_the_grant_and_a_target_in_the_same_channel() {
     );
     assert!(sent(&mut rooms).is_empty());
 
-    rooms.handle_moderated(PeerId(2), mute);
+    rooms.handle_moderated(PeerId(2), mute.clone());
     assert!(rooms.member(PeerId(2)).unwrap().muted);
     let sent = sent(&mut rooms);
     for peer in 1..=3 {
@@ -429,15 +433,15 @@ fn moderators_grant_no_role_their_own_token_lacks() {
     join(&mut rooms, 2, "a", "l", Role::Listener);
     join(&mut rooms, 3, "a", "s", Role::Speaker);
     join_with(&mut rooms, 4, "a", "host", Role::Speaker, MODERATOR);
-    let by = |m: u64, t: u64, a: Moderation| rooms.moderation(PeerId(m), PeerId(t), a).map(|_| ());
+    let by = |m: u64, t: u64, a: &Moderation| rooms.moderation(PeerId(m), PeerId(t), a).map(|_| ());
     let speaker = Moderation::SetRole(Role::Speaker);
-    assert_eq!(by(1, 2, speaker), Err(ModerateError::BeyondOwnGrant));
-    assert_eq!(by(1, 1, speaker), Err(ModerateError::BeyondOwnGrant));
-    assert_eq!(by(1, 3, Moderation::SetRole(Role::Listener)), Ok(()));
-    assert_eq!(by(1, 3, Moderation::Mute(true)), Ok(()));
-    assert_eq!(by(1, 3, Moderation::Mute(false)), Ok(()));
+    assert_eq!(by(1, 2, &speaker), Err(ModerateError::BeyondOwnGrant));
+    assert_eq!(by(1, 1, &speaker), Err(ModerateError::BeyondOwnGrant));
+    assert_eq!(by(1, 3, &Moderation::SetRole(Role::Listener)), Ok(()));
+    assert_eq!(by(1, 3, &Moderation::Mute(true)), Ok(()));
+    assert_eq!(by(1, 3, &Moderation::Mute(false)), Ok(()));
     // A moderator that may publish may promote.
-    assert_eq!(by(4, 2, speaker), Ok(()));
+    assert_eq!(by(4, 2, &speaker), Ok(()));
 }
 
 /// Joins beyond a channel's maximum of members, or that would open a

@@ -37,7 +37,7 @@ use super::{udp, JoinError, JoinRequest, Request};
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
-use crate::rooms::{Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms};
+use crate::rooms::{HandError, Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms};
 
 /// `recvmmsg` calls per wake-up at most (each up to [`udp::BATCH`]
 /// datagrams) before requests and timers get their turn.
@@ -222,7 +222,9 @@ impl Task {
     /// now, when its last copy has been handed to the socket.
     fn flush(&mut self) -> Instant {
         self.poll_engine();
-        let counts_due = self.rooms.poll_member_counts(Instant::now());
+        let now = Instant::now();
+        let counts_due = self.rooms.poll_member_counts(now);
+        let hands_due = self.rooms.poll_hands(now);
         self.deliver();
         // A dropped member's departure is news for the others, whose queues
         // may be full too: until nobody else is dropped.
@@ -243,7 +245,10 @@ impl Task {
         self.snapshot.send_drops = self.outbox.drops;
         self.snapshot.send_calls = self.outbox.calls;
         self.snapshot.stats = self.engine.stats().clone();
-        counts_due.map_or(self.engine_deadline, |at| at.min(self.engine_deadline))
+        [counts_due, hands_due]
+            .into_iter()
+            .flatten()
+            .fold(self.engine_deadline, Instant::min)
     }
 
     /// Polls the engine until its next timeout (kept in `engine_deadline`).
@@ -361,6 +366,13 @@ impl Task {
                 reply,
             } => {
                 let _ = reply.send(self.moderate(by, target, action));
+            }
+            Request::Hand {
+                peer,
+                raised,
+                reply,
+            } => {
+                let _ = reply.send(self.hand(peer, raised));
             }
             Request::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
@@ -486,10 +498,18 @@ impl Task {
         target: PeerId,
         action: Moderation,
     ) -> Result<(), ModerateError> {
-        let command = self.rooms.moderation(by, target, action)?;
-        self.command(command)
-            .map_err(|e| ModerateError::Refused(e.to_string()))?;
+        let command = self.rooms.moderation(by, target, &action)?;
+        self.command(command).map_err(|e| match e {
+            media_core::Error::CannotSpeak(_) => ModerateError::CannotSpeak,
+            e => ModerateError::Refused(e.to_string()),
+        })?;
         self.rooms.handle_moderated(target, action);
+        self.deliver();
+        Ok(())
+    }
+
+    fn hand(&mut self, peer: PeerId, raised: bool) -> Result<(), HandError> {
+        self.rooms.handle_hand(peer, raised)?;
         self.deliver();
         Ok(())
     }

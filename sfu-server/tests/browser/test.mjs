@@ -2,7 +2,8 @@
 // client module (sfu-client.js) and WHIP/WHEP against a running sfu-server,
 // in two independent WebRTC stacks: Chromium and Firefox pages join the same
 // channel and hear each other, then a page of each publishes over WHIP and
-// a page of each listens over WHEP.
+// a page of each listens over WHEP; and the lecture hall: a listener raises
+// its hand, a moderator promotes it, the others hear it, demoted they do not.
 //
 // Run by scripts/browser-test.sh, which starts the server and this test in a
 // network namespace with loopback addresses only (test packets stay on
@@ -31,6 +32,7 @@ const FIREFOX_PAGES = Number(process.env.FIREFOX_PAGES ?? 2);
 const PAGES = CHROMIUM_PAGES + FIREFOX_PAGES;
 const CHANNEL = `browser-test-${process.pid}`;
 const WHIP_CHANNEL = `whip-test-${process.pid}`;
+const HALL_CHANNEL = `hall-test-${process.pid}`;
 const WHEP_SLOTS = 3;
 
 refuseForeignInterfaces("scripts/browser-test.sh");
@@ -201,6 +203,62 @@ try {
         }),
       ),
     );
+  });
+
+  await check("hall: a listener raises its hand, the moderator promotes it, others hear it; demoted, they do not", async () => {
+    // The server runs with dev_moderation (scripts/browser-test.sh): every
+    // page may moderate. The asker is a listener who offered its microphone.
+    const hall = {};
+    await Promise.all(
+      [["hall-moderator", "speaker"], ["hall-asker", "listener"], ["hall-hearer", "listener"]].map(async ([name, role]) => {
+        const p = await run.openPage(name);
+        await joinDemoPage(p, { base: BASE, channel: HALL_CHANNEL, identity: name, role });
+        hall[name] = p;
+      }),
+    );
+    const { "hall-moderator": mod, "hall-asker": asker, "hall-hearer": hearer } = hall;
+    await Promise.all(Object.values(hall).map((p) => mediaConnected(p)));
+    const source = await asker.page.evaluate(() => window.voice.members.get(window.voice.peer).source);
+    // In-page: when each voice (CSRC) last arrived, polled often.
+    for (const p of [mod, hearer]) {
+      await p.page.evaluate(() => {
+        window.lastHeard = {};
+        setInterval(() => {
+          for (const rx of window.voice.pc?.getReceivers() ?? []) {
+            for (const c of rx.getContributingSources()) window.lastHeard[c.source] = c.timestamp;
+          }
+        }, 50);
+      });
+    }
+    const heardSince = (p, since) => p.page.evaluate(({ source, since }) => (window.lastHeard[source] ?? 0) > since, { source, since });
+    const pageNow = (p) => p.page.evaluate(() => performance.timeOrigin + performance.now());
+
+    await asker.page.click("#hand");
+    await until("the asker's button says its hand is up", async () => (await asker.page.textContent("#hand")) === "Lower hand");
+    const row = `#hands li[data-peer="${asker.peer}"]`;
+    await until("the moderator sees the raised hand", () => mod.page.$(row));
+    const promotedAt = { mod: await pageNow(mod), hearer: await pageNow(hearer) };
+    await mod.page.click(`${row} button.promote`);
+    await until("the hand goes down and the queue empties", async () => {
+      const [button, hands] = [await asker.page.isHidden("#hand"), await mod.page.$$("#hands li")];
+      return button && hands.length === 0 ? true : { notYet: true, button, hands: hands.length };
+    });
+    for (const [p, since] of [[mod, promotedAt.mod], [hearer, promotedAt.hearer]]) {
+      await until(`${p.name} receives the promoted voice ${source}`, () => heardSince(p, since));
+    }
+    log(`hall: peer ${asker.peer} raised its hand, was promoted, and its voice ${source} reached the moderator and the hearer`);
+
+    await mod.page.click(`#members li[data-peer="${asker.peer}"] button.demote`);
+    await until("the moderator's list shows the asker listening", async () => {
+      const tags = await mod.page.textContent(`#members li[data-peer="${asker.peer}"] .tags`);
+      return /^listener/.test(tags) ? tags : { notYet: true, tags };
+    });
+    // Packets on their way when the demotion applied may still land; after
+    // that nothing of the voice may arrive for a second and a half.
+    const settled = (await pageNow(hearer)) + 300;
+    await until("a quiet 1.5 s", async () => ((await pageNow(hearer)) > settled + 1500 ? true : { notYet: true }));
+    if (await heardSince(hearer, settled)) throw new Error(`the hearer still receives voice ${source} after the demotion`);
+    log(`hall: demoted, voice ${source} stopped reaching the hearer`);
   });
 
   await check("client: no uncaught errors in the pages", async () => {

@@ -1,0 +1,156 @@
+//! The lecture hall end to end, over real UDP and WebSocket on 127.0.0.1:
+//! a listener raises its hand, a moderator sees it and promotes it, another
+//! member decodes its voice; demoted, its voice stops reaching others; a
+//! kicked member is told why and removed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use sfu_server::auth::{mint, Grants};
+use sfu_server::state::unix_now;
+use sfu_server::Config;
+use testkit::client::ClientSpec;
+use testkit::udp::UdpPeer;
+
+const SECRET: &str = "hall-test-secret-hall-test-secret-hall";
+
+/// A token for `sub` in channel `hall`.
+fn token(sub: &str, publish: bool, moderate: bool) -> String {
+    mint(
+        SECRET.as_bytes(),
+        &Grants {
+            sub: sub.into(),
+            channel: "hall".into(),
+            can_publish: publish,
+            can_subscribe: true,
+            can_moderate: moderate,
+            exp: unix_now() + 600,
+            jti: None,
+        },
+    )
+}
+
+/// Receives `hands` messages until one with exactly `want` (peer ids).
+async fn hands_until(ws: &mut Ws, want: &[u64]) {
+    loop {
+        let m = ws.recv_type("hands").await;
+        let queue: Vec<u64> = m["queue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["peer"].as_u64().unwrap())
+            .collect();
+        if queue == want {
+            return;
+        }
+    }
+}
+
+/// Receives until the `member_updated` of `peer` with `role`.
+async fn role_until(ws: &mut Ws, peer: u64, role: &str) -> Value {
+    loop {
+        let m = ws.recv_type("member_updated").await;
+        if m["member"]["peer"] == peer && m["member"]["role"] == role {
+            return m;
+        }
+    }
+}
+
+/// Sends `msg` and returns the next `error`'s code.
+async fn refused(ws: &mut Ws, msg: Value) -> String {
+    ws.send(msg).await;
+    ws.recv_type("error").await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits until `peer` decoded `frames` frames of `tone` that arrived after
+/// `from`; returns the tones it decoded in at least one frame since then.
+fn heard_after(peer: &UdpPeer, from: Instant, tone: usize, frames: usize) -> Vec<usize> {
+    let end = Instant::now() + LIMIT;
+    let ok = peer.wait_until(end, |c| c.tones_heard(from, end, frames).contains(&tone));
+    assert!(ok, "tone {tone} heard for {frames} frames after {from:?}");
+    let tones = peer.lock().tones_heard(from, Instant::now(), 1);
+    tones.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_hand_is_promoted_heard_demoted_and_a_member_kicked() {
+    let server = server(Config {
+        auth_secret: Some(SECRET.into()),
+        ..config()
+    })
+    .await;
+    let host_grants = json!({"token": token("host", true, true)});
+    let (mut ws_host, host, joined_host) =
+        ws_member(&server, "hall", "host", ClientSpec::speaker(0), host_grants).await;
+    // Ann listens, with a microphone line offered so that she can be
+    // promoted; her token does not let her publish on her own.
+    let ann_grants = json!({"token": token("ann", false, false), "role": "listener"});
+    let (mut ws_ann, ann, joined_ann) =
+        ws_member(&server, "hall", "ann", ClientSpec::speaker(1), ann_grants).await;
+    let bob_grants = json!({"token": token("bob", false, false), "role": "listener"});
+    let (mut ws_bob, bob, joined_bob) =
+        ws_member(&server, "hall", "bob", ClientSpec::listener(), bob_grants).await;
+    let ann_peer = joined_ann["peer"].as_u64().unwrap();
+    let bob_peer = joined_bob["peer"].as_u64().unwrap();
+
+    // Both talk; only the host's voice is routed while Ann listens.
+    host.set_talking(true);
+    ann.set_talking(true);
+    assert!(hears(&bob, &[0], 25), "bob hears the host, not ann");
+
+    ws_ann.send(json!({"type": "raise_hand"})).await;
+    assert_eq!(ws_ann.recv_type("hand").await["raised"], true);
+    hands_until(&mut ws_host, &[ann_peer]).await;
+    // A listener is not a moderator.
+    let promote_ann = json!({"type": "moderate", "action": "promote", "peer": ann_peer});
+    assert_eq!(refused(&mut ws_bob, promote_ann.clone()).await, "forbidden");
+
+    ws_host.send(promote_ann).await;
+    role_until(&mut ws_host, ann_peer, "speaker").await;
+    let promoted = Instant::now();
+    assert_eq!(ws_ann.recv_type("hand").await["raised"], false);
+    hands_until(&mut ws_host, &[]).await;
+    let heard = heard_after(&bob, promoted, 1, 25);
+    assert!(heard.contains(&0) && heard.contains(&1), "{heard:?}");
+
+    // A member whose offer had no microphone line cannot be promoted.
+    let promote_bob = json!({"type": "moderate", "action": "promote", "peer": bob_peer});
+    assert_eq!(refused(&mut ws_host, promote_bob).await, "cannot_speak");
+
+    ws_host
+        .send(json!({"type": "moderate", "action": "demote", "peer": ann_peer}))
+        .await;
+    role_until(&mut ws_host, ann_peer, "listener").await;
+    // Packets already on their way when the demotion applied may still land.
+    let settled = Instant::now() + Duration::from_millis(200);
+    let heard = heard_after(&bob, settled, 0, 25);
+    assert_eq!(heard, [0], "after the demotion bob hears the host alone");
+
+    // Moderators are not kicked; members are, and are told why.
+    let kick_host = json!({"type": "moderate", "action": "kick", "peer": joined_host["peer"]});
+    assert_eq!(refused(&mut ws_host, kick_host).await, "forbidden");
+    ws_host
+        .send(json!({"type": "moderate", "action": "kick", "peer": bob_peer, "reason": "heckling"}))
+        .await;
+    let own = ws_bob.recv_type("member_left").await;
+    assert_eq!(
+        (&own["peer"], &own["reason"], &own["message"]),
+        (&json!(bob_peer), &json!("kicked"), &json!("heckling"))
+    );
+    let seen = ws_ann.recv_type("member_left").await;
+    assert_eq!(
+        (&seen["peer"], &seen["reason"]),
+        (&json!(bob_peer), &json!("kicked"))
+    );
+    assert!(seen.get("message").is_none(), "the words are for bob alone");
+    assert_eq!(
+        refused(&mut ws_bob, json!({"type": "raise_hand"})).await,
+        "not_joined"
+    );
+}
