@@ -76,16 +76,9 @@ pids=()
 loadgen_pid=""
 failed=1
 
-# Stops one process we started: TERM, then KILL if it is still there after 3 s.
-stop() {
-  kill "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 30); do
-    kill -0 "$1" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
+# stop: TERM, then KILL if the process is still there after 5 s.
+# shellcheck source=lib/processes.sh
+. scripts/lib/processes.sh
 cleanup() {
   set +e
   trap - EXIT INT TERM
