@@ -63,6 +63,23 @@ pub enum Command {
         /// and one receive-only audio m-line per slot it wants to hear.
         offer: String,
     },
+    /// The member's new offer for its session, after its network changed
+    /// (an ICE restart: new ICE credentials, new candidates). The answer
+    /// comes as [`Event::Restarted`]; the member keeps its id, role, voice,
+    /// slots and place in speaker selection, and media resumes over the new
+    /// path once the client's checks reach the engine. Refused
+    /// ([`Error::UnknownPeer`](crate::Error::UnknownPeer),
+    /// [`Error::InvalidOffer`](crate::Error::InvalidOffer),
+    /// [`Error::UnusableOffer`](crate::Error::UnusableOffer)) for an unknown
+    /// peer, an offer that does not parse, or one whose m-lines (mids,
+    /// kinds, directions) differ from the session's; the session then goes
+    /// on as it was.
+    Restart {
+        /// The peer.
+        peer: PeerId,
+        /// The client's new SDP offer.
+        offer: String,
+    },
     /// The member leaves; its slots and speaker state are released.
     Leave {
         /// The peer.

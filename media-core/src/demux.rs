@@ -91,6 +91,22 @@ impl Demux {
         self.by_ufrag.insert(ufrag, (key, pass));
     }
 
+    /// The peer's local ICE credentials changed (an ICE restart): requests
+    /// naming `old` are no longer its.
+    pub(crate) fn replace_ufrag(&mut self, old: &str, ufrag: String, pass: String, key: PeerKey) {
+        if self.by_ufrag.get(old).is_some_and(|(k, _)| *k == key) {
+            self.by_ufrag.remove(old);
+        }
+        self.by_ufrag.insert(ufrag, (key, pass));
+    }
+
+    /// Forgets addresses a peer was reached from.
+    pub(crate) fn remove_tuples(&mut self, tuples: &[(SocketAddr, SocketAddr)]) {
+        for t in tuples {
+            self.by_tuple.remove(t);
+        }
+    }
+
     pub(crate) fn add_tuple(&mut self, source: SocketAddr, destination: SocketAddr, key: PeerKey) {
         self.by_tuple.insert((source, destination), key);
     }

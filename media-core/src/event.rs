@@ -20,6 +20,14 @@ pub enum Event {
         /// SDP answer text.
         sdp: String,
     },
+    /// The SDP answer to a [`Command::Restart`](crate::Command::Restart):
+    /// hand it to the client.
+    Restarted {
+        /// The peer.
+        peer: PeerId,
+        /// SDP answer text.
+        sdp: String,
+    },
     /// ICE and DTLS completed: media flows.
     PeerConnected {
         /// The peer.

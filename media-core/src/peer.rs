@@ -105,6 +105,9 @@ pub(crate) struct Peer {
     send_addr: Option<(SocketAddr, SocketAddr)>,
     /// CNAME for the slots' sender reports.
     cname: Box<str>,
+    /// The m-line layout of the offer joined with (kind, mid, direction of
+    /// each m-section): a restart offer must have the same.
+    layout: Vec<MLine>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -139,6 +142,7 @@ impl Peer {
         rng: &mut Rng,
         now: Instant,
     ) -> Result<(Peer, String), Error> {
+        let layout = m_lines(setup.offer);
         let offer =
             SdpOffer::from_sdp_string(setup.offer).map_err(|e| offer_error(&e.to_string()))?;
         let creds = IceCreds {
@@ -280,8 +284,65 @@ impl Peer {
             direct: None,
             send_addr: None,
             cname,
+            layout,
         };
         Ok((peer, answer))
+    }
+
+    /// Applies a new offer of the member (an ICE restart: new credentials,
+    /// another address) to its session. Returns the answer and the local
+    /// ICE username fragment it replaced (for the demultiplexer); the
+    /// peer's new credentials are in `ufrag`/`ice_pass`.
+    ///
+    /// The offer must have the session's m-line layout (the same mids, in
+    /// the same order, with the same kinds and directions) and ICE
+    /// credentials; anything else is refused before str0m sees it, so the
+    /// session goes on as it was. Slots keep their SSRCs.
+    pub(crate) fn restart(&mut self, offer: &str) -> Result<(String, String), Error> {
+        let layout = m_lines(offer);
+        if layout != self.layout {
+            return Err(Error::UnusableOffer(
+                "a restart offer must have the session's m-lines (same mids, kinds, directions)",
+            ));
+        }
+        let has = |attr: &str| offer.lines().any(|l| l.trim_start().starts_with(attr));
+        if !has("a=ice-ufrag:") || !has("a=ice-pwd:") {
+            return Err(Error::InvalidOffer("missing a=ice-ufrag/pwd".into()));
+        }
+        if offer.lines().any(|l| l.trim() == "a=ice-lite") {
+            return Err(Error::UnusableOffer("an ICE-lite client cannot restart"));
+        }
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| offer_error(&e.to_string()))?;
+        // When the engine sends the slots itself their str0m streams are
+        // gone; declared again (same SSRCs) for the negotiation, str0m
+        // neither makes new ones nor announces other SSRCs in the answer.
+        let direct = self.keys.is_some() || self.direct.is_some();
+        if direct {
+            let mut api = self.rtc.direct_api();
+            for s in &self.slots {
+                api.declare_stream_tx(s.ssrc, None, s.mid, None);
+            }
+        }
+        let result = self.rtc.sdp_api().accept_offer(offer);
+        if direct {
+            let mut api = self.rtc.direct_api();
+            for s in &self.slots {
+                api.remove_stream_tx(s.ssrc);
+            }
+        }
+        let answer = result.map_err(|e| offer_error(&e.to_string()))?;
+        let answer = crate::answer::with_candidates_in_every_section(&answer.to_sdp_string());
+        let attr = |name: &str| {
+            answer
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
+        };
+        let old = self.ufrag.clone();
+        if let (Some(ufrag), Some(pass)) = (attr("a=ice-ufrag:"), attr("a=ice-pwd:")) {
+            self.ufrag = ufrag;
+            self.ice_pass = pass;
+        }
+        Ok((answer, old))
     }
 
     /// When the engine must next wake this peer.
@@ -330,6 +391,17 @@ impl Peer {
                 }
                 false
             }
+        }
+    }
+
+    /// The member's media came from `remote` to `local` (the engine's
+    /// address): the slots the engine sends itself go there from now on.
+    /// Only authenticated tuples get here (learnt from a STUN request with
+    /// the member's ICE password), and str0m accepted the datagram.
+    pub(crate) fn follow(&mut self, local: SocketAddr, remote: SocketAddr) {
+        if let Some(d) = &mut self.direct {
+            d.local = local;
+            d.remote = remote;
         }
     }
 
@@ -445,6 +517,12 @@ impl Peer {
                         DatagramKind::Dtls | DatagramKind::Rtp | DatagramKind::Rtcp
                     ) {
                         self.send_addr = Some((t.source, t.destination));
+                        // The nominated pair moved (an ICE restart): the
+                        // slots the engine sends itself follow it.
+                        if let Some(d) = &mut self.direct {
+                            d.local = t.source;
+                            d.remote = t.destination;
+                        }
                     }
                     fx.transmit(Transmit::new(t.source, t.destination, t.contents.into()));
                 }
@@ -530,6 +608,45 @@ fn audio_mids(sdp: &str) -> Vec<Mid> {
         }
     }
     mids
+}
+
+/// One m-section of an SDP as far as a restart must keep it: kind, mid,
+/// direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MLine {
+    kind: String,
+    mid: String,
+    direction: &'static str,
+}
+
+/// The m-sections of an SDP, in order (bounded by the SDP's size).
+fn m_lines(sdp: &str) -> Vec<MLine> {
+    let mut out: Vec<MLine> = Vec::new();
+    for line in sdp.lines() {
+        let line = line.trim();
+        if let Some(m) = line.strip_prefix("m=") {
+            let kind = m.split(' ').next().unwrap_or("").chars().take(16).collect();
+            out.push(MLine {
+                kind,
+                mid: String::new(),
+                direction: "sendrecv",
+            });
+            continue;
+        }
+        let Some(cur) = out.last_mut() else {
+            continue;
+        };
+        if let Some(mid) = line.strip_prefix("a=mid:") {
+            cur.mid = mid.chars().take(32).collect();
+        } else {
+            for d in ["sendrecv", "sendonly", "recvonly", "inactive"] {
+                if line.strip_prefix("a=") == Some(d) {
+                    cur.direction = d;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A refusal a client can be shown: the first line of str0m's message,

@@ -203,6 +203,8 @@ pub struct Client {
     pub malformed_rtp: u64,
     /// Local candidates not yet taken for trickling (SDP attribute values).
     local_candidates: Vec<String>,
+    /// The address of an ICE restart not answered yet.
+    restart_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Client {
@@ -426,6 +428,7 @@ impl Client {
             packets_without_capture_time: 0,
             malformed_rtp: 0,
             local_candidates,
+            restart_addr: None,
         }
     }
 
@@ -466,8 +469,33 @@ impl Client {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| format!("answer not accepted: {e}"))?;
+        if let Some(addr) = self.restart_addr.take() {
+            let host = Candidate::host(addr, "udp").map_err(|e| e.to_string())?;
+            self.rtc.add_local_candidate(host);
+        }
         self.negotiated(sdp, now);
         Ok(())
+    }
+
+    /// The client's network changed: it now lives at `addr` (its old
+    /// address is gone) and restarts ICE (new credentials, its only
+    /// candidate the new host one), as `pc.restartIce()` does in a browser.
+    /// Returns the new offer; apply the answer with
+    /// [`accept_answer`](Self::accept_answer). An error when an offer is
+    /// still pending.
+    pub fn restart_ice(&mut self, addr: SocketAddr) -> Result<String, String> {
+        if self.pending.is_some() {
+            return Err("an offer is pending".into());
+        }
+        self.addr = addr;
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(false);
+        let (offer, pending) = api.apply().ok_or("no change to offer")?;
+        // str0m restarts its agent (dropping its candidates) when the answer
+        // is applied; the new host candidate is added then.
+        self.restart_addr = Some(addr);
+        self.pending = Some(pending);
+        Ok(offer.to_sdp_string())
     }
 
     /// What the session's SDP (the answer, made or received) fixed: header

@@ -31,15 +31,28 @@ use rig::{LISTENER, LISTENER_ADDR, NEWCOMER, NEWCOMER_ADDR, SPEAKER, SPEAKER_ADD
 /// The STUN magic cookie (RFC 5389 §6).
 const STUN_MAGIC: u32 = 0x2112_A442;
 
-/// Arbitrary bytes as an SDP offer to join with: refused with an error or
+/// Arbitrary bytes as an SDP offer to join with, then (when joined) to
+/// restart that session with: each refused with an error or
 /// answered, never a panic.
 ///
 /// `now` is any instant (the shim passes the current time).
 pub fn sdp_offer(data: &[u8], now: Instant) {
     let mut e = Engine::new(rig::engine_config(), now);
     let offer = String::from_utf8_lossy(data).into_owned();
-    let _ = rig::join(&mut e, now, PeerId(1), Role::Speaker, offer);
+    let joined = rig::join(&mut e, now, PeerId(1), Role::Speaker, offer.clone()).is_ok();
     while !matches!(e.poll_output(), Output::Timeout(_)) {}
+    // The same text as an ICE restart of that session (its layout then
+    // matches: str0m takes a second offer on the existing session).
+    if joined {
+        let _ = e.handle_input(media_core::Input::Command {
+            now,
+            command: media_core::Command::Restart {
+                peer: PeerId(1),
+                offer,
+            },
+        });
+        while !matches!(e.poll_output(), Output::Timeout(_)) {}
+    }
 }
 
 /// Runs one input against a rig built for it (exact, and slow: two

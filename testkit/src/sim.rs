@@ -307,6 +307,33 @@ impl Sim {
         self.command_on(0, command);
     }
 
+    /// Client `idx`'s network changes: it moves to `addr` (nothing reaches
+    /// its old address any more) and restarts ICE with the engine on node
+    /// `node` ([`Command::Restart`]); the answer is applied when the engine
+    /// gives it.
+    pub fn restart_on(&mut self, node: usize, idx: usize, addr: SocketAddr) {
+        let offer = self.clients[idx]
+            .restart_ice(addr)
+            .expect("no offer pending");
+        let old = self
+            .by_addr
+            .iter()
+            .find(|(_, i)| **i == idx)
+            .map(|(a, _)| *a);
+        if let Some(old) = old {
+            self.by_addr.remove(&old);
+        }
+        self.by_addr.insert(addr, idx);
+        self.command_on(
+            node,
+            Command::Restart {
+                peer: PeerId(idx as u64),
+                offer,
+            },
+        );
+        self.flush_clients();
+    }
+
     /// Starts (`true`) or stops a client's tone.
     pub fn set_talking(&mut self, idx: usize, talking: bool) {
         self.set_amplitude(idx, if talking { 0.5 } else { 0.0 });
@@ -467,7 +494,8 @@ impl Sim {
         let cond = self.net.uplink;
         for (i, c) in self.clients.iter_mut().enumerate() {
             for d in c.outbox.drain(..) {
-                if !self.vanished[i] {
+                // A client that moved has no socket at its old address.
+                if !self.vanished[i] && d.source == c.addr {
                     self.net.send(now, cond, d);
                 }
             }
@@ -506,7 +534,7 @@ impl Sim {
                     self.relays.push_back((at, to, link_to(n), msg));
                 }
                 Output::Event(e) => {
-                    if let Event::Answer { peer, sdp, .. } = &e {
+                    if let Event::Answer { peer, sdp, .. } | Event::Restarted { peer, sdp } = &e {
                         let i = peer.0 as usize;
                         if let Some(c) = self.clients.get_mut(i) {
                             c.accept_answer(sdp, now);

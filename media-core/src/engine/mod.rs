@@ -17,6 +17,7 @@ use links::LinkState;
 use crate::api::{Command, Input, Output};
 use crate::channel::Channel;
 use crate::config::EngineConfig;
+use crate::datagram::DatagramKind;
 use crate::demux::{Demux, PeerKey, Route};
 use crate::effects::{Effects, Signal};
 use crate::frame::{level_from_ext, VoiceFrame};
@@ -294,9 +295,19 @@ impl Engine {
             self.fx.stats.dropped_malformed += 1;
             return;
         };
+        // The member's nominated pair is where its media comes from, and
+        // where it nominates (USE-CANDIDATE, with its password): after an
+        // ICE restart, the slots the engine sends itself follow it there.
+        let path = match DatagramKind::of(data) {
+            DatagramKind::Rtp | DatagramKind::Rtcp => true,
+            DatagramKind::Stun => peer.is_direct() && nominates(data, &peer.ice_pass),
+            _ => false,
+        };
         if let Err(e) = peer.rtc.handle_input(str0m::Input::Receive(now, recv)) {
             tracing::trace!(peer = %peer.id, error = %e, "datagram rejected");
             self.fx.stats.dropped_rejected += 1;
+        } else if path {
+            peer.follow(destination, source);
         }
         peer.settle(key, now, &mut self.fx);
     }
@@ -310,6 +321,7 @@ impl Engine {
                 role,
                 offer,
             } => self.join(now, peer, channel, identity, role, &offer),
+            Command::Restart { peer, offer } => self.restart(now, peer, &offer),
             Command::Leave { peer } => {
                 let key = self.key(peer)?;
                 self.remove_peer(key, LeaveReason::Left, now);
@@ -416,6 +428,26 @@ impl Engine {
         if role == Role::Speaker {
             self.announce_voice(key);
         }
+        Ok(())
+    }
+
+    /// Applies a member's new offer (ICE restart) to its session.
+    fn restart(&mut self, now: Instant, id: PeerId, offer: &str) -> Result<(), Error> {
+        let key = self.key(id)?;
+        let peer = self.peers.get_mut(key).ok_or(Error::UnknownPeer(id))?;
+        if peer.failed {
+            return Err(Error::UnknownPeer(id));
+        }
+        let (sdp, old_ufrag) = peer.restart(offer)?;
+        self.demux
+            .replace_ufrag(&old_ufrag, peer.ufrag.clone(), peer.ice_pass.clone(), key);
+        // The old path is gone: its addresses are learnt again (with the new
+        // credentials) if they still reach the member, and do not count
+        // against its limit of addresses.
+        let old_tuples = std::mem::take(&mut peer.tuples);
+        self.demux.remove_tuples(&old_tuples);
+        peer.settle(key, now, &mut self.fx);
+        self.fx.emit(Event::Restarted { peer: id, sdp });
         Ok(())
     }
 
@@ -762,4 +794,14 @@ fn generate_dtls_cert() -> DtlsCert {
         .dtls_provider
         .generate_certificate()
         .expect("the DTLS provider generates a certificate")
+}
+
+/// Whether `datagram` is a STUN binding request that nominates its pair
+/// (USE-CANDIDATE) and proves it knows `pass`.
+fn nominates(datagram: &[u8], pass: &str) -> bool {
+    str0m::ice::StunMessage::parse(datagram).is_ok_and(|m| {
+        m.is_binding_request()
+            && m.use_candidate()
+            && m.verify(pass.as_bytes(), crate::demux::hmac_sha1)
+    })
 }
