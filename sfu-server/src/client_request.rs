@@ -50,9 +50,23 @@ pub enum ClientRequest {
         /// Raised.
         raised: bool,
     },
+    /// An ICE restart with a new offer.
+    Restart {
+        /// The SDP offer.
+        offer: String,
+    },
+    /// Take over a dropped member.
+    Resume {
+        /// Its resume token (well-formed: [`RESUME_TOKEN_LEN`] lowercase
+        /// hex digits).
+        token: String,
+    },
     /// Keep-alive.
     Ping,
 }
+
+/// Length of a resume token: 128 bits as hex.
+pub const RESUME_TOKEN_LEN: usize = 32;
 
 /// A message refused before anything acts on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +124,30 @@ impl ClientRequest {
             },
             ClientMsg::RaiseHand => ClientRequest::Hand { raised: true },
             ClientMsg::LowerHand => ClientRequest::Hand { raised: false },
+            ClientMsg::Restart { offer } => {
+                if offer.is_empty() {
+                    return Err(RequestError::new(
+                        "bad_request",
+                        "restart needs an offer",
+                        Some("restart"),
+                    ));
+                }
+                ClientRequest::Restart { offer }
+            }
+            ClientMsg::Resume { token } => {
+                let well_formed = token.len() == RESUME_TOKEN_LEN
+                    && token
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                if !well_formed {
+                    return Err(RequestError::new(
+                        "bad_request",
+                        format!("a resume token is {RESUME_TOKEN_LEN} lowercase hex digits"),
+                        Some("resume"),
+                    ));
+                }
+                ClientRequest::Resume { token }
+            }
         })
     }
 
@@ -122,6 +160,8 @@ impl ClientRequest {
             ClientRequest::Moderate { .. } => "moderate",
             ClientRequest::Hand { raised: true } => "raise_hand",
             ClientRequest::Hand { raised: false } => "lower_hand",
+            ClientRequest::Restart { .. } => "restart",
+            ClientRequest::Resume { .. } => "resume",
             ClientRequest::Ping => "ping",
         }
     }
@@ -316,6 +356,32 @@ mod tests {
         );
         assert_eq!(code(&essay), "bad_request");
         assert_eq!(code(&"x".repeat(MAX + 1)), "too_large");
+        // A restart needs an offer; a resume token is 32 lowercase hex
+        // digits (nothing else reaches the lookup).
+        assert_eq!(code(r#"{"type":"restart","offer":""}"#), "bad_request");
+        assert_eq!(code(r#"{"type":"restart"}"#), "bad_request");
+        for token in [
+            "",
+            "0123",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            let text = format!(r#"{{"type":"resume","token":"{token}"}}"#);
+            assert_eq!(code(&text), "bad_request", "{token:?}");
+        }
+        assert_eq!(
+            ClientRequest::parse(r#"{"type":"restart","offer":"v=0"}"#, MAX),
+            Ok(ClientRequest::Restart {
+                offer: "v=0".into()
+            })
+        );
+        let token = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            ClientRequest::parse(&format!(r#"{{"type":"resume","token":"{token}"}}"#), MAX),
+            Ok(ClientRequest::Resume {
+                token: token.into()
+            })
+        );
         let long_token = format!(
             r#"{{"type":"join","channel":"a","offer":"","token":"{}"}}"#,
             "t".repeat(MAX_TOKEN_LEN + 1)

@@ -99,6 +99,12 @@ pub struct Config {
     /// Largest WebSocket message (and frame) a client may send, in bytes;
     /// default 65536.
     pub ws_max_message_bytes: usize,
+    /// ICE restarts one member may ask for per minute (`restart`, WHIP/WHEP
+    /// `PATCH`); 0 is no limit; default 6.
+    pub ice_restarts_per_minute: u32,
+    /// Seconds a member whose WebSocket dropped is kept for a `resume`
+    /// (others see no leave); 0 turns resume off; default 30.
+    pub resume_grace_secs: u64,
     /// Web origins (`https://app.example.org`) whose pages may use `/ws` and
     /// WHIP/WHEP. Empty: any origin with a token, and in development mode
     /// loopback origins only.
@@ -179,6 +185,8 @@ impl Default for Config {
             http_header_timeout_secs: 10,
             ws_join_timeout_secs: 20,
             ws_max_message_bytes: 65_536,
+            ice_restarts_per_minute: 6,
+            resume_grace_secs: 30,
             allowed_origins: Vec::new(),
             dev_moderation: false,
         }
@@ -225,6 +233,8 @@ impl fmt::Debug for Config {
             .field("http_header_timeout_secs", &self.http_header_timeout_secs)
             .field("ws_join_timeout_secs", &self.ws_join_timeout_secs)
             .field("ws_max_message_bytes", &self.ws_max_message_bytes)
+            .field("ice_restarts_per_minute", &self.ice_restarts_per_minute)
+            .field("resume_grace_secs", &self.resume_grace_secs)
             .field("allowed_origins", &self.allowed_origins)
             .field("dev_moderation", &self.dev_moderation)
             .finish()
@@ -491,6 +501,12 @@ impl Config {
         }
         if let Some(v) = env("SFU_WS_MAX_MESSAGE_BYTES") {
             self.ws_max_message_bytes = parse_env("SFU_WS_MAX_MESSAGE_BYTES", v)?;
+        }
+        if let Some(v) = env("SFU_ICE_RESTARTS_PER_MINUTE") {
+            self.ice_restarts_per_minute = parse_env("SFU_ICE_RESTARTS_PER_MINUTE", v)?;
+        }
+        if let Some(v) = env("SFU_RESUME_GRACE_SECS") {
+            self.resume_grace_secs = parse_env("SFU_RESUME_GRACE_SECS", v)?;
         }
         if let Some(v) = env("SFU_ALLOWED_ORIGINS") {
             self.allowed_origins = split_list(&v);
@@ -1129,6 +1145,8 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
             ("SFU_HTTP_HEADER_TIMEOUT_SECS", "12"),
             ("SFU_WS_JOIN_TIMEOUT_SECS", "13"),
             ("SFU_WS_MAX_MESSAGE_BYTES", "16384"),
+            ("SFU_ICE_RESTARTS_PER_MINUTE", "14"),
+            ("SFU_RESUME_GRACE_SECS", "15"),
             (
                 "SFU_ALLOWED_ORIGINS",
                 "https://app.example.org, http://127.0.0.1:3000",
@@ -1148,8 +1166,10 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
                 c.http_header_timeout_secs,
                 c.ws_join_timeout_secs,
                 c.ws_max_message_bytes,
+                c.ice_restarts_per_minute,
+                c.resume_grace_secs,
             ),
-            (7, 8, 0, 9, 10, 11, 12, 13, 16384)
+            (7, 8, 0, 9, 10, 11, 12, 13, 16384, 14, 15)
         );
         assert_eq!(
             c.allowed_origins,

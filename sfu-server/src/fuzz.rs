@@ -6,7 +6,7 @@
 use crate::auth::{self, AuthError, Grants, MAX_TOKEN_LEN};
 use crate::client_request::{ClientRequest, ERROR_CODES};
 use crate::rooms::Moderation;
-use crate::{media_request, names, origin};
+use crate::{ice_restart, media_request, names, origin};
 
 /// The key the JWT body signs with.
 const KEY: &[u8] = b"fuzz-key-fuzz-key-fuzz-key-fuzz-";
@@ -36,6 +36,11 @@ pub fn ws_client_message(data: &[u8]) {
                 "{reason:?}"
             );
         }
+        Ok(ClientRequest::Resume { token }) => {
+            assert_eq!(token.len(), crate::client_request::RESUME_TOKEN_LEN);
+            assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        Ok(ClientRequest::Restart { offer }) => assert!(!offer.is_empty()),
         Ok(_) => {}
         Err(e) => {
             assert!(ERROR_CODES.contains(&e.code), "{e:?}");
@@ -129,6 +134,9 @@ pub fn whip_request(data: &[u8]) {
             assert!(!e.bad_name || names::check_channel(&channel).is_err());
         }
     }
+    // The same body as a PATCH's SDP fragment, and as the session's offer
+    // and the engine's answer an ICE restart rewrites.
+    patch_body(body);
     let allowed = ["https://app.example.org".to_owned()];
     for (dev, proxied) in [(true, false), (true, true), (false, false)] {
         let decision = origin::check(origin.as_deref(), proxied, dev, &allowed);
@@ -138,6 +146,23 @@ pub fn whip_request(data: &[u8]) {
         }
         assert!(!(dev && proxied) || decision.is_err());
     }
+}
+
+/// A `PATCH` body (RFC 9725 §4.3): parsed or refused; credentials taken
+/// are ICE characters of allowed lengths, and a restart offer made from any
+/// text carries exactly them.
+fn patch_body(body: &[u8]) {
+    let text = String::from_utf8_lossy(body);
+    if let Ok(frag) = ice_restart::SdpFrag::parse(body) {
+        if let Some((ufrag, pwd)) = frag.restart("") {
+            assert!((4..=256).contains(&ufrag.len()) && (22..=256).contains(&pwd.len()));
+            let offer = ice_restart::restart_offer(&text, ufrag, pwd);
+            let has_credentials = text.lines().any(|l| l.starts_with("a=ice-ufrag:"));
+            assert!(!has_credentials || ice_restart::ice_ufrag(&offer) == Some(ufrag));
+        }
+    }
+    let frag = ice_restart::answer_frag(&text);
+    assert!(frag.len() <= text.len() + 2 * text.lines().count());
 }
 
 #[cfg(test)]
@@ -155,6 +180,9 @@ mod tests {
             br#"{"type":"moderate","action":"kick","peer":1,"reason":"spam"}"#,
             br#"{"type":"moderate","action":"kick","peer":1,"reason":"a\u2028b"}"#,
             br#"{"type":"raise_hand"}"#,
+            br#"{"type":"restart","offer":"v=0"}"#,
+            br#"{"type":"resume","token":"0123456789abcdef0123456789abcdef"}"#,
+            br#"{"type":"resume","token":"../etc"}"#,
             b"\xff\xfe",
             b"",
         ] {

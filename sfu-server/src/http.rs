@@ -15,11 +15,12 @@ use axum::Router;
 use media_core::{PeerId, Role};
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::ice_restart::{self, RestartBudget, SdpFrag, SDPFRAG_TYPE};
 use crate::media_request;
 use crate::metrics::Refusal;
 use crate::protocol::ServerMsg;
-use crate::state::{unix_now, AppState, JoinAsk, Need, Resource};
-use crate::worker::{JoinError, JoinRequest};
+use crate::state::{secret_id, unix_now, AppState, Denied, JoinAsk, Need, Resource};
+use crate::worker::{JoinError, JoinRequest, RestartError};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/sfu-client.js");
@@ -32,8 +33,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([header::LOCATION, HeaderName::from_static("link")]);
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            HeaderName::from_static("link"),
+        ]);
     let media = Router::new()
         .route("/whip/{channel}", post(whip))
         .route("/whep/{channel}", post(whep))
@@ -74,6 +83,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot().await;
     let mut body = crate::metrics::render(&snapshot, state.is_draining());
     crate::metrics::render_refusals(&mut body, &state.refusals);
+    crate::metrics::render_resumes(&mut body, &state.resumes.stats);
     crate::metrics::render_health(&mut body, state.health.workers_up());
     if let Some(https) = &state.https {
         crate::metrics::render_tls(&mut body, https.stats());
@@ -119,19 +129,6 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
         m,
     )
         .into_response()
-}
-
-/// A fresh unguessable resource id (128 bits from the OS), so that nobody can
-/// end someone else's session by counting.
-fn resource_id() -> String {
-    let mut b = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // The OS RNG failing is not recoverable in any useful way; fall back
-        // to the clock so the server stays up (ids remain unique).
-        let t = unix_now() as u128 ^ (std::process::id() as u128) << 64;
-        b = t.to_le_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn whip(
@@ -207,6 +204,12 @@ async fn media_session(
         Ok(g) => g,
         Err(denied) => return denied.into_response(),
     };
+    let Some(id) = secret_id() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server has no randomness for a resource id",
+        );
+    };
     let worker = state.workers.for_channel(&request.channel).clone();
     // The session's own events tell when it ends without a DELETE (the
     // client vanished), so that its resource id is forgotten too.
@@ -216,7 +219,7 @@ async fn media_session(
             channel: request.channel.clone(),
             identity: grants.sub.clone(),
             role,
-            offer: request.offer,
+            offer: request.offer.clone(),
             can_publish: grants.can_publish,
             can_moderate: false,
             events: Some(events),
@@ -234,12 +237,15 @@ async fn media_session(
         Err(e @ JoinError::Refused(_)) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let id = resource_id();
+    let etag = etag_of(&joined.answer);
     state.resources.lock().await.insert(
         id.clone(),
         Resource {
             peer: joined.peer,
             channel: request.channel,
+            offer: request.offer,
+            etag: etag.clone(),
+            restarts: RestartBudget::new(state.config.ice_restarts_per_minute),
         },
     );
     tokio::spawn(watch_resource(
@@ -258,6 +264,9 @@ async fn media_session(
     );
     if let Ok(v) = HeaderValue::from_str(&format!("/resources/{id}")) {
         h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
     }
     let servers = crate::turn::ice_servers(&state.config, &grants.sub, unix_now());
     for link in crate::turn::link_headers(&servers) {
@@ -312,18 +321,103 @@ async fn delete_resource(State(state): State<Arc<AppState>>, Path(id): Path<Stri
     StatusCode::OK.into_response()
 }
 
-/// Trickle ICE and ICE restarts are not supported: RFC 9725 §4.3 has such a
-/// resource answer `405 Method Not Allowed`. The engine is ICE-lite with
-/// host candidates in the answer, so clients need not trickle.
-async fn patch_resource(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if !state.resources.lock().await.contains_key(&id) {
+/// The entity tag of an ICE session: the server's ICE ufrag in `answer`
+/// (RFC 9725 §4.3: it changes when ICE restarts).
+fn etag_of(answer: &str) -> String {
+    format!("\"{}\"", ice_restart::ice_ufrag(answer).unwrap_or("none"))
+}
+
+/// `PATCH` on a WHIP/WHEP session (RFC 9725 §4.3), with an
+/// `application/trickle-ice-sdpfrag` body. New ICE credentials in it are an
+/// ICE restart (`If-Match: "*"` or the session's tag): `200` with the
+/// server's new credentials and candidates, and a new `ETag`. Without new
+/// credentials it is a trickle of candidates: `204`, and the candidates
+/// are not needed (the engine is ICE-lite: it learns the client's
+/// addresses from the client's own checks). A tag that is not the
+/// session's is `412`; more than `ice_restarts_per_minute` restarts `429`.
+async fn patch_resource(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(r) = state.resources.lock().await.get(&id).cloned() else {
         return text(StatusCode::NOT_FOUND, "no such session");
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if content_type != Some(SDPFRAG_TYPE) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a PATCH body is {SDPFRAG_TYPE}"),
+        );
     }
-    let mut r = text(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "trickle ICE and ICE restart are not supported by this server",
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("DELETE"));
-    r
+    let frag = match SdpFrag::parse(&body) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    let current = ice_restart::ice_ufrag(&r.offer).unwrap_or("");
+    let Some((ufrag, pwd)) = frag.restart(current) else {
+        // A trickle: only for the session as it is now.
+        if if_match.is_some_and(|m| m.trim() != r.etag) {
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                "the ICE session changed (ETag)",
+            );
+        }
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    if if_match.is_some_and(|m| m.trim() != "*" && m.trim() != r.etag) {
+        return text(
+            StatusCode::PRECONDITION_FAILED,
+            "the ICE session changed (ETag)",
+        );
+    }
+    // The budget is the session's: take it under the lock.
+    let budget = {
+        let mut resources = state.resources.lock().await;
+        match resources.get_mut(&id) {
+            Some(r) => r.restarts.take(std::time::Instant::now()),
+            None => return text(StatusCode::NOT_FOUND, "no such session"),
+        }
+    };
+    if let Err(wait) = budget {
+        state.refusals.count(Refusal::RestartRate);
+        let mut denied = Denied::new(
+            429,
+            "rate_limited",
+            format!(
+                "at most {} ICE restarts a minute",
+                state.config.ice_restarts_per_minute
+            ),
+        );
+        denied.retry_after = Some(wait);
+        return denied.into_response();
+    }
+    let offer = ice_restart::restart_offer(&r.offer, ufrag, pwd);
+    let worker = state.workers.for_channel(&r.channel);
+    let answer = match worker.restart(r.peer, offer.clone()).await {
+        Ok(a) => a,
+        Err(e @ RestartError::Refused(_)) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(RestartError::Left) => return text(StatusCode::NOT_FOUND, "no such session"),
+        Err(e @ RestartError::WorkerGone) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    };
+    let etag = etag_of(&answer);
+    if let Some(r) = state.resources.lock().await.get_mut(&id) {
+        r.offer = offer;
+        r.etag = etag.clone();
+    }
+    let mut response = (StatusCode::OK, ice_restart::answer_frag(&answer)).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG_TYPE));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
 }

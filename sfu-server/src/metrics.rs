@@ -593,11 +593,15 @@ pub enum Refusal {
     BadName,
     /// A hand raised in a channel whose queue of hands is full.
     HandsFull,
+    /// A member over `ice_restarts_per_minute`.
+    RestartRate,
+    /// A `resume` with a token that is unknown, used or past its grace.
+    Resume,
 }
 
 impl Refusal {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::Unauthorized,
         Refusal::Forbidden,
         Refusal::RateAddress,
@@ -615,6 +619,8 @@ impl Refusal {
         Refusal::SessionExpired,
         Refusal::BadName,
         Refusal::HandsFull,
+        Refusal::RestartRate,
+        Refusal::Resume,
     ];
 
     /// The `reason` label.
@@ -637,6 +643,8 @@ impl Refusal {
             Refusal::SessionExpired => "session_expired",
             Refusal::BadName => "bad_name",
             Refusal::HandsFull => "hands_full",
+            Refusal::RestartRate => "ice_restart_rate",
+            Refusal::Resume => "resume",
         }
     }
 }
@@ -676,6 +684,35 @@ pub fn render_refusals(o: &mut String, r: &Refusals) {
             r.get(reason)
         );
     }
+}
+
+/// Resumes of members whose WebSocket dropped (`crate::resume`).
+pub fn render_resumes(o: &mut String, r: &crate::resume::ResumeStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    metric(
+        o,
+        "sfu_resumes_total",
+        "counter",
+        "Members whose WebSocket dropped, by outcome: taken over by a new socket, left at the end of the grace period, left having missed too much.",
+    );
+    for (outcome, n) in [
+        ("resumed", &r.resumed),
+        ("expired", &r.expired),
+        ("overflowed", &r.overflowed),
+    ] {
+        let _ = writeln!(
+            o,
+            "sfu_resumes_total{{outcome=\"{outcome}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
+    metric(
+        o,
+        "sfu_members_away",
+        "gauge",
+        "Members whose WebSocket dropped, waiting for a resume.",
+    );
+    let _ = writeln!(o, "sfu_members_away {}", r.away.load(Relaxed));
 }
 
 /// Sums snapshots of several workers.

@@ -80,6 +80,18 @@ pub enum ClientMsg {
     RaiseHand,
     /// Withdraw the request to speak.
     LowerHand,
+    /// An ICE restart: the member's network changed; a new offer with new
+    /// ICE credentials for the same session (same m-lines).
+    Restart {
+        /// SDP offer (`createOffer({iceRestart: true})`).
+        offer: String,
+    },
+    /// Take over a member whose WebSocket dropped, within the grace period
+    /// (instead of `join`, on a fresh socket).
+    Resume {
+        /// The `resume_token` of `joined` or of the last `resumed`.
+        token: String,
+    },
     /// Keep-alive.
     Ping,
 }
@@ -149,6 +161,32 @@ pub enum ServerMsg {
         dominant_speaker: Option<u64>,
         /// The dominant speaker's voice, wherever it is.
         dominant_source: Option<u32>,
+        /// Takes this member over on a new WebSocket (`resume`) if this one
+        /// drops: a secret, for this client alone. Absent when resume is
+        /// off.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+        /// How long after a drop the member waits for `resume` (0: off).
+        resume_grace_secs: u64,
+    },
+    /// The answer to an ICE restart (`restart`).
+    Restarted {
+        /// SDP answer.
+        answer: String,
+    },
+    /// This socket took over the member (`resume`): the messages it missed
+    /// while away follow.
+    Resumed {
+        /// The member's peer id (unchanged).
+        peer: u64,
+        /// Its voice (unchanged).
+        source: u32,
+        /// Its channel.
+        channel: String,
+        /// The token for the next resume (each token works once).
+        resume_token: String,
+        /// How long after a drop the member waits for `resume`.
+        resume_grace_secs: u64,
     },
     /// Someone joined.
     MemberJoined {

@@ -24,6 +24,15 @@ use crate::origin::{self, OriginRefusal};
 use crate::rooms::RoomRefusal;
 use crate::worker::Workers;
 
+/// 128 bits from the OS as 32 lowercase hex digits: for what nobody may
+/// guess (resource ids, resume tokens). `None` if the OS has no randomness
+/// to give, which the caller must not paper over with anything guessable.
+pub fn secret_id() -> Option<String> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// What a client refused for a full server is told to wait, in seconds
 /// (`Retry-After`).
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -35,6 +44,14 @@ pub struct Resource {
     pub peer: PeerId,
     /// Its channel (to find its worker).
     pub channel: String,
+    /// The client's last offer: an ICE restart by `PATCH` swaps new
+    /// credentials into it.
+    pub offer: String,
+    /// The entity tag of the ICE session (`ETag`, `If-Match`): the
+    /// server's ICE ufrag, which changes with each restart.
+    pub etag: String,
+    /// ICE restarts in the last minute.
+    pub restarts: crate::ice_restart::RestartBudget,
 }
 
 /// Shared state of the HTTP handlers.
@@ -48,6 +65,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// WHIP/WHEP resources by id.
     pub resources: Mutex<HashMap<String, Resource>>,
+    /// WebSocket members whose socket dropped, waiting for `resume`.
+    pub resumes: Arc<crate::resume::Resumes>,
     /// The HTTPS certificate and counters, when `tls_cert` is set.
     pub https: Option<Arc<crate::tls::Https>>,
     /// Refusals by reason (`sfu_refusals_total`).
@@ -178,6 +197,7 @@ impl AppState {
             workers,
             draining: AtomicBool::new(false),
             resources: Mutex::new(HashMap::new()),
+            resumes: Arc::default(),
             https,
             refusals: Arc::new(Refusals::default()),
             join_rates: std::sync::Mutex::new(join_rates),

@@ -78,10 +78,31 @@ pub enum JoinError {
     WorkerGone,
 }
 
+/// Why an ICE restart was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// The engine refused the offer (unknown member, an offer that does not
+    /// parse or does not match the session): the session goes on as it was.
+    #[error("{0}")]
+    Refused(media_core::Error),
+    /// The member left before the answer.
+    #[error("the member left")]
+    Left,
+    /// The worker is gone.
+    #[error("the media worker stopped")]
+    WorkerGone,
+}
+
 /// What signaling asks of the worker.
 enum Request {
     Join(JoinRequest, oneshot::Sender<Result<Joined, JoinError>>),
     Leave(PeerId, oneshot::Sender<bool>),
+    /// An ICE restart: the member's new offer; the answer comes back.
+    Restart {
+        peer: PeerId,
+        offer: String,
+        reply: oneshot::Sender<Result<String, RestartError>>,
+    },
     Moderate {
         by: PeerId,
         target: PeerId,
@@ -204,6 +225,17 @@ impl Worker {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// Applies `peer`'s ICE-restart offer to its session; resolves with the
+    /// answer. A refused offer leaves the session as it was.
+    pub async fn restart(&self, peer: PeerId, offer: String) -> Result<String, RestartError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Restart { peer, offer, reply })
+            .await
+            .map_err(|_| RestartError::WorkerGone)?;
+        rx.await.map_err(|_| RestartError::WorkerGone)?
     }
 
     /// `by` moderates `target` (same channel, `by` must be allowed).

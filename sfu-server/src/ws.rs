@@ -5,7 +5,13 @@
 //! leaving one), else it is closed; a member is removed when its token's
 //! `exp` passes. TURN credentials go out only with `authorized`, to a
 //! token holder.
+//!
+//! A member whose socket drops (not a `leave`) is kept for
+//! `resume_grace_secs` for a `resume` on a new socket ([`crate::resume`]).
+//! A member whose network changed restarts ICE with `restart` (at most
+//! `ice_restarts_per_minute`).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +25,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::client_request::{Ask, ClientRequest};
+use crate::ice_restart::RestartBudget;
 use crate::metrics::Refusal;
 use crate::protocol::ServerMsg;
+use crate::resume::{Away, Membership};
 use crate::rooms::{HandError, ModerateError, Moderation};
-use crate::state::{unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
+use crate::state::{secret_id, unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
 use crate::worker::{
-    member_events, EventSink, JoinError, JoinRequest, MemberEvents, Signaling, Worker,
+    member_events, EventSink, JoinError, JoinRequest, MemberEvents, RestartError, Signaling,
 };
 
 /// WebSocket close code: the session broke a rule (RFC 6455 §7.4.1).
@@ -62,13 +70,6 @@ pub async fn upgrade(
         .on_upgrade(move |socket| Session::new(state, remote, slot).run(socket))
 }
 
-/// The channel membership of a session: its peer and the worker that
-/// carries it.
-struct Membership {
-    peer: PeerId,
-    worker: Worker,
-}
-
 struct Session {
     state: Arc<AppState>,
     remote: SocketAddr,
@@ -81,6 +82,11 @@ struct Session {
     join_deadline: Option<Instant>,
     /// When the member's token expires.
     expires: Option<Instant>,
+    /// What takes the member over if this socket drops (`resume`).
+    resume_token: Option<String>,
+    /// Messages to send after the reply to the current request (what a
+    /// resumed member missed).
+    outbox: VecDeque<ServerMsg>,
     events_tx: EventSink,
     events_rx: MemberEvents,
     /// One of `max_ws_connections`.
@@ -89,8 +95,12 @@ struct Session {
 
 /// Why a session ends on its own.
 enum Ending {
-    /// The socket closed or failed.
+    /// The client closed the socket (a close frame: it chose to go, as a
+    /// closing tab does), or the worker ended the member's stream.
     Gone,
+    /// The socket broke (no close frame: the network, a proxy): the member
+    /// waits for a `resume`.
+    Dropped,
     /// A message over the size limit.
     TooLarge,
     /// Not in a channel in time.
@@ -110,6 +120,8 @@ impl Session {
             authorized: None,
             join_deadline,
             expires: None,
+            resume_token: None,
+            outbox: VecDeque::new(),
             events_tx,
             events_rx,
             _slot: slot,
@@ -133,12 +145,18 @@ impl Session {
                         Some(Ok(Message::Binary(_))) => Some(ServerMsg::error("bad_request", "binary frames are not part of the protocol", None)),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
                         Some(Err(e)) if is_too_large(&e) => break Ending::TooLarge,
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => break Ending::Gone,
+                        Some(Ok(Message::Close(_))) => break Ending::Gone,
+                        Some(Err(_)) | None => break Ending::Dropped,
                     };
-                    if let Some(r) = reply {
+                    let mut gone = false;
+                    for r in reply.into_iter().chain(self.outbox.drain(..)) {
                         if send(&mut socket, &r).await.is_err() {
-                            break Ending::Gone;
+                            gone = true;
+                            break;
                         }
+                    }
+                    if gone {
+                        break Ending::Dropped;
                     }
                 }
                 ev = self.events_rx.recv() => {
@@ -150,21 +168,48 @@ impl Session {
                         }
                     }
                     if send(&mut socket, &ev).await.is_err() {
-                        break Ending::Gone;
+                        break Ending::Dropped;
                     }
                 }
                 () = until(self.join_deadline) => break Ending::JoinTimeout,
                 () = until(self.expires) => break Ending::Expired,
             }
         };
+        if matches!(ending, Ending::Dropped) {
+            self.park();
+        }
         self.end(&mut socket, ending).await;
         self.leave().await;
+    }
+
+    /// The socket dropped: the member waits `resume_grace_secs` for a
+    /// `resume` (when it has a token), else it leaves (the caller).
+    fn park(&mut self) {
+        let grace = self.state.config.resume_grace_secs;
+        let (Some(token), true) = (self.resume_token.take(), grace > 0) else {
+            return;
+        };
+        let Some(membership) = self.membership.take() else {
+            return;
+        };
+        let (events_tx, events_rx) = member_events(Signaling::WebSocket);
+        let away = Away {
+            membership,
+            events_tx: std::mem::replace(&mut self.events_tx, events_tx),
+            events_rx: std::mem::replace(&mut self.events_rx, events_rx),
+            expires: self.expires.take(),
+            missed: Vec::new(),
+        };
+        tracing::debug!(peer = %away.membership.peer, "socket dropped: the member waits for a resume");
+        self.state
+            .resumes
+            .park(token, away, Duration::from_secs(grace));
     }
 
     /// Tells the client why the server ends the session, and closes it.
     async fn end(&mut self, socket: &mut WebSocket, ending: Ending) {
         let (refusal, code, message, close) = match ending {
-            Ending::Gone => return,
+            Ending::Gone | Ending::Dropped => return,
             Ending::TooLarge => (
                 Refusal::WsTooLarge,
                 "too_large",
@@ -214,6 +259,7 @@ impl Session {
     fn left_channel(&mut self) {
         self.membership = None;
         self.expires = None;
+        self.resume_token = None;
         if self.join_deadline.is_none() {
             self.join_deadline = Some(Instant::now() + self.state.join_timeout());
         }
@@ -247,6 +293,8 @@ impl Session {
             ClientRequest::Join { ask, offer } => Some(self.join(ask, offer).await),
             ClientRequest::Moderate { peer, action } => self.moderate(peer, action).await,
             ClientRequest::Hand { raised } => self.hand(raised).await,
+            ClientRequest::Restart { offer } => Some(self.restart(offer).await),
+            ClientRequest::Resume { token } => Some(self.resume(&token).await),
         }
     }
 
@@ -337,7 +385,7 @@ impl Session {
         let worker = self.state.workers.for_channel(&ask.channel).clone();
         let res = worker
             .join(JoinRequest {
-                channel: ask.channel,
+                channel: ask.channel.clone(),
                 identity: grants.sub.clone(),
                 role,
                 offer,
@@ -350,10 +398,14 @@ impl Session {
             Ok(j) => {
                 self.membership = Some(Membership {
                     peer: j.peer,
+                    source: j.source.0,
+                    channel: ask.channel.clone(),
                     worker,
+                    restarts: RestartBudget::new(self.state.config.ice_restarts_per_minute),
                 });
                 self.join_deadline = None;
                 self.expires = instant_of_unix(grants.exp);
+                self.resume_token = self.new_resume_token();
                 ServerMsg::Joined {
                     peer: j.peer.0,
                     source: j.source.0,
@@ -365,6 +417,8 @@ impl Session {
                     active_speakers: j.active_speakers,
                     dominant_speaker: j.dominant_speaker,
                     dominant_source: j.dominant_source,
+                    resume_token: self.resume_token.clone(),
+                    resume_grace_secs: self.resume_grace_secs(),
                 }
             }
             Err(JoinError::Full(full)) => refusal(self.state.room_full(full), req),
@@ -376,6 +430,93 @@ impl Session {
             }
             Err(e) => ServerMsg::error("internal", e.to_string(), Some(req)),
         }
+    }
+
+    /// A fresh resume token, when resume is on.
+    fn new_resume_token(&self) -> Option<String> {
+        (self.state.config.resume_grace_secs > 0)
+            .then(secret_id)
+            .flatten()
+    }
+
+    /// The grace period clients are told: 0 when this member has no token.
+    fn resume_grace_secs(&self) -> u64 {
+        if self.resume_token.is_some() {
+            self.state.config.resume_grace_secs
+        } else {
+            0
+        }
+    }
+
+    /// `restart`: the member's new offer after its network changed.
+    async fn restart(&mut self, offer: String) -> ServerMsg {
+        let req = Some("restart");
+        let Some(j) = &mut self.membership else {
+            return ServerMsg::error("not_joined", "join a channel first", req);
+        };
+        if let Err(wait) = j.restarts.take(std::time::Instant::now()) {
+            self.state.refusals.count(Refusal::RestartRate);
+            let mut denied = Denied::new(
+                429,
+                "rate_limited",
+                format!(
+                    "at most {} ICE restarts a minute",
+                    self.state.config.ice_restarts_per_minute
+                ),
+            );
+            denied.retry_after = Some(wait);
+            return refusal(denied, "restart");
+        }
+        match j.worker.restart(j.peer, offer).await {
+            Ok(answer) => ServerMsg::Restarted { answer },
+            Err(e @ RestartError::Refused(_)) => {
+                ServerMsg::error("invalid_offer", e.to_string(), req)
+            }
+            Err(RestartError::Left) => {
+                ServerMsg::error("not_joined", "the member left the channel", req)
+            }
+            Err(e @ RestartError::WorkerGone) => ServerMsg::error("internal", e.to_string(), req),
+        }
+    }
+
+    /// `resume`: this socket takes over a member whose socket dropped.
+    async fn resume(&mut self, token: &str) -> ServerMsg {
+        let req = Some("resume");
+        if self.membership.is_some() {
+            return ServerMsg::error("already_joined", "this socket is in a channel", req);
+        }
+        let Some(away) = self.state.resumes.take(token).await else {
+            self.state.refusals.count(Refusal::Resume);
+            return ServerMsg::error(
+                "resume_failed",
+                "no member waits for this token (used, unknown, or past its grace period): join again",
+                req,
+            );
+        };
+        let Away {
+            membership,
+            events_tx,
+            events_rx,
+            expires,
+            missed,
+        } = away;
+        tracing::debug!(peer = %membership.peer, "member resumed on a new socket");
+        self.events_tx = events_tx;
+        self.events_rx = events_rx;
+        self.expires = expires;
+        self.join_deadline = None;
+        self.authorized = None;
+        self.outbox.extend(missed);
+        self.resume_token = self.new_resume_token();
+        let msg = ServerMsg::Resumed {
+            peer: membership.peer.0,
+            source: membership.source,
+            channel: membership.channel.clone(),
+            resume_token: self.resume_token.clone().unwrap_or_default(),
+            resume_grace_secs: self.resume_grace_secs(),
+        };
+        self.membership = Some(membership);
+        msg
     }
 
     async fn moderate(&mut self, peer: PeerId, action: Moderation) -> Option<ServerMsg> {

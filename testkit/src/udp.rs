@@ -110,6 +110,26 @@ impl UdpPeer {
         }));
     }
 
+    /// The peer's network changed: its thread stops, its socket closes
+    /// (nothing reaches the old address any more), and it binds a new one
+    /// on 127.0.0.1 and restarts ICE from there, as `pc.restartIce()` does
+    /// ([`Client::restart_ice`]). Returns the new offer; the answer goes to
+    /// [`start`](Self::start) / [`try_start`](Self::try_start), which run
+    /// the peer again.
+    pub fn move_to_new_socket(&mut self) -> std::io::Result<String> {
+        self.stop();
+        self.stop.store(false, Ordering::Relaxed);
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let addr = socket.local_addr()?;
+        let offer = self
+            .lock()
+            .restart_ice(addr)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.socket = Arc::new(socket);
+        self.addr = addr;
+        Ok(offer)
+    }
+
     /// Adds a trickled candidate of the other side (see
     /// [`Client::add_remote_candidate`]).
     pub fn add_remote_candidate(&self, candidate: &str) -> Result<(), String> {

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::{EventSink, NotQueued, Signaling};
 use super::relay::{LinkSender, Queued, RelayInCounters, RelayInbox, RelayInput};
-use super::{udp, JoinError, JoinRequest, Request};
+use super::{udp, JoinError, JoinRequest, Request, RestartError};
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
@@ -64,6 +64,10 @@ pub(super) struct Task {
     slow: Vec<PeerId>,
     /// Joins waiting for the engine's answer.
     pending: HashMap<PeerId, oneshot::Sender<Result<Joined, JoinError>>>,
+    /// ICE restarts waiting for the engine's answer. The engine answers a
+    /// restart within the command that asked for it, so at most one per
+    /// member waits, and only until the next poll.
+    restarts: HashMap<PeerId, oneshot::Sender<Result<String, RestartError>>>,
     /// When each member not yet connected asked to join (`sfu_join_seconds`).
     connecting: HashMap<PeerId, Instant>,
     next_peer: u64,
@@ -101,6 +105,7 @@ impl Task {
             sinks: HashMap::new(),
             slow: Vec::new(),
             pending: HashMap::new(),
+            restarts: HashMap::new(),
             connecting: HashMap::new(),
             next_peer: 1,
             upstream,
@@ -294,6 +299,12 @@ impl Task {
     }
 
     fn event(&mut self, e: Event) {
+        if let Event::Restarted { peer, sdp } = e {
+            if let Some(reply) = self.restarts.remove(&peer) {
+                let _ = reply.send(Ok(sdp));
+            }
+            return;
+        }
         let left = match &e {
             Event::PeerLeft { peer, .. } => Some(*peer),
             Event::PeerConnected { peer } => {
@@ -316,6 +327,9 @@ impl Task {
             self.sinks.remove(&peer);
             self.pending.remove(&peer);
             self.connecting.remove(&peer);
+            if let Some(reply) = self.restarts.remove(&peer) {
+                let _ = reply.send(Err(RestartError::Left));
+            }
         }
     }
 
@@ -358,6 +372,17 @@ impl Task {
             Request::Leave(peer, reply) => {
                 let ok = self.command(Command::Leave { peer }).is_ok();
                 let _ = reply.send(ok);
+            }
+            Request::Restart { peer, offer, reply } => {
+                match self.command(Command::Restart { peer, offer }) {
+                    // The answer comes out of poll_output (Event::Restarted).
+                    Ok(()) => {
+                        self.restarts.insert(peer, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RestartError::Refused(e)));
+                    }
+                }
             }
             Request::Moderate {
                 by,

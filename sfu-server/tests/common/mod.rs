@@ -229,3 +229,21 @@ pub(crate) async fn post_sdp(base: &str, path: &str, offer: String) -> reqwest::
         .await
         .expect("a response")
 }
+
+/// An HTTP request with `headers` and `body`, answered within [`LIMIT`].
+pub(crate) async fn http(
+    method: reqwest::Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: String,
+) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    tokio::time::timeout(LIMIT, req.send())
+        .await
+        .expect("in time")
+        .expect("response")
+}
