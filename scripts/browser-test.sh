@@ -3,7 +3,8 @@
 # Firefox (the Debian packages chromium and firefox-esr) join the demo page
 # from several tabs against a debug sfu-server and check audio flows both
 # ways, member lists, speaker highlighting and leaving; then a page of each
-# publishes over WHIP and a page of each listens over WHEP
+# publishes over WHIP and a page of each listens over WHEP; a page whose
+# WebSocket is cut resumes, and a page restarts ICE
 # (sfu-server/tests/browser/test.mjs).
 #
 # Everything runs in a fresh network namespace whose only addresses are

@@ -14,6 +14,13 @@
 //! (ICE lost, kicked, the node stopping). A `resume` with the token takes
 //! the member and what it missed ([`Resumes::take`]); each token works once.
 //!
+//! A client often comes back before the server noticed its old socket is
+//! dead (no FIN or RST reached it). The session holding the token is then
+//! told to give the member up ([`Resumes::hold_live`]): it parks it as if
+//! its socket had dropped, and the `resume` takes it. Without that the
+//! client would be refused, join afresh, and show twice until the grace
+//! period of the first ran out.
+//!
 //! The registry holds at most one entry per member, and members are
 //! limited; tokens are 128 bits from the OS.
 
@@ -23,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use media_core::PeerId;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::ice_restart::RestartBudget;
@@ -111,21 +118,51 @@ pub struct ResumeStats {
 
 type Claim = oneshot::Sender<oneshot::Sender<Away>>;
 
+/// How long a `resume` waits for a live session to give its member up.
+const DISPLACE_WAIT: Duration = Duration::from_secs(2);
+
 /// The members away, by resume token.
 #[derive(Debug, Default)]
 pub struct Resumes {
     parked: Mutex<HashMap<String, Claim>>,
+    /// The sessions holding a member now, by its token: told to give it up
+    /// when a `resume` comes with the token.
+    live: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Woken whenever a member is parked.
+    parked_changed: Notify,
     /// Outcomes, for `/metrics`.
     pub stats: ResumeStats,
 }
 
 impl Resumes {
+    /// A session holds the member of `token`: the returned notice fires
+    /// when a `resume` with the token wants the member (the session must
+    /// then [`park`](Self::park) it).
+    pub fn hold_live(&self, token: &str) -> Arc<Notify> {
+        let notice = Arc::new(Notify::new());
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(token.to_owned(), notice.clone());
+        }
+        notice
+    }
+
+    /// The session no longer holds the member of `token`.
+    pub fn release_live(&self, token: &str) {
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(token);
+        }
+    }
+
     /// Keeps `away` for `grace` under `token`, on a task of its own.
     pub fn park(self: &Arc<Self>, token: String, away: Away, grace: Duration) {
         let (claim, claimed) = oneshot::channel();
         if let Ok(mut p) = self.parked.lock() {
             p.insert(token.clone(), claim);
         }
+        // Parked before it stops being live: a `resume` finds it in one
+        // of the two.
+        self.release_live(&token);
+        self.parked_changed.notify_waiters();
         self.stats.away.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(self.clone().hold(token, away, claimed, grace));
     }
@@ -133,7 +170,23 @@ impl Resumes {
     /// Takes the member parked under `token` (and what it missed); `None`
     /// when no member is (unknown token, used, or past its grace).
     pub async fn take(&self, token: &str) -> Option<Away> {
-        let claim = self.parked.lock().ok()?.remove(token)?;
+        // A session that still holds the member gives it up.
+        let live = self.live.lock().ok()?.remove(token);
+        if let Some(notice) = &live {
+            notice.notify_one();
+        }
+        let deadline = Instant::now() + DISPLACE_WAIT;
+        let claim = loop {
+            let changed = self.parked_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(claim) = self.parked.lock().ok()?.remove(token) {
+                break claim;
+            }
+            // Nobody held it live: no member will come.
+            live.as_ref()?;
+            tokio::time::timeout_at(deadline, changed).await.ok()?;
+        };
         let (reply, away) = oneshot::channel();
         claim.send(reply).ok()?;
         let away = away.await.ok()?;

@@ -84,6 +84,8 @@ struct Session {
     expires: Option<Instant>,
     /// What takes the member over if this socket drops (`resume`).
     resume_token: Option<String>,
+    /// Fires when a `resume` on another socket wants this member.
+    displaced: Option<Arc<tokio::sync::Notify>>,
     /// Messages to send after the reply to the current request (what a
     /// resumed member missed).
     outbox: VecDeque<ServerMsg>,
@@ -107,6 +109,9 @@ enum Ending {
     JoinTimeout,
     /// The member's token expired.
     Expired,
+    /// Another socket resumed the member (this one's client is presumably
+    /// gone, unseen).
+    Displaced,
 }
 
 impl Session {
@@ -121,6 +126,7 @@ impl Session {
             join_deadline,
             expires: None,
             resume_token: None,
+            displaced: None,
             outbox: VecDeque::new(),
             events_tx,
             events_rx,
@@ -173,9 +179,10 @@ impl Session {
                 }
                 () = until(self.join_deadline) => break Ending::JoinTimeout,
                 () = until(self.expires) => break Ending::Expired,
+                () = notice(self.displaced.clone()) => break Ending::Displaced,
             }
         };
-        if matches!(ending, Ending::Dropped) {
+        if matches!(ending, Ending::Dropped | Ending::Displaced) {
             self.park();
         }
         self.end(&mut socket, ending).await;
@@ -186,6 +193,7 @@ impl Session {
     /// `resume` (when it has a token), else it leaves (the caller).
     fn park(&mut self) {
         let grace = self.state.config.resume_grace_secs;
+        self.displaced = None;
         let (Some(token), true) = (self.resume_token.take(), grace > 0) else {
             return;
         };
@@ -210,6 +218,17 @@ impl Session {
     async fn end(&mut self, socket: &mut WebSocket, ending: Ending) {
         let (refusal, code, message, close) = match ending {
             Ending::Gone | Ending::Dropped => return,
+            Ending::Displaced => {
+                let msg = "another connection resumed this member";
+                let _ = send(socket, &ServerMsg::error("resumed_elsewhere", msg, None)).await;
+                let frame = CloseFrame {
+                    code: CLOSE_POLICY,
+                    reason: "resumed_elsewhere".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                linger(socket).await;
+                return;
+            }
             Ending::TooLarge => (
                 Refusal::WsTooLarge,
                 "too_large",
@@ -259,7 +278,7 @@ impl Session {
     fn left_channel(&mut self) {
         self.membership = None;
         self.expires = None;
-        self.resume_token = None;
+        self.set_resume_token(None);
         if self.join_deadline.is_none() {
             self.join_deadline = Some(Instant::now() + self.state.join_timeout());
         }
@@ -405,7 +424,7 @@ impl Session {
                 });
                 self.join_deadline = None;
                 self.expires = instant_of_unix(grants.exp);
-                self.resume_token = self.new_resume_token();
+                self.set_resume_token(self.new_resume_token());
                 ServerMsg::Joined {
                     peer: j.peer.0,
                     source: j.source.0,
@@ -437,6 +456,16 @@ impl Session {
         (self.state.config.resume_grace_secs > 0)
             .then(secret_id)
             .flatten()
+    }
+
+    /// This member's resume token from now on: the session holds it live
+    /// (a `resume` with it elsewhere takes the member from this socket).
+    fn set_resume_token(&mut self, token: Option<String>) {
+        if let Some(old) = self.resume_token.take() {
+            self.state.resumes.release_live(&old);
+        }
+        self.displaced = token.as_deref().map(|t| self.state.resumes.hold_live(t));
+        self.resume_token = token;
     }
 
     /// The grace period clients are told: 0 when this member has no token.
@@ -507,7 +536,7 @@ impl Session {
         self.join_deadline = None;
         self.authorized = None;
         self.outbox.extend(missed);
-        self.resume_token = self.new_resume_token();
+        self.set_resume_token(self.new_resume_token());
         let msg = ServerMsg::Resumed {
             peer: membership.peer.0,
             source: membership.source,
@@ -596,6 +625,14 @@ fn refusal(denied: Denied, request: &str) -> ServerMsg {
 fn instant_of_unix(unix: u64) -> Option<Instant> {
     let left = Duration::from_secs(unix.saturating_sub(unix_now()));
     Instant::now().checked_add(left)
+}
+
+/// Waits for `notice`, or forever.
+async fn notice(notice: Option<Arc<tokio::sync::Notify>>) {
+    match notice {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`, or forever.

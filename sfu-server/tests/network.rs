@@ -259,15 +259,36 @@ async fn a_dropped_websocket_resumes_and_nobody_sees_the_member_leave() {
     }
     assert!(left_messages(&ws_l, alice).is_empty(), "{:?}", ws_l.seen);
 
-    // The old token is spent; the new one works for the next drop.
+    // The old token is spent.
     let mut ws_x = Ws::connect(&server).await;
     ws_x.send(json!({"type": "resume", "token": token})).await;
     let e = ws_x.recv_type("error").await;
     assert_eq!(e["code"], "resume_failed", "{e}");
+
+    // The client comes back before the server noticed its socket died (it
+    // is still open here): the new socket takes the member over, the old
+    // one is told and closed.
+    let mut ws_y = Ws::connect(&server).await;
+    ws_y.send(json!({"type": "resume", "token": new_token}))
+        .await;
+    let resumed = ws_y.recv().await;
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!(resumed["peer"], alice);
+    let e = ws_a.recv_type("error").await;
+    assert_eq!(e["code"], "resumed_elsewhere", "{e}");
+    ws_l.send(json!({"type": "ping"})).await;
+    ws_l.recv_type("pong").await;
+    assert!(left_messages(&ws_l, alice).is_empty(), "{:?}", ws_l.seen);
+    let t = Instant::now();
+    assert!(
+        l.wait_until(t + LIMIT, |c| c.first_heard(0, t).is_some()),
+        "lena still hears alice"
+    );
+
     let s = scrape(&base).await;
     assert_eq!(
         value(&s, "sfu_resumes_total", Some(("outcome", "resumed"))),
-        1.0
+        2.0
     );
     assert_eq!(
         value(&s, "sfu_refusals_total", Some(("reason", "resume"))),

@@ -9,8 +9,18 @@
 //   grants   {can_publish, can_subscribe, can_moderate}  what the token allows
 //                                              (from `authorized`, before the offer)
 //   state    "connecting" | "connected" | "disconnected" | "failed" | "closed"
-//                                              the media connection's state
-//   joined   {peer, source, slots, members}   the join succeeded
+//            | "reconnecting"                  the connection's state: the media
+//                                              connection's, except "reconnecting"
+//                                              while the socket is re-established
+//                                              (resume) or ICE restarts after the
+//                                              media path broke, and "disconnected"
+//                                              also when the socket is lost for good
+//   joined   {peer, source, slots, members}   the join succeeded (again with a new
+//                                              peer id when a resume was refused
+//                                              and the client joined afresh)
+//   resumed  {peer, source, channel}           a new socket took the member over
+//                                              after the old one dropped
+//   restarted null                             an ICE restart was answered and applied
 //   members  [member, ...]                     the member list changed (large
 //                                              channels list speakers only)
 //   member_count  n                            members in the channel, listed or not
@@ -29,15 +39,48 @@
 //   shutdown {reason, deadline_ms}             the server drains; we leave
 //   left     {reason, message}                 no longer in the channel: "left"
 //            (leave()), "shutdown", "expired" (the token expired),
-//            "disconnected" (socket lost), or the server's member_left
+//            "disconnected" (socket lost and not resumed within the grace
+//            period, or the fresh join after a refused resume failed), or
+//            the server's member_left
 //            reason ("timeout", "failed", "kicked" with the moderator's
 //            words in `message`, ...)
+//
+// Surviving the network (docs/PROTOCOL.md, "Surviving the network"): when
+// the socket drops while in a channel, the client reconnects with backoff
+// and sends `resume` with the member's token (same peer id; the others see
+// nothing), or joins afresh when the server no longer keeps the member.
+// When ICE fails (or stays disconnected), it restarts ICE (`restart`), at
+// once or right after the resume; `restartIce()` does it on demand.
 
 /** Receive slots offered: the server's default `slots`. It may grant fewer. */
 const DEFAULT_SLOTS = 3;
 
 /** How often the voices' levels are read from the receivers (ms). */
 const LEVEL_INTERVAL_MS = 150;
+
+/** How long ICE may stay `disconnected` before we restart it (ms). */
+const ICE_DISCONNECTED_MS = 2000;
+
+/** After a restart, how long ICE may stay broken before the next one (ms). */
+const ICE_RECHECK_MS = 5000;
+
+/** ICE states that call for a restart. */
+const ICE_BROKEN = ["failed", "disconnected"];
+
+/**
+ * Waits between attempts to reconnect a dropped socket: the first, doubled
+ * each time up to the last, each plus up to a fifth of itself (jitter, so
+ * that clients cut off together do not come back together).
+ */
+const RECONNECT_FIRST_MS = 250;
+const RECONNECT_MAX_MS = 5000;
+const RECONNECT_JITTER = 0.2;
+
+/** Errors after which the server ends the session: nothing to resume. */
+const SESSION_ENDING = new Set(["session_expired", "too_slow", "too_large", "join_timeout", "resumed_elsewhere"]);
+
+/** Close codes of a server that ended the session (policy, too large). */
+const CLOSE_ENDING = new Set([1008, 1009]);
 
 export class VoiceClient extends EventTarget {
   /**
@@ -64,6 +107,14 @@ export class VoiceClient extends EventTarget {
     this.handRaised = false;
     this.hands = []; // raised hands, when we moderate
     this.levelTimer = null;
+    this.waiters = []; // requests waiting for their answer: {ok, request, resolve, reject}
+    this.joinArgs = null; // what join() was given, for a fresh join after a refused resume
+    this.resumeToken = null; // from `joined`/`resumed`: takes the member over on a new socket
+    this.resumeGraceSecs = 0; // how long the server keeps the member after a drop
+    this.reconnecting = null; // {deadline, attempt, timer, ws} while the socket comes back
+    this.restarting = null; // the ICE restart in flight (a promise)
+    this.iceTimer = null; // the next automatic ICE restart
+    this.ending = false; // the server said it ends the session: no resume
   }
 
   /** Whether we offered a microphone line (and so may be promoted). */
@@ -76,15 +127,13 @@ export class VoiceClient extends EventTarget {
   }
 
   /**
-   * Joins a channel. Resolves with the `joined` message; rejects on refusal.
-   *
-   * Three steps on one socket: `authorize` with the token (the server
-   * answers with the ICE servers, TURN credentials included, for token
-   * holders only), the offer made with those servers, then `join`.
+   * Joins a channel. Resolves with the `joined` message; rejects on refusal
+   * (the error's `code` is the server's).
    */
   async join({ channel, token, identity, role = "speaker", mic = role !== "listener" }) {
-    if (this.ws || this.joining) throw new Error("already joined or joining: leave first");
+    if (this.ws || this.joining || this.reconnecting) throw new Error("already joined or joining: leave first");
     this.joining = true;
+    this.ending = false;
     try {
       // The microphone before the socket: a permission prompt may take a
       // while, and the server closes sessions that do not join in time.
@@ -94,75 +143,102 @@ export class VoiceClient extends EventTarget {
       if (mic) {
         this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
       }
-      const ws = (this.ws = new WebSocket(this.url));
-      // The server's first message, `hello`, says the socket is ready.
-      await new Promise((resolve, reject) => {
-        ws.onmessage = (ev) => {
-          try {
-            if (JSON.parse(ev.data).type === "hello") resolve();
-          } catch {
-            reject(new Error("the server sent something that is not JSON"));
-          }
-        };
-        ws.onerror = () => reject(new Error(`cannot connect to ${this.url}`));
-        ws.onclose = () => reject(new Error(`${this.url} closed before its hello`));
-      });
-      // From here on socket problems surface as a `left` event.
-      ws.onerror = null;
-      ws.onclose = () => this.#teardown("disconnected");
-
-      const ask = { type: "authorize", channel };
-      if (token) ask.token = token;
-      if (role) ask.role = role;
-      if (identity) ask.identity = identity;
-      const authorized = await this.#request(ask, "authorized", "authorize");
-      this.grants = {
-        can_publish: authorized.can_publish,
-        can_subscribe: authorized.can_subscribe,
-        can_moderate: authorized.can_moderate,
-      };
-      this.#emit("grants", this.grants);
-
-      const pc = (this.pc = new RTCPeerConnection({ iceServers: authorized.ice_servers ?? [] }));
-      this.#emit("state", "connecting");
-      pc.onconnectionstatechange = () => {
-        if (pc.connectionState !== "new") this.#emit("state", pc.connectionState);
-      };
-      if (this.mic) {
-        const track = this.mic.getAudioTracks()[0];
-        track.enabled = !this.micMuted;
-        // First m-line: our voice. The server takes the first m-line it can
-        // receive on as the microphone, so it must come before the slots.
-        pc.addTransceiver(track, { direction: "sendonly", streams: [this.mic] });
-      }
-      // A listener without `mic` offers no mic m-line at all (and is never
-      // asked for the microphone): a moderator's promotion is then refused
-      // (`cannot_speak`) and it must join again with one.
-      // One recvonly m-line per slot: the server rewrites whichever voices it
-      // selects into these fixed streams, so no renegotiation ever happens.
-      for (let i = 0; i < this.slotCount; i++) {
-        pc.addTransceiver("audio", { direction: "recvonly" });
-      }
-      pc.ontrack = (e) => this.#play(e.track);
-
-      // No need to wait for ICE gathering: the server is ICE-lite and learns
-      // our address from our connectivity checks, so the offer may carry no
-      // candidates at all (and trickled ones are simply not sent).
-      await pc.setLocalDescription(await pc.createOffer());
-      // The token was shown with `authorize`; the join refers to it.
-      const msg = { type: "join", channel, offer: pc.localDescription.sdp };
-      if (role) msg.role = role;
-
-      const reply = await this.#request(msg, "joined", "join");
-      await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
-      this.levelTimer = setInterval(() => this.#readLevels(), LEVEL_INTERVAL_MS);
-      return reply;
+      const { ws, ready } = this.#connect();
+      this.ws = ws;
+      await ready;
+      this.joinArgs = { channel, token, identity, role };
+      return await this.#enter(this.joinArgs);
     } catch (err) {
       this.#teardown(null);
       throw err;
     } finally {
       this.joining = false;
     }
+  }
+
+  /**
+   * Opens a socket: `ws` at once, `ready` resolves at the server's first
+   * message, `hello`, which says the socket is ready. From then on socket
+   * problems go to #onClose.
+   */
+  #connect() {
+    const ws = new WebSocket(this.url);
+    const ready = new Promise((resolve, reject) => {
+      ws.onmessage = (ev) => {
+        try {
+          if (JSON.parse(ev.data).type === "hello") resolve();
+        } catch {
+          reject(new Error("the server sent something that is not JSON"));
+        }
+      };
+      ws.onerror = () => reject(new Error(`cannot connect to ${this.url}`));
+      ws.onclose = () => reject(new Error(`${this.url} closed before its hello`));
+    }).then(() => {
+      ws.onerror = null;
+      ws.onmessage = (ev) => this.#onMessage(ev);
+      ws.onclose = (ev) => this.#onClose(ws, ev);
+      return ws;
+    });
+    return { ws, ready };
+  }
+
+  /**
+   * Enters a channel on the open socket. Three steps: `authorize` with the
+   * token (the server answers with the ICE servers, TURN credentials
+   * included, for token holders only), the offer made with those servers,
+   * then `join`. Resolves with the `joined` message.
+   */
+  async #enter({ channel, token, identity, role }) {
+    const ask = { type: "authorize", channel };
+    if (token) ask.token = token;
+    if (role) ask.role = role;
+    if (identity) ask.identity = identity;
+    const authorized = await this.#request(ask, "authorized", "authorize");
+    this.grants = {
+      can_publish: authorized.can_publish,
+      can_subscribe: authorized.can_subscribe,
+      can_moderate: authorized.can_moderate,
+    };
+    this.#emit("grants", this.grants);
+
+    const pc = (this.pc = new RTCPeerConnection({ iceServers: authorized.ice_servers ?? [] }));
+    this.#emit("state", "connecting");
+    pc.onconnectionstatechange = () => {
+      // While the socket comes back the page shows that instead; the
+      // media's state follows the resume.
+      if (pc.connectionState !== "new" && !this.reconnecting) this.#emit("state", pc.connectionState);
+    };
+    pc.oniceconnectionstatechange = () => this.#iceChanged(pc);
+    if (this.mic) {
+      const track = this.mic.getAudioTracks()[0];
+      track.enabled = !this.micMuted;
+      // First m-line: our voice. The server takes the first m-line it can
+      // receive on as the microphone, so it must come before the slots.
+      pc.addTransceiver(track, { direction: "sendonly", streams: [this.mic] });
+    }
+    // A listener without `mic` offers no mic m-line at all (and is never
+    // asked for the microphone): a moderator's promotion is then refused
+    // (`cannot_speak`) and it must join again with one.
+    // One recvonly m-line per slot: the server rewrites whichever voices it
+    // selects into these fixed streams, so no renegotiation ever happens.
+    for (let i = 0; i < this.slotCount; i++) {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+    pc.ontrack = (e) => this.#play(e.track);
+
+    // No need to wait for ICE gathering: the server is ICE-lite and learns
+    // our address from our connectivity checks, so the offer may carry no
+    // candidates at all (and trickled ones are simply not sent).
+    await pc.setLocalDescription(await pc.createOffer());
+    // The token was shown with `authorize`; the join refers to it.
+    const msg = { type: "join", channel, offer: pc.localDescription.sdp };
+    if (role) msg.role = role;
+
+    const reply = await this.#request(msg, "joined", "join");
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+    clearInterval(this.levelTimer);
+    this.levelTimer = setInterval(() => this.#readLevels(), LEVEL_INTERVAL_MS);
+    return reply;
   }
 
   /** Leaves the channel and releases the microphone. */
@@ -223,6 +299,193 @@ export class VoiceClient extends EventTarget {
   }
 
   /**
+   * Restarts ICE (after the network changed): a new offer with new ICE
+   * credentials, `restart`, and the `restarted` answer applied; the member
+   * keeps its peer id, voice and slots. Resolves with the `restarted`
+   * message; rejects on refusal (`code`: "not_joined", "invalid_offer",
+   * "rate_limited" with `retryAfterSecs`), the session then going on as it
+   * was. One at a time: a call while one is under way gets that one.
+   * The client calls it itself when ICE fails or stays disconnected.
+   */
+  restartIce() {
+    const pc = this.pc;
+    if (!pc || !this.joined || this.joining) return Promise.reject(new Error("not in a channel"));
+    if (this.restarting) return this.restarting;
+    const restarting = this.#restart(pc).finally(() => {
+      if (this.restarting === restarting) this.restarting = null;
+      // Still broken (the new checks fail too, or the answer was lost with
+      // the socket): again a little later, unless something else will.
+      if (pc === this.pc && ICE_BROKEN.includes(pc.iceConnectionState)) this.#restartIn(ICE_RECHECK_MS);
+    });
+    this.restarting = restarting;
+    return restarting;
+  }
+
+  async #restart(pc) {
+    // No need to wait for ICE gathering, as for the join: the server
+    // learns our new address from our checks with the new credentials.
+    await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+    let reply;
+    try {
+      reply = await this.#request({ type: "restart", offer: pc.localDescription.sdp }, "restarted", "restart");
+    } catch (err) {
+      // Refused or unanswered: back to the session as it was.
+      if (pc.signalingState === "have-local-offer") {
+        await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      }
+      throw err;
+    }
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+    this.#emit("restarted", null);
+    return reply;
+  }
+
+  /** ICE changed: restart it when it failed or stays disconnected. */
+  #iceChanged(pc) {
+    if (pc !== this.pc) return;
+    const state = pc.iceConnectionState;
+    if (state === "failed") this.#restartIn(0);
+    else if (state === "disconnected") this.#restartIn(ICE_DISCONNECTED_MS);
+    else {
+      clearTimeout(this.iceTimer);
+      this.iceTimer = null;
+    }
+  }
+
+  #restartIn(ms) {
+    clearTimeout(this.iceTimer);
+    this.iceTimer = setTimeout(() => this.#autoRestart(), ms);
+  }
+
+  /**
+   * The automatic ICE restart, when ICE is still broken; not while one is
+   * under way (its end looks again), nor while the socket is down (the
+   * resume looks again).
+   */
+  #autoRestart() {
+    clearTimeout(this.iceTimer);
+    this.iceTimer = null;
+    const pc = this.pc;
+    if (!pc || !this.joined || this.joining || this.reconnecting || this.restarting) return;
+    if (!ICE_BROKEN.includes(pc.iceConnectionState)) return;
+    this.#emit("state", "reconnecting");
+    this.restartIce().then(
+      () => {
+        // Usually the media's state moves on by itself (checking, then
+        // connected); ICE that recovered meanwhile does not move.
+        if (pc !== this.pc || this.reconnecting) return;
+        if (pc.connectionState === "connected") this.#emit("state", "connected");
+      },
+      (err) => {
+        if (pc !== this.pc) return;
+        if (!this.reconnecting) this.#emit("state", pc.connectionState);
+        if (err.code === "rate_limited") this.#restartIn((err.retryAfterSecs ?? 10) * 1000);
+        else if (err.code) this.#emit("error", { code: err.code, message: err.message, request: "restart" });
+        // Without a code the socket dropped: the resume looks again.
+      },
+    );
+  }
+
+  /**
+   * The socket closed without our asking. In a channel with a resume token,
+   * and unless the server ended the session, the client reconnects.
+   */
+  #onClose(ws, ev) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    ws.onclose = ws.onmessage = ws.onerror = null;
+    this.#failWaiters(new Error("the server closed the connection"));
+    // A join or a resume under way sees its request fail and decides.
+    if (this.joining || this.reconnecting) return;
+    if (this.joined && this.resumeToken && this.resumeGraceSecs > 0 && !this.ending && !CLOSE_ENDING.has(ev.code)) {
+      this.reconnecting = {
+        deadline: Date.now() + this.resumeGraceSecs * 1000,
+        attempt: 0,
+        timer: null,
+        ws: null,
+      };
+      this.#emit("state", "reconnecting");
+      this.#reconnectLater();
+    } else {
+      if (this.joined) this.#emit("state", "disconnected");
+      this.#teardown("disconnected");
+    }
+  }
+
+  /** Schedules the next attempt to reconnect, or gives up past the grace period. */
+  #reconnectLater() {
+    const r = this.reconnecting;
+    const left = r.deadline - Date.now();
+    if (left <= 0) {
+      this.#emit("state", "disconnected");
+      this.#teardown("disconnected", `not reconnected within ${this.resumeGraceSecs} s`);
+      return;
+    }
+    const backoff = Math.min(RECONNECT_FIRST_MS * 2 ** r.attempt, RECONNECT_MAX_MS);
+    r.attempt++;
+    r.timer = setTimeout(() => this.#reconnect(r), Math.min(backoff * (1 + Math.random() * RECONNECT_JITTER), left));
+  }
+
+  /** One attempt: a new socket, `resume` after its `hello`. */
+  async #reconnect(r) {
+    r.timer = null;
+    const { ws, ready } = this.#connect();
+    r.ws = ws;
+    try {
+      await ready;
+    } catch {
+      ws.onclose = ws.onmessage = ws.onerror = null;
+      if (ws.readyState <= WebSocket.OPEN) ws.close();
+      if (this.reconnecting === r) this.#reconnectLater();
+      return;
+    }
+    if (this.reconnecting !== r) return; // left meanwhile (the socket is closed)
+    r.ws = null;
+    this.ws = ws;
+    try {
+      await this.#request({ type: "resume", token: this.resumeToken }, "resumed", "resume");
+    } catch (err) {
+      if (this.reconnecting !== r) return;
+      // The server no longer keeps the member: a new one.
+      // (`bad_request`: a token the server cannot read; the same for us.)
+      if (err.code === "resume_failed" || err.code === "bad_request") return this.#rejoin();
+      if (err.code) {
+        this.#emit("state", "disconnected");
+        return this.#teardown("disconnected", err.message);
+      }
+      return this.#reconnectLater(); // this socket dropped too
+    }
+    if (this.reconnecting !== r) return;
+    this.reconnecting = null;
+    if (this.pc && this.pc.connectionState !== "new") this.#emit("state", this.pc.connectionState);
+    // The media path may have broken as well while the socket was down.
+    if (ICE_BROKEN.includes(this.pc?.iceConnectionState)) this.#autoRestart();
+  }
+
+  /**
+   * The resume was refused (the member is gone): a fresh join on the new
+   * socket, with a new offer, as join() was asked. The microphone stays.
+   */
+  async #rejoin() {
+    this.reconnecting = null;
+    this.joining = true;
+    this.#closeMedia();
+    this.resumeToken = null;
+    this.speakers = [];
+    this.dominant = null;
+    this.handRaised = false;
+    this.hands = [];
+    try {
+      await this.#enter(this.joinArgs);
+    } catch (err) {
+      this.#emit("state", "disconnected");
+      this.#teardown("disconnected", err.message);
+    } finally {
+      this.joining = false;
+    }
+  }
+
+  /**
    * Reads the level of every voice the slots carried in the last second:
    * the server names each voice by its CSRC (a member's `source`).
    */
@@ -248,28 +511,20 @@ export class VoiceClient extends EventTarget {
   /** Sends `msg` and waits for the reply of type `ok` or an error for `request`. */
   #request(msg, ok, request) {
     return new Promise((resolve, reject) => {
-      this.ws.onmessage = (ev) => {
-        let m;
-        try {
-          m = JSON.parse(ev.data);
-        } catch {
-          return;
-        }
-        if (m.type === ok) {
-          this.ws.onmessage = (e) => this.#onMessage(e);
-          this.#onMessage(ev);
-          resolve(m);
-        } else if (m.type === "error" && m.request === request) {
-          reject(Object.assign(new Error(m.message), { code: m.code }));
-        } else {
-          this.#onMessage(ev);
-        }
-      };
-      this.ws.onclose = () => reject(new Error("the server closed the connection"));
-      this.#send(msg);
-    }).finally(() => {
-      if (this.ws) this.ws.onclose = () => this.#teardown("disconnected");
+      const waiter = { ok, request, resolve, reject };
+      this.waiters.push(waiter);
+      try {
+        this.#send(msg);
+      } catch (err) {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(err);
+      }
     });
+  }
+
+  /** Rejects every request still waiting (the socket is gone). */
+  #failWaiters(err) {
+    for (const w of this.waiters.splice(0)) w.reject(err);
   }
 
   #onMessage(ev) {
@@ -279,14 +534,34 @@ export class VoiceClient extends EventTarget {
     } catch {
       return;
     }
+    // The answer to a request: a refusal goes to the requester only.
+    const i = this.waiters.findIndex((w) => m.type === w.ok || (m.type === "error" && m.request === w.request));
+    const waiter = i < 0 ? null : this.waiters.splice(i, 1)[0];
+    if (waiter && m.type === "error") {
+      waiter.reject(Object.assign(new Error(m.message), { code: m.code, retryAfterSecs: m.retry_after_secs }));
+      return;
+    }
+    this.#handle(m);
+    waiter?.resolve(m);
+  }
+
+  #handle(m) {
     switch (m.type) {
       case "joined":
         this.peer = m.peer;
+        this.resumeToken = m.resume_token ?? null;
+        this.resumeGraceSecs = m.resume_grace_secs ?? 0;
         this.members = new Map(m.members.map((x) => [x.peer, x]));
         this.memberCount = m.member_count ?? m.members.length;
         this.#emit("joined", { peer: m.peer, source: m.source, slots: m.slots, members: m.members });
         this.#emit("member_count", this.memberCount);
         this.#emitMembers();
+        break;
+      case "resumed":
+        // The token works once: the next drop needs this one.
+        this.resumeToken = m.resume_token || null;
+        this.resumeGraceSecs = m.resume_grace_secs ?? 0;
+        this.#emit("resumed", { peer: m.peer, source: m.source, channel: m.channel });
         break;
       case "member_count":
         // Large channels list speakers only; this is everyone.
@@ -329,8 +604,13 @@ export class VoiceClient extends EventTarget {
         break;
       case "error":
         this.#emit("error", { code: m.code, message: m.message, request: m.request });
-        // The server ends the session after these (and closes the socket).
+        // The server ends the session after these (and closes the socket):
+        // no resume then.
+        if (SESSION_ENDING.has(m.code)) this.ending = true;
         if (m.code === "session_expired") this.#teardown("expired");
+        // Another connection (this client, come back before the server saw
+        // this one die) took the member over.
+        if (m.code === "resumed_elsewhere") this.#teardown("resumed_elsewhere", m.message);
         break;
       case "shutdown":
         this.#emit("shutdown", { reason: m.reason, deadline_ms: m.deadline_ms });
@@ -357,18 +637,22 @@ export class VoiceClient extends EventTarget {
   #teardown(reason, message) {
     clearInterval(this.levelTimer);
     this.levelTimer = null;
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
+    const r = this.reconnecting;
+    this.reconnecting = null;
+    clearTimeout(r?.timer);
+    for (const ws of [this.ws, r?.ws]) {
+      if (!ws) continue;
       ws.onopen = ws.onclose = ws.onmessage = ws.onerror = null;
       if (ws.readyState <= WebSocket.OPEN) ws.close();
     }
-    this.pc?.close();
-    this.pc = null;
+    this.ws = null;
+    this.#failWaiters(new Error("left the channel"));
+    this.#closeMedia();
     for (const t of this.mic?.getTracks() ?? []) t.stop();
     this.mic = null;
-    for (const el of this.audio) el.remove();
-    this.audio = [];
+    this.resumeToken = null;
+    this.resumeGraceSecs = 0;
+    this.ending = false;
     const wasJoined = this.peer !== null;
     this.peer = null;
     this.members.clear();
@@ -378,6 +662,17 @@ export class VoiceClient extends EventTarget {
     this.hands = [];
     if (wasJoined) this.#emitMembers();
     if (wasJoined && reason) this.#emit("left", { reason, message });
+  }
+
+  /** Closes the peer connection and its audio elements (the microphone stays). */
+  #closeMedia() {
+    clearTimeout(this.iceTimer);
+    this.iceTimer = null;
+    this.restarting = null;
+    this.pc?.close();
+    this.pc = null;
+    for (const el of this.audio) el.remove();
+    this.audio = [];
   }
 
   #emitMembers() {
