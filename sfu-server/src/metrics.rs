@@ -686,8 +686,21 @@ pub fn render_refusals(o: &mut String, r: &Refusals) {
     }
 }
 
+/// How resumes went (`sfu_resumes_total`, `sfu_members_away`).
+#[derive(Debug, Default)]
+pub struct ResumeStats {
+    /// Members taken over by a new socket.
+    pub resumed: std::sync::atomic::AtomicU64,
+    /// Members that left at the end of their grace period.
+    pub expired: std::sync::atomic::AtomicU64,
+    /// Members that left because they missed too much.
+    pub overflowed: std::sync::atomic::AtomicU64,
+    /// Members away now.
+    pub away: std::sync::atomic::AtomicU64,
+}
+
 /// Resumes of members whose WebSocket dropped (`crate::resume`).
-pub fn render_resumes(o: &mut String, r: &crate::resume::ResumeStats) {
+pub fn render_resumes(o: &mut String, r: &ResumeStats) {
     use std::sync::atomic::Ordering::Relaxed;
     metric(
         o,

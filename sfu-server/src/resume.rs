@@ -25,7 +25,7 @@
 //! limited; tokens are 128 bits from the OS.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::ice_restart::RestartBudget;
+use crate::metrics::ResumeStats;
 use crate::protocol::ServerMsg;
 use crate::worker::{EventSink, MemberEvents, Worker, MEMBER_EVENT_QUEUE};
 
@@ -101,19 +102,6 @@ impl Missed {
     pub fn into_vec(self) -> Vec<ServerMsg> {
         self.0.into()
     }
-}
-
-/// How resumes went (`sfu_resumes_total`, `sfu_members_away`).
-#[derive(Debug, Default)]
-pub struct ResumeStats {
-    /// Members taken over by a new socket.
-    pub resumed: AtomicU64,
-    /// Members that left at the end of their grace period.
-    pub expired: AtomicU64,
-    /// Members that left because they missed too much.
-    pub overflowed: AtomicU64,
-    /// Members away now.
-    pub away: AtomicU64,
 }
 
 type Claim = oneshot::Sender<oneshot::Sender<Away>>;

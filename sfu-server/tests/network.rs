@@ -16,6 +16,18 @@ use testkit::udp::UdpPeer;
 /// The longest a moved client may go unheard once its restart is sent.
 const HEARD_AGAIN_WITHIN: Duration = Duration::from_secs(1);
 
+/// Joins `channel` over WebSocket as a listener named `name`.
+async fn listener(server: &sfu_server::Server, channel: &str, name: &str) -> (Ws, UdpPeer, Value) {
+    ws_member(
+        server,
+        channel,
+        name,
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await
+}
+
 /// Waits until `listener` has heard nothing of `tone` for 200 ms: the old
 /// path is dead, and what is heard after this came over the new one.
 fn silent(listener: &UdpPeer, tone: usize) -> bool {
@@ -60,14 +72,7 @@ async fn a_member_on_a_new_socket_restarts_ice_and_is_heard_again_within_a_secon
     let (mut ws_a, mut a, joined_a) =
         ws_member(&server, "move", "alice", ClientSpec::speaker(0), json!({})).await;
     let alice = joined_a["peer"].as_u64().unwrap();
-    let (mut ws_l, mut l, _) = ws_member(
-        &server,
-        "move",
-        "lena",
-        ClientSpec::listener(),
-        json!({"role": "listener"}),
-    )
-    .await;
+    let (mut ws_l, mut l, _) = listener(&server, "move", "lena").await;
     a.set_talking(true);
     assert!(hears(&l, &[0], 25), "lena hears alice");
     let old_addr = a.addr;
@@ -128,14 +133,7 @@ async fn refused_restarts_leave_the_session_as_it_was() {
         json!({}),
     )
     .await;
-    let (_ws_l, l, _) = ws_member(
-        &server,
-        "refuse",
-        "lena",
-        ClientSpec::listener(),
-        json!({"role": "listener"}),
-    )
-    .await;
+    let (_ws_l, l, _) = listener(&server, "refuse", "lena").await;
     a.set_talking(true);
     assert!(hears(&l, &[0], 10));
 
@@ -188,14 +186,7 @@ async fn a_dropped_websocket_resumes_and_nobody_sees_the_member_leave() {
     let token = joined_a["resume_token"].as_str().unwrap().to_owned();
     assert_eq!(token.len(), 32);
     assert_eq!(joined_a["resume_grace_secs"], 30);
-    let (mut ws_l, l, _) = ws_member(
-        &server,
-        "drop",
-        "lena",
-        ClientSpec::listener(),
-        json!({"role": "listener"}),
-    )
-    .await;
+    let (mut ws_l, l, _) = listener(&server, "drop", "lena").await;
     a.set_talking(true);
     assert!(hears(&l, &[0], 10));
 
@@ -205,14 +196,7 @@ async fn a_dropped_websocket_resumes_and_nobody_sees_the_member_leave() {
     let away = until(|| async { value(&scrape(&base).await, "sfu_members_away", None) == 1.0 });
     assert!(away.await, "the server noticed the drop");
     // Meanwhile someone joins (alice misses it), and alice stays heard.
-    let (ws_c, _c, joined_c) = ws_member(
-        &server,
-        "drop",
-        "carl",
-        ClientSpec::listener(),
-        json!({"role": "listener"}),
-    )
-    .await;
+    let (ws_c, _c, joined_c) = listener(&server, "drop", "carl").await;
     let carl = joined_c["peer"].as_u64().unwrap();
     let listed: Vec<u64> = joined_c["members"]
         .as_array()
@@ -310,14 +294,7 @@ async fn members_not_resumed_in_time_leave() {
         ws_member(&server, "late", "alice", ClientSpec::speaker(0), json!({})).await;
     let alice = joined_a["peer"].as_u64().unwrap();
     let token = joined_a["resume_token"].as_str().unwrap().to_owned();
-    let (mut ws_l, _l, _) = ws_member(
-        &server,
-        "late",
-        "lena",
-        ClientSpec::listener(),
-        json!({"role": "listener"}),
-    )
-    .await;
+    let (mut ws_l, _l, _) = listener(&server, "late", "lena").await;
     drop(ws_a);
     let dropped = Instant::now();
     let m = ws_l.recv_type("member_left").await;
