@@ -25,8 +25,16 @@ pub struct Config {
     /// `127.0.0.1:8080`.
     pub http: SocketAddr,
     /// Media (UDP) socket address; default `127.0.0.1:0` (any free port). The
-    /// bound address is advertised as the ICE host candidate.
+    /// bound address is advertised as the ICE host candidate. With several
+    /// workers, worker `w` binds port `port + w` (or any free port for 0).
     pub udp: SocketAddr,
+    /// Media workers: each an OS thread with its own engine and UDP port; a
+    /// channel lives on one of them. 0 (the default): one per available
+    /// core for a standalone node, one for a core or edge (a cluster node
+    /// runs one worker today).
+    pub workers: usize,
+    /// Pin worker `w` to core `w` (modulo the cores there are); default false.
+    pub pin_workers: bool,
     /// HS256 secret for join tokens; `None` is development mode (loopback
     /// clients only, no token needed).
     pub auth_secret: Option<String>,
@@ -114,6 +122,9 @@ pub struct Config {
     pub dev_moderation: bool,
 }
 
+/// Media workers on one node at most.
+pub const MAX_WORKERS: usize = 256;
+
 /// Secrets shorter than this many bytes are refused: a shorter HMAC key is
 /// within reach of an offline guess from one token or one TURN credential.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -158,6 +169,8 @@ impl Default for Config {
         Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             udp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 0,
+            pin_workers: false,
             auth_secret: None,
             insecure: false,
             slots: 3,
@@ -203,6 +216,8 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http", &self.http)
             .field("udp", &self.udp)
+            .field("workers", &self.workers)
+            .field("pin_workers", &self.pin_workers)
             .field("auth_secret", &redact(&self.auth_secret))
             .field("insecure", &self.insecure)
             .field("slots", &self.slots)
@@ -251,6 +266,10 @@ pub struct Overrides {
     pub http: Option<SocketAddr>,
     /// `--udp ADDR`.
     pub udp: Option<SocketAddr>,
+    /// `--workers N`.
+    pub workers: Option<usize>,
+    /// `--pin-workers` (can only turn the setting on).
+    pub pin_workers: bool,
     /// `--auth-secret S`.
     pub auth_secret: Option<String>,
     /// `--insecure` (can only turn the setting on).
@@ -351,7 +370,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads: defaults ← optional TOML file ← environment (`SFU_HTTP`,
-    /// `SFU_UDP`, `SFU_AUTH_SECRET`, `SFU_INSECURE`, `SFU_SLOTS`,
+    /// `SFU_UDP`, `SFU_WORKERS`, `SFU_PIN_WORKERS`, `SFU_AUTH_SECRET`, `SFU_INSECURE`, `SFU_SLOTS`,
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
@@ -398,6 +417,12 @@ impl Config {
         }
         if let Some(v) = env("SFU_UDP") {
             self.udp = parse_env("SFU_UDP", v)?;
+        }
+        if let Some(v) = env("SFU_WORKERS") {
+            self.workers = parse_env("SFU_WORKERS", v)?;
+        }
+        if let Some(v) = env("SFU_PIN_WORKERS") {
+            self.pin_workers = parse_bool("SFU_PIN_WORKERS", v)?;
         }
         if let Some(v) = env("SFU_AUTH_SECRET") {
             // An empty value is kept (and refused by `validate`) rather than
@@ -525,6 +550,12 @@ impl Config {
         if let Some(udp) = o.udp {
             self.udp = udp;
         }
+        if let Some(n) = o.workers {
+            self.workers = n;
+        }
+        if o.pin_workers {
+            self.pin_workers = true;
+        }
         if let Some(secret) = &o.auth_secret {
             self.auth_secret = Some(secret.clone());
         }
@@ -599,6 +630,7 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_workers()?;
         if self.role == NodeRole::Edge && self.cluster_cores.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "cluster_cores",
@@ -672,6 +704,65 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The media workers this node runs (`workers`, with 0 resolved).
+    pub fn worker_count(&self) -> usize {
+        match (self.workers, self.role) {
+            (0, NodeRole::Standalone) => std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_WORKERS),
+            (0, _) => 1,
+            (n, _) => n,
+        }
+    }
+
+    /// Refuses more workers than [`MAX_WORKERS`], several on a cluster
+    /// node, engine numbers (`node_id × workers + w`) past
+    /// [`EngineId::MAX`], and worker ports past 65535.
+    fn validate_workers(&self) -> Result<(), ConfigError> {
+        let n = self.worker_count();
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "workers",
+            reason,
+        };
+        if n > MAX_WORKERS {
+            return Err(invalid(format!("{n} is above {MAX_WORKERS}")));
+        }
+        if n > 1 && self.role != NodeRole::Standalone {
+            return Err(invalid(format!(
+                "a core or edge runs one media worker today (a channel cannot yet span the \
+                 workers of a cluster node); set workers = 1 (SFU_WORKERS=1 or --workers 1), \
+                 not {n}"
+            )));
+        }
+        let node = usize::from(self.node_id.unwrap_or(0));
+        if (node + 1) * n - 1 > usize::from(EngineId::MAX) {
+            return Err(invalid(format!(
+                "node_id {node} with {n} workers numbers engines past {}: the voice ids of \
+                 worker w are numbered node_id × workers + w",
+                EngineId::MAX
+            )));
+        }
+        if self.udp.port() != 0 && usize::from(self.udp.port()) + n - 1 > usize::from(u16::MAX) {
+            return Err(invalid(format!(
+                "{n} workers need UDP ports {} to {}, past 65535",
+                self.udp.port(),
+                usize::from(self.udp.port()) + n - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// The media address of worker `w`: `udp`, its port moved on by `w`
+    /// (any free port stays any free port).
+    pub fn worker_udp(&self, w: usize) -> SocketAddr {
+        let mut addr = self.udp;
+        if addr.port() != 0 {
+            let port = usize::from(addr.port()) + w;
+            addr.set_port(u16::try_from(port).unwrap_or(u16::MAX));
+        }
+        addr
     }
 
     /// Refuses limits of 0 (a limit that admits nobody is a mistake; rate
@@ -1210,6 +1301,75 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
                 "allowed_origins",
             );
         }
+    }
+
+    /// Workers: 0 is one per core on a standalone node and one on a cluster
+    /// node; several on a cluster node, too many, engine numbers or ports
+    /// past their range are refused with the key named; the environment and
+    /// the flag set it; worker `w` binds the configured port + `w`.
+    #[test]
+    fn workers_resolve_and_are_checked() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(Config::default().worker_count(), cores.min(MAX_WORKERS));
+        let core = Config {
+            role: NodeRole::Core,
+            node_id: Some(7),
+            cluster_secret: Some("c".repeat(32)),
+            ..Config::default()
+        };
+        assert_eq!(core.worker_count(), 1);
+        core.validate().unwrap();
+        let refused = |c: Config, needle: &str| {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("workers") && err.contains(needle), "{err}");
+        };
+        refused(Config { workers: 2, ..core }, "one media worker");
+        refused(
+            Config {
+                workers: MAX_WORKERS + 1,
+                ..Config::default()
+            },
+            "above",
+        );
+        refused(
+            Config {
+                workers: 16,
+                node_id: Some(256),
+                ..Config::default()
+            },
+            "4095",
+        );
+        refused(
+            Config {
+                workers: 4,
+                udp: "127.0.0.1:65534".parse().unwrap(),
+                ..Config::default()
+            },
+            "65535",
+        );
+        let fixed = Config {
+            workers: 3,
+            udp: "127.0.0.1:40000".parse().unwrap(),
+            ..Config::default()
+        };
+        fixed.validate().unwrap();
+        assert_eq!(fixed.worker_udp(2), "127.0.0.1:40002".parse().unwrap());
+        assert_eq!(Config::default().worker_udp(5).port(), 0, "any free port");
+
+        let env = |k: &str| match k {
+            "SFU_WORKERS" => Some("3".to_owned()),
+            "SFU_PIN_WORKERS" => Some("true".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(None, &env, &Overrides::default()).unwrap();
+        assert_eq!((c.workers, c.pin_workers), (3, true));
+        let flag = Overrides {
+            workers: Some(5),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::load(None, &env, &flag).unwrap().worker_count(), 5);
+        let bad = |k: &str| (k == "SFU_WORKERS").then(|| "many".to_owned());
+        assert!(Config::load(None, &bad, &Overrides::default()).is_err());
     }
 
     /// Node ids number the voices of a cluster: a core or edge must have its

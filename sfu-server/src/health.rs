@@ -101,6 +101,15 @@ impl Health {
     }
 }
 
+/// The message a panic was raised with (`"a panic"` when it is not text).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// Why a task's end is a failure, or `None` when it is not (stopped, or
 /// aborted because its owner was dropped).
 fn failure_of(end: Result<TaskEnd, tokio::task::JoinError>) -> Option<String> {
@@ -108,15 +117,10 @@ fn failure_of(end: Result<TaskEnd, tokio::task::JoinError>) -> Option<String> {
         Ok(TaskEnd::Stopped) => None,
         Ok(TaskEnd::Failed(reason)) => Some(reason),
         Err(e) if e.is_cancelled() => None,
-        Err(e) => {
-            let panic = e.into_panic();
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Some(format!("panicked: {message}"))
-        }
+        Err(e) => Some(format!(
+            "panicked: {}",
+            panic_message(e.into_panic().as_ref())
+        )),
     }
 }
 

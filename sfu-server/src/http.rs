@@ -80,8 +80,10 @@ async fn client_js() -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let snapshot = state.snapshot().await;
+    let workers = state.worker_snapshots().await;
+    let snapshot = crate::metrics::sum(&workers);
     let mut body = crate::metrics::render(&snapshot, state.is_draining());
+    crate::metrics::render_workers(&mut body, &workers);
     crate::metrics::render_refusals(&mut body, &state.refusals);
     crate::metrics::render_resumes(&mut body, &state.resumes.stats);
     crate::metrics::render_health(&mut body, state.health.workers_up());
@@ -210,7 +212,10 @@ async fn media_session(
             "the server has no randomness for a resource id",
         );
     };
-    let worker = state.workers.for_channel(&request.channel).clone();
+    let worker = match state.workers.place(&request.channel) {
+        Ok(w) => w,
+        Err(full) => return state.room_full(full).into_response(),
+    };
     // The session's own events tell when it ends without a DELETE (the
     // client vanished), so that its resource id is forgotten too.
     let (events, rx) = crate::worker::member_events(crate::worker::Signaling::Http);
@@ -242,7 +247,7 @@ async fn media_session(
         id.clone(),
         Resource {
             peer: joined.peer,
-            channel: request.channel,
+            worker: worker.clone(),
             offer: request.offer,
             etag: etag.clone(),
             restarts: RestartBudget::new(state.config.ice_restarts_per_minute),
@@ -282,7 +287,7 @@ async fn media_session(
 /// longer than the token that opened it.
 async fn watch_resource(
     state: Arc<AppState>,
-    worker: crate::worker::Worker,
+    worker: crate::worker::PlacedWorker,
     peer: PeerId,
     id: String,
     mut events: crate::worker::MemberEvents,
@@ -317,7 +322,7 @@ async fn delete_resource(State(state): State<Arc<AppState>>, Path(id): Path<Stri
     let Some(r) = state.resources.lock().await.remove(&id) else {
         return text(StatusCode::NOT_FOUND, "no such session");
     };
-    state.workers.for_channel(&r.channel).leave(r.peer).await;
+    r.worker.leave(r.peer).await;
     StatusCode::OK.into_response()
 }
 
@@ -399,7 +404,7 @@ async fn patch_resource(
         return denied.into_response();
     }
     let offer = ice_restart::restart_offer(&r.offer, ufrag, pwd);
-    let worker = state.workers.for_channel(&r.channel);
+    let worker = &r.worker;
     let answer = match worker.restart(r.peer, offer.clone()).await {
         Ok(a) => a,
         Err(e @ RestartError::Refused(_)) => return text(StatusCode::BAD_REQUEST, e.to_string()),

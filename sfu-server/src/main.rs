@@ -39,9 +39,17 @@ struct RunArgs {
     /// HTTP listen address (default 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
-    /// UDP media address (default 127.0.0.1:0, any free port).
+    /// UDP media address (default 127.0.0.1:0, any free port); worker w
+    /// binds its port + w.
     #[arg(long, value_name = "ADDR")]
     udp: Option<SocketAddr>,
+    /// Media workers, each an OS thread with its own engine and UDP port
+    /// (default: one per core; one on a core or edge node).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Pin worker w to core w.
+    #[arg(long)]
+    pin_workers: bool,
     /// HS256 secret for join tokens; without one the server runs in
     /// development mode (loopback clients only). Prefer SFU_AUTH_SECRET or
     /// the config file: command lines are visible to other local users.
@@ -185,6 +193,8 @@ fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
         http: args.http,
         udp: args.udp,
+        workers: args.workers,
+        pin_workers: args.pin_workers,
         auth_secret: args.auth_secret,
         insecure: args.insecure,
         slots: args.slots,

@@ -153,6 +153,9 @@ pub struct Snapshot {
     /// Members dropped because their event queue was full (they do not
     /// read their messages).
     pub members_dropped_slow: u64,
+    /// CPU time of the worker's thread in seconds (`None`: the worker runs
+    /// as a task on a shared thread, or there is no `/proc`).
+    pub cpu_seconds: Option<f64>,
 }
 
 impl AddAssign<&Snapshot> for Snapshot {
@@ -183,6 +186,7 @@ impl AddAssign<&Snapshot> for Snapshot {
             relay_out_dropped,
             relay_out_overflows,
             members_dropped_slow,
+            cpu_seconds,
         } = rhs;
         self.stats += stats;
         self.channels += channels;
@@ -203,6 +207,10 @@ impl AddAssign<&Snapshot> for Snapshot {
         self.relay_out_dropped += relay_out_dropped;
         self.relay_out_overflows += relay_out_overflows;
         self.members_dropped_slow += members_dropped_slow;
+        self.cpu_seconds = match (self.cpu_seconds, *cpu_seconds) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -445,6 +453,43 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "From a join request to the member's media connected (ICE and DTLS done).",
     );
     o
+}
+
+/// Appends each worker's own series, by index: channels and members it
+/// carries and the CPU time of its thread (how evenly a node's channels
+/// spread, and which worker is close to a full core).
+pub fn render_workers(o: &mut String, workers: &[Snapshot]) {
+    metric(
+        o,
+        "sfu_worker_channels",
+        "gauge",
+        "Channels with members on the media worker.",
+    );
+    for (i, s) in workers.iter().enumerate() {
+        let _ = writeln!(o, "sfu_worker_channels{{worker=\"{i}\"}} {}", s.channels);
+    }
+    metric(
+        o,
+        "sfu_worker_members",
+        "gauge",
+        "Members on the media worker.",
+    );
+    for (i, s) in workers.iter().enumerate() {
+        let _ = writeln!(o, "sfu_worker_members{{worker=\"{i}\"}} {}", s.members);
+    }
+    if workers.iter().any(|s| s.cpu_seconds.is_some()) {
+        metric(
+            o,
+            "sfu_worker_cpu_seconds_total",
+            "counter",
+            "CPU time of the media worker's thread (a worker near 1 core/s is saturated, whatever the node's other cores do).",
+        );
+        for (i, s) in workers.iter().enumerate() {
+            if let Some(cpu) = s.cpu_seconds {
+                let _ = writeln!(o, "sfu_worker_cpu_seconds_total{{worker=\"{i}\"}} {cpu}");
+            }
+        }
+    }
 }
 
 /// Appends whether each media worker runs (`workers_up`, by index).
@@ -910,9 +955,31 @@ mod tests {
         let le = |bound: f64| buckets.iter().find(|b| b.less_than == bound).unwrap().count;
         let mut health = String::new();
         render_health(&mut health, [true, false].into_iter());
+        let workers = [
+            Snapshot {
+                channels: 2,
+                members: 5,
+                cpu_seconds: Some(1.5),
+                ..Snapshot::default()
+            },
+            Snapshot {
+                channels: 1,
+                members: 3,
+                cpu_seconds: None,
+                ..Snapshot::default()
+            },
+        ];
+        render_workers(&mut health, &workers);
+        assert_eq!(sum(&workers).cpu_seconds, Some(1.5));
         let health = parse(&health);
         assert_eq!(series(&health, "sfu_worker_up worker=0"), 1.0);
         assert_eq!(series(&health, "sfu_worker_up worker=1"), 0.0);
+        assert_eq!(series(&health, "sfu_worker_members worker=0"), 5.0);
+        assert_eq!(series(&health, "sfu_worker_channels worker=1"), 1.0);
+        assert_eq!(
+            series(&health, "sfu_worker_cpu_seconds_total worker=0"),
+            1.5
+        );
         assert_eq!(le(0.000_025), 0.0);
         assert_eq!(le(0.000_05), 1.0);
         assert_eq!(le(0.005), 2.0);

@@ -35,6 +35,31 @@ impl ProcessStats {
     }
 }
 
+/// The CPU time (user + system, in seconds) of the calling thread, from
+/// `/proc/thread-self/stat`; `None` where there is none.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    cpu_seconds(&stat_fields(&stat)?, clock_ticks()?)
+}
+
+/// The fields of a `/proc/…/stat` text after the command name (field 2, in
+/// parentheses, which may hold spaces and parentheses itself: the fields
+/// that follow start after the last ')'); index 0 is field 3 (state).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(
+        stat.get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect(),
+    )
+}
+
+/// User + system time (fields 14 and 15) of a stat text's fields, in
+/// seconds.
+fn cpu_seconds(fields: &[&str], ticks_per_second: f64) -> Option<f64> {
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((number(11)? + number(12)?) as f64 / ticks_per_second)
+}
+
 /// Clock ticks per second of the times in `/proc/<pid>/stat` (`USER_HZ`).
 fn clock_ticks() -> Option<f64> {
     #[cfg(target_os = "linux")]
@@ -59,15 +84,8 @@ fn parse(
     open_fds: u64,
     ticks_per_second: f64,
 ) -> Option<ProcessStats> {
-    // The command name (field 2) is in parentheses and may hold spaces and
-    // parentheses itself: the fields that follow start after the last ')'.
-    // Indices below count from field 3 (state) = 0.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(stat)?;
     let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    let (utime, stime) = (number(11)?, number(12)?);
     let threads = number(17)?;
     let start_ticks = number(19)?;
     let resident_kib: u64 = status
@@ -89,7 +107,7 @@ fn parse(
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|soft| soft.parse().ok());
     Some(ProcessStats {
-        cpu_seconds: (utime + stime) as f64 / ticks_per_second,
+        cpu_seconds: cpu_seconds(&fields, ticks_per_second)?,
         resident_bytes: resident_kib * 1024,
         open_fds,
         max_fds,
@@ -147,6 +165,29 @@ mod tests {
         assert_eq!(parse("1 (x) S 1 2", STATUS, BOOT, LIMITS, 1, 100.0), None);
         assert_eq!(parse(STAT, "", BOOT, LIMITS, 1, 100.0), None);
         assert_eq!(parse(STAT, STATUS, "", LIMITS, 1, 100.0), None);
+    }
+
+    /// A thread that burns CPU sees its own time grow, and only its own:
+    /// another thread's reading is not the process's.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_the_calling_threads_cpu_time() {
+        let before = thread_cpu_seconds().expect("Linux /proc");
+        let ticks = clock_ticks().unwrap();
+        let mut x = 0u64;
+        while thread_cpu_seconds().unwrap() < before + 2.0 / ticks {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        let burnt = thread_cpu_seconds().unwrap();
+        let idle = std::thread::spawn(|| thread_cpu_seconds().unwrap())
+            .join()
+            .unwrap();
+        assert!(
+            idle < burnt,
+            "a new thread's {idle} s vs this one's {burnt} s"
+        );
     }
 
     #[cfg(target_os = "linux")]

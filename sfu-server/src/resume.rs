@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use crate::ice_restart::RestartBudget;
 use crate::metrics::ResumeStats;
 use crate::protocol::ServerMsg;
-use crate::worker::{EventSink, MemberEvents, Worker, MEMBER_EVENT_QUEUE};
+use crate::worker::{EventSink, MemberEvents, PlacedWorker, MEMBER_EVENT_QUEUE};
 
 /// Messages kept for a member while it is away, at most: past that it
 /// leaves (its client would be told more than a fresh join tells it).
@@ -51,8 +51,8 @@ pub struct Membership {
     pub source: u32,
     /// Its channel.
     pub channel: String,
-    /// The worker that carries it.
-    pub worker: Worker,
+    /// The worker that carries it (holding its channel there).
+    pub worker: PlacedWorker,
     /// Its ICE restarts in the last minute.
     pub restarts: RestartBudget,
 }

@@ -15,7 +15,7 @@ use crate::connections::{self, ConnectionLimits};
 use crate::health::Health;
 use crate::rooms::RoomLimits;
 use crate::state::AppState;
-use crate::worker::{Worker, Workers};
+use crate::worker::{Runs, Worker, Workers};
 
 /// How long the members of a failed node's other workers are given to move
 /// before the process exits (the dead worker's members are told at once).
@@ -43,22 +43,41 @@ impl Server {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let engine_config = engine_config(&config)?;
         let upstream = (config.role == NodeRole::Edge).then_some(crate::cluster::UPSTREAM);
         let limits = RoomLimits {
             max_members_per_channel: config.max_members_per_channel,
             max_channels: config.max_channels,
         };
-        let health = Health::new(1);
-        let (worker, task) = Worker::spawn(config.udp, engine_config, limits, upstream).await?;
-        health.watch_worker(0, task);
-        let cluster = crate::cluster::start(&config, worker.clone(), &health).await?;
+        let count = config.worker_count();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let max_channels = config.max_channels;
+        let health = Health::new(count);
+        let mut workers = Vec::with_capacity(count);
+        for w in 0..count {
+            let runs = Runs::Thread {
+                index: w,
+                pin: config.pin_workers.then_some(w % cores),
+            };
+            let (worker, task) = Worker::spawn(
+                config.worker_udp(w),
+                engine_config(&config, w)?,
+                limits,
+                upstream,
+                runs,
+            )
+            .await?;
+            health.watch_worker(w, task);
+            workers.push(worker);
+        }
+        tracing::info!(workers = count, "media workers started");
+        // A cluster node has one worker (`Config::validate`).
+        let cluster = crate::cluster::start(&config, workers[0].clone(), &health).await?;
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
         let state = Arc::new(AppState::new(
             config,
-            Workers::new(vec![worker]),
+            Workers::new(workers, max_channels),
             https.clone(),
             health,
         ));
@@ -93,6 +112,16 @@ impl Server {
     /// The media (UDP) address of the first worker.
     pub fn udp_addr(&self) -> SocketAddr {
         self.state.workers.all()[0].udp_addr()
+    }
+
+    /// The media (UDP) addresses of every worker, by index.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.state
+            .workers
+            .all()
+            .iter()
+            .map(|w| w.udp_addr())
+            .collect()
     }
 
     /// (core) The QUIC address edges dial.
@@ -145,21 +174,29 @@ impl Server {
     }
 }
 
-/// The configuration of this node's engine: its random generator keyed
+/// The configuration of worker `w`'s engine: its random generator keyed
 /// from the operating system's secure generator (every ICE password derives
-/// from it), its engine number the node id (one worker per node; with
-/// several, worker `w` of `W` would be `node_id × W + w`).
-pub fn engine_config(config: &Config) -> io::Result<EngineConfig> {
+/// from it), its engine number `node_id × workers + w`, so that the voice
+/// ids of every worker of every node differ (with one worker, the node id).
+pub fn engine_config(config: &Config, w: usize) -> io::Result<EngineConfig> {
     let mut seed = [0u8; 32];
     aws_lc_rs::rand::fill(&mut seed)
         .map_err(|_| io::Error::other("the operating system's random generator failed"))?;
-    let node = config.node_id.unwrap_or(0);
-    let engine_id = EngineId::new(node).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("node_id {node} is above {}", EngineId::MAX),
-        )
-    })?;
+    let node = usize::from(config.node_id.unwrap_or(0));
+    let number = node * config.worker_count() + w;
+    let engine_id = u16::try_from(number)
+        .ok()
+        .and_then(EngineId::new)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "node_id {node}, worker {w} of {}: engine number {number} is above {}",
+                    config.worker_count(),
+                    EngineId::MAX
+                ),
+            )
+        })?;
     Ok(EngineConfig {
         slots_per_listener: config.slots,
         engine_id,
@@ -186,12 +223,14 @@ pub async fn serve(config: Config) -> io::Result<()> {
     #[cfg(all(unix, debug_assertions))]
     crash_worker_on_sigusr2(server.state().workers.all()[0].clone())?;
     let http = server.http_addr();
-    tracing::info!(%http, udp = %server.udp_addr(), tls = scheme == "https", dev_mode = dev, "sfu-server listening");
+    let udp = server.udp_addrs();
+    tracing::info!(%http, udp = ?udp, tls = scheme == "https", dev_mode = dev, "sfu-server listening");
     // For a person at a terminal; JSON logs must stay one object per line.
     if text_logs {
+        let media: Vec<String> = udp.iter().map(ToString::to_string).collect();
         println!(
             "sfu-server: open {scheme}://{http}/ in a browser (media on udp {})",
-            server.udp_addr()
+            media.join(", ")
         );
         if dev {
             println!(

@@ -42,8 +42,8 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 pub struct Resource {
     /// The member.
     pub peer: PeerId,
-    /// Its channel (to find its worker).
-    pub channel: String,
+    /// Its worker (holding its channel there while the resource lives).
+    pub worker: crate::worker::PlacedWorker,
     /// The client's last offer: an ICE restart by `PATCH` swaps new
     /// credentials into it.
     pub offer: String,
@@ -387,10 +387,15 @@ impl AppState {
 
     /// Counters of all workers, summed.
     pub async fn snapshot(&self) -> Snapshot {
-        let mut all = Vec::new();
+        metrics::sum(&self.worker_snapshots().await)
+    }
+
+    /// Counters of each worker, by index.
+    pub async fn worker_snapshots(&self) -> Vec<Snapshot> {
+        let mut all = Vec::with_capacity(self.workers.all().len());
         for w in self.workers.all() {
             all.push(w.snapshot().await);
         }
-        metrics::sum(&all)
+        all
     }
 }

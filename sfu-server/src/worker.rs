@@ -6,12 +6,17 @@
 //! member's bounded event queue; `relay` the bounded queues to and from the
 //! cluster's links.
 //!
-//! One worker carries every channel today. The seam for more is
-//! [`Workers`]: a channel maps to one worker; a channel spanning workers
-//! would link them with relay messages.
+//! A node runs several workers (`workers`, by default one per core), each
+//! on an OS thread of its own with its own engine and UDP port; signaling
+//! stays on the tokio runtime. A channel lives on one worker, chosen when
+//! its first member joins (`placement`: the least-loaded worker) and kept
+//! while it has members; channels on different workers share nothing. A
+//! channel spanning workers would link them with relay messages, as the
+//! cascade links nodes: not built yet.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::{Command, Engine, EngineConfig, EngineId, LinkId, PeerId, RelayMsg, Role};
@@ -24,11 +29,13 @@ use crate::metrics::Snapshot;
 use crate::rooms::{HandError, Joined, ModerateError, Moderation, RoomLimits, RoomRefusal};
 
 mod events;
+mod placement;
 mod relay;
 mod task;
 mod udp;
 
 pub use events::{member_events, EventSink, MemberEvents, Signaling, MEMBER_EVENT_QUEUE};
+pub use placement::{Placement, Ticket};
 pub use relay::{
     link_queues, LinkMessages, LinkQueue, LinkSender, RelayOverflow, LINK_CONTROL_QUEUE,
     LINK_MEDIA_QUEUE, RELAY_CONTROL_WAIT, RELAY_IN_CONTROL_QUEUE, RELAY_IN_MEDIA_QUEUE,
@@ -133,31 +140,83 @@ enum Request {
     Crash,
 }
 
-/// The media workers of the node. One today; a channel always lives on one
-/// worker (the seam for several: pick by channel, link channels spanning
-/// workers with relays).
+/// The media workers of the node and the placement of its channels on them.
 #[derive(Debug, Clone)]
-pub struct Workers(Vec<Worker>);
+pub struct Workers {
+    workers: Vec<Worker>,
+    placement: Arc<Placement>,
+}
 
 impl Workers {
-    /// The node's workers (at least one).
-    pub fn new(workers: Vec<Worker>) -> Workers {
+    /// The node's workers (at least one); at most `max_channels` channels
+    /// across them.
+    pub fn new(workers: Vec<Worker>, max_channels: usize) -> Workers {
         assert!(!workers.is_empty(), "a node needs a worker");
-        Workers(workers)
+        let placement = Placement::new(workers.len(), max_channels);
+        Workers { workers, placement }
     }
 
-    /// The worker that carries `channel`.
-    pub fn for_channel(&self, channel: &str) -> &Worker {
-        let i = channel
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        &self.0[i % self.0.len()]
+    /// The worker that carries `channel` (the least-loaded one for a new
+    /// channel), held for one member until the returned handle and its
+    /// clones are dropped. Refused when the channel is new and the node
+    /// carries `max_channels` already.
+    pub fn place(&self, channel: &str) -> Result<PlacedWorker, RoomRefusal> {
+        let ticket = self.placement.place(channel)?;
+        Ok(PlacedWorker {
+            worker: self.workers[ticket.worker()].clone(),
+            ticket: Arc::new(ticket),
+        })
+    }
+
+    /// The placement of the channels (for tests and `/metrics`).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// Every worker.
     pub fn all(&self) -> &[Worker] {
-        &self.0
+        &self.workers
     }
+}
+
+/// A member's worker, with the [`Ticket`] that keeps its channel there: the
+/// member's session holds it (and clones of it) for as long as the member
+/// may be in the channel. Derefs to the [`Worker`].
+#[derive(Debug, Clone)]
+pub struct PlacedWorker {
+    worker: Worker,
+    ticket: Arc<Ticket>,
+}
+
+impl PlacedWorker {
+    /// The worker's index on the node.
+    pub fn index(&self) -> usize {
+        self.ticket.worker()
+    }
+}
+
+impl std::ops::Deref for PlacedWorker {
+    type Target = Worker;
+    fn deref(&self) -> &Worker {
+        &self.worker
+    }
+}
+
+/// Where a worker's loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// As a task on the runtime that spawns it (tests; an embedder that
+    /// gives media a runtime of its own).
+    Task,
+    /// On an OS thread of its own (`sfu-worker-INDEX`) with a
+    /// single-threaded runtime, pinned to core `pin` when given: what the
+    /// server does, so that no signaling shares a thread with a packet loop.
+    Thread {
+        /// The worker's index (the thread's name).
+        index: usize,
+        /// The core to pin it to (Linux; elsewhere ignored).
+        pin: Option<usize>,
+    },
 }
 
 /// Handle to a running worker. Cheap to clone.
@@ -169,19 +228,22 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Binds the media socket and starts the worker task; returns the handle
-    /// and the task (to be watched: see [`crate::health`]). Relay messages
-    /// the engine emits go to the links announced with
-    /// [`Worker::link_opened`]. With an `upstream`, every channel follows
-    /// the origin over that link (an edge). Joins are admitted within
-    /// `limits`.
+    /// Binds the media socket and starts the worker's loop where `runs`
+    /// says; returns the handle and a task that ends when the loop does (to
+    /// be watched: see [`crate::health`]; a panic of the loop is reported
+    /// as one either way). Relay messages the engine emits go to the links
+    /// announced with [`Worker::link_opened`]. With an `upstream`, every
+    /// channel follows the origin over that link (an edge). Joins are
+    /// admitted within `limits`.
     pub async fn spawn(
         udp: SocketAddr,
         mut config: EngineConfig,
         limits: RoomLimits,
         upstream: Option<LinkId>,
+        runs: Runs,
     ) -> io::Result<(Worker, JoinHandle<TaskEnd>)> {
-        let socket = UdpSocket::bind(udp).await?;
+        let socket = std::net::UdpSocket::bind(udp)?;
+        socket.set_nonblocking(true)?;
         let udp_addr = socket.local_addr()?;
         match udp::set_recv_buffer(&socket, udp::RECV_BUFFER) {
             Ok(granted) => tracing::debug!(granted, "media socket receive buffer"),
@@ -191,8 +253,37 @@ impl Worker {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (relay, relay_inbox) = relay::relay_input();
         let engine = Engine::new(config, Instant::now());
-        let task = Task::new(engine, limits, socket, rx, relay_inbox, &relay, upstream);
-        let handle = tokio::spawn(task.run());
+        let input = relay.clone();
+        let own_thread = matches!(runs, Runs::Thread { .. });
+        // The socket joins the reactor of the runtime the loop runs on.
+        let run = async move {
+            let socket = match UdpSocket::from_std(socket) {
+                Ok(s) => s,
+                Err(e) => return TaskEnd::Failed(format!("the media socket: {e}")),
+            };
+            let mut task = Task::new(engine, limits, socket, rx, relay_inbox, &input, upstream);
+            task.own_thread = own_thread;
+            task.run().await
+        };
+        let handle = match runs {
+            Runs::Task => tokio::spawn(run),
+            Runs::Thread { index, pin } => {
+                let (done, ended) = oneshot::channel();
+                std::thread::Builder::new()
+                    .name(format!("sfu-worker-{index}"))
+                    .spawn(move || {
+                        if let Some(core) = pin {
+                            pin_to_core(index, core);
+                        }
+                        let _ = done.send(run_on_own_runtime(run));
+                    })?;
+                tokio::spawn(async move {
+                    ended.await.unwrap_or_else(|_| {
+                        TaskEnd::Failed("its thread ended without saying why".into())
+                    })
+                })
+            }
+        };
         Ok((
             Worker {
                 tx,
@@ -332,6 +423,52 @@ impl Worker {
     }
 }
 
+/// Runs a worker's loop to its end on a single-threaded runtime of its own
+/// (the calling thread); a panic is caught and reported as the end.
+fn run_on_own_runtime(run: impl std::future::Future<Output = TaskEnd>) -> TaskEnd {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return TaskEnd::Failed(format!("its runtime did not start: {e}")),
+    };
+    // The loop's state is dropped while unwinding (its members are told):
+    // nothing of it is used after a panic.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run))) {
+        Ok(end) => end,
+        Err(panic) => TaskEnd::Failed(format!(
+            "panicked: {}",
+            crate::health::panic_message(panic.as_ref())
+        )),
+    }
+}
+
+/// Pins the calling thread (worker `index`) to `core`; a failure is logged
+/// and the worker runs unpinned.
+#[cfg(target_os = "linux")]
+fn pin_to_core(index: usize, core: usize) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    let pinned = set
+        .set(core)
+        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
+    match pinned {
+        Ok(()) => tracing::info!(worker = index, core, "media worker pinned"),
+        Err(e) => tracing::warn!(worker = index, core, error = %e, "media worker not pinned"),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to_core(index: usize, core: usize) {
+    tracing::warn!(
+        worker = index,
+        core,
+        "pinning workers is supported on Linux only"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -364,6 +501,7 @@ mod tests {
             EngineConfig::new([7; 32]),
             crate::rooms::RoomLimits::default(),
             None,
+            Runs::Task,
         )
         .await
         .unwrap();

@@ -401,7 +401,10 @@ impl Session {
         } else {
             Role::Listener
         });
-        let worker = self.state.workers.for_channel(&ask.channel).clone();
+        let worker = match self.state.workers.place(&ask.channel) {
+            Ok(w) => w,
+            Err(full) => return refusal(self.state.room_full(full), req),
+        };
         let res = worker
             .join(JoinRequest {
                 channel: ask.channel.clone(),

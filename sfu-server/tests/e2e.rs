@@ -222,3 +222,107 @@ async fn room_events_reach_websocket_members() {
     assert_eq!(m["reason"], "left");
     while host.recv_type("member_count").await["count"] != 1 {}
 }
+
+/// The UDP ports of the host candidates in an SDP answer.
+fn candidate_ports(answer: &str) -> Vec<u16> {
+    answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| c.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+/// A node with two workers: two channels land on different workers (each
+/// its own port) and each listener decodes its own channel's speaker only;
+/// the first members of a third channel, joining at once, all land on one
+/// worker and hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_on_different_workers_are_independent() {
+    let server = server(sfu_server::Config {
+        workers: 2,
+        ..config()
+    })
+    .await;
+    let ports: Vec<u16> = server.udp_addrs().iter().map(|a| a.port()).collect();
+    assert_eq!(ports.len(), 2);
+    assert_ne!(ports[0], ports[1]);
+
+    let (_ws_r, red, joined_red) =
+        ws_member(&server, "red", "rita", ClientSpec::speaker(0), json!({})).await;
+    let (_ws_b, blue, joined_blue) =
+        ws_member(&server, "blue", "ben", ClientSpec::speaker(1), json!({})).await;
+    let (_ws_rl, red_ear, _) = ws_member(
+        &server,
+        "red",
+        "rolf",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    let (_ws_bl, blue_ear, joined_blue_ear) = ws_member(
+        &server,
+        "blue",
+        "bea",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    let port_of = |joined: &serde_json::Value| {
+        let p = candidate_ports(joined["answer"].as_str().unwrap());
+        assert!(!p.is_empty(), "no candidate in {joined}");
+        p[0]
+    };
+    assert_eq!(
+        port_of(&joined_red),
+        ports[0],
+        "the first channel: worker 0"
+    );
+    assert_eq!(
+        port_of(&joined_blue),
+        ports[1],
+        "the second: the idle worker"
+    );
+    assert_eq!(
+        port_of(&joined_blue_ear),
+        ports[1],
+        "a channel stays on its worker"
+    );
+    assert_eq!(server.state().workers.placement().load(), [2, 2]);
+
+    red.set_talking(true);
+    blue.set_talking(true);
+    assert!(hears(&red_ear, &[0], 25), "red's listener hears red only");
+    assert!(
+        hears(&blue_ear, &[1], 25),
+        "blue's listener hears blue only"
+    );
+
+    // Four first members of "green" at once.
+    let base = format!("http://{}", server.http_addr());
+    let joins = (0..4).map(|i| {
+        let spec = if i < 2 {
+            ClientSpec::speaker(2 + i)
+        } else {
+            ClientSpec::listener()
+        };
+        let base = base.clone();
+        async move { ws_member_at(&base, "green", &format!("g{i}"), spec, json!({})).await }
+    });
+    let green = futures_util::future::join_all(joins).await;
+    let green_ports: Vec<u16> = green.iter().map(|(_, _, j)| port_of(j)).collect();
+    assert!(
+        green_ports.iter().all(|p| *p == green_ports[0]),
+        "green split across workers: {green_ports:?}"
+    );
+    green[0].1.set_talking(true);
+    green[1].1.set_talking(true);
+    for (_, ear, _) in &green[2..] {
+        assert!(
+            hears(ear, &[2, 3], 25),
+            "green's listeners hear both green speakers"
+        );
+    }
+    assert!(hears(&red_ear, &[0], 25), "red still hears red only");
+    drop(green);
+    let _ = (red, blue);
+}

@@ -17,8 +17,8 @@ fn two_engines_built_as_the_server_builds_them_share_no_credentials() {
     // attacker could guess of a seed derived from the time and the pid.
     let config = Config::default();
     let (a, b) = (
-        engine_config(&config).unwrap(),
-        engine_config(&config).unwrap(),
+        engine_config(&config, 0).unwrap(),
+        engine_config(&config, 0).unwrap(),
     );
     assert_ne!(a.seed, b.seed);
     let now = testkit::epoch();
@@ -40,15 +40,34 @@ fn two_engines_built_as_the_server_builds_them_share_no_credentials() {
 }
 
 #[test]
-fn the_engine_number_is_the_node_id() {
-    let config = Config {
+fn the_engine_number_is_the_node_id_times_the_workers_plus_the_worker() {
+    let one = Config {
         node_id: Some(42),
+        workers: 1,
         ..Config::default()
     };
-    assert_eq!(engine_config(&config).unwrap().engine_id.get(), 42);
-    let config = Config {
+    assert_eq!(engine_config(&one, 0).unwrap().engine_id.get(), 42);
+    let four = Config {
+        workers: 4,
+        ..one.clone()
+    };
+    let numbers: Vec<u16> = (0..4)
+        .map(|w| engine_config(&four, w).unwrap().engine_id.get())
+        .collect();
+    assert_eq!(numbers, [168, 169, 170, 171]);
+    let past = Config {
         node_id: Some(5000),
+        ..one
+    };
+    assert!(engine_config(&past, 0).is_err());
+    let past = Config {
+        node_id: Some(1024),
+        workers: 4,
         ..Config::default()
     };
-    assert!(engine_config(&config).is_err());
+    assert!(
+        engine_config(&past, 3).is_err(),
+        "1024 × 4 + 3 is above 4095"
+    );
+    assert!(past.validate().is_err());
 }

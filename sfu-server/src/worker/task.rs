@@ -82,6 +82,8 @@ pub(super) struct Task {
     /// The loop ended because the node stops (not a failure): what members
     /// still here are told.
     stopped: bool,
+    /// The loop runs on a thread of its own (its CPU time is reported).
+    pub(super) own_thread: bool,
 }
 
 impl Task {
@@ -114,6 +116,7 @@ impl Task {
             outbox: udp::Outbox::default(),
             forwarded_arrivals: Vec::new(),
             stopped: false,
+            own_thread: false,
         }
     }
 
@@ -453,6 +456,11 @@ impl Task {
         s.links = self.links.len();
         s.relay_in_dropped = self.relay_counters.media_dropped.load(Ordering::Relaxed);
         s.relay_in_overflows = self.relay_counters.overflows.load(Ordering::Relaxed);
+        // On a thread of its own, the thread's CPU time is the worker's.
+        s.cpu_seconds = self
+            .own_thread
+            .then(crate::process::thread_cpu_seconds)
+            .flatten();
         s
     }
 

@@ -32,14 +32,14 @@ pub(super) const RECV_BUFFER: usize = 4 << 20;
 /// Asks the kernel for a receive buffer of `bytes` (at most
 /// `net.core.rmem_max`); returns what it granted.
 #[cfg(target_os = "linux")]
-pub(super) fn set_recv_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
+pub(super) fn set_recv_buffer(socket: &std::net::UdpSocket, bytes: usize) -> io::Result<usize> {
     use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     setsockopt(socket, sockopt::RcvBuf, &bytes).map_err(io::Error::from)?;
     getsockopt(socket, sockopt::RcvBuf).map_err(io::Error::from)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn set_recv_buffer(_socket: &UdpSocket, _bytes: usize) -> io::Result<usize> {
+pub(super) fn set_recv_buffer(_socket: &std::net::UdpSocket, _bytes: usize) -> io::Result<usize> {
     Ok(0)
 }
 
@@ -299,9 +299,9 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn the_receive_buffer_grows_past_the_default() {
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    #[test]
+    fn the_receive_buffer_grows_past_the_default() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let before = nix::sys::socket::getsockopt(&rx, nix::sys::socket::sockopt::RcvBuf).unwrap();
         let granted = set_recv_buffer(&rx, RECV_BUFFER).unwrap();
         // Linux doubles what it grants (for its bookkeeping), up to twice
