@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 # opus (opusic-sys) compiles its bundled libopus with cmake.
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# The fleet's tests start their own Redis (sfu-server/tests/fleet.rs).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

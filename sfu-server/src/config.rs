@@ -76,6 +76,18 @@ pub struct Config {
     /// Shared secret that authenticates the nodes of a cluster to each other
     /// (required for `core` and `edge`).
     pub cluster_secret: Option<String>,
+    /// The fleet's Redis (`redis://[:password@]host:port/db`): the node
+    /// registers there (id, region, addresses, load, refreshed every second,
+    /// gone 3 s after it stops). None (the default): no fleet. Needs a
+    /// `node_id`.
+    pub redis_url: Option<String>,
+    /// This node's region in the fleet (letters, digits, `-`, `_`, `.`, at
+    /// most 64); default `default`.
+    pub region: String,
+    /// The URL clients reach this node's signaling at, as the fleet
+    /// advertises it (`https://sfu-3.example.org`); default
+    /// `http://` + `http`.
+    pub public_url: Option<String>,
     /// PEM certificate chain: with `tls_key`, the HTTP address serves HTTPS
     /// and WSS (re-read on SIGHUP); default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
@@ -184,6 +196,9 @@ impl Default for Config {
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             cluster_cores: Vec::new(),
             cluster_secret: None,
+            redis_url: None,
+            region: "default".to_owned(),
+            public_url: None,
             max_body_bytes: 65_536,
             log: "info,str0m=error".to_owned(),
             tls_cert: None,
@@ -203,6 +218,16 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             dev_moderation: false,
         }
+    }
+}
+
+/// A URL with the password it may hold (`user:password@`) redacted.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}<redacted>@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -233,6 +258,9 @@ impl fmt::Debug for Config {
             .field("cluster_listen", &self.cluster_listen)
             .field("cluster_cores", &self.cluster_cores)
             .field("cluster_secret", &redact(&self.cluster_secret))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("region", &self.region)
+            .field("public_url", &self.public_url)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log_format", &self.log_format)
@@ -288,6 +316,10 @@ pub struct Overrides {
     pub cluster_cores: Vec<SocketAddr>,
     /// `--cluster-secret S`.
     pub cluster_secret: Option<String>,
+    /// `--redis URL`.
+    pub redis_url: Option<String>,
+    /// `--region R`.
+    pub region: Option<String>,
     /// `--tls-cert FILE`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key FILE`.
@@ -374,7 +406,7 @@ impl Config {
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
-    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
+    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_REDIS_URL`, `SFU_REGION`, `SFU_PUBLIC_URL`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
     /// origin rules: `SFU_MAX_MEMBERS_PER_CHANNEL`, `SFU_MAX_CHANNELS`,
     /// `SFU_JOINS_PER_TOKEN_PER_MINUTE`, `SFU_JOINS_PER_IP_PER_MINUTE`,
     /// `SFU_MAX_HTTP_CONNECTIONS`, `SFU_MAX_WS_CONNECTIONS`,
@@ -477,6 +509,15 @@ impl Config {
         }
         if let Some(v) = env("SFU_CLUSTER_SECRET") {
             self.cluster_secret = Some(v);
+        }
+        if let Some(v) = env("SFU_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = env("SFU_REGION") {
+            self.region = v;
+        }
+        if let Some(v) = env("SFU_PUBLIC_URL") {
+            self.public_url = Some(v);
         }
         if let Some(v) = env("SFU_TLS_CERT") {
             self.tls_cert = Some(v.into());
@@ -583,6 +624,12 @@ impl Config {
         if let Some(s) = &o.cluster_secret {
             self.cluster_secret = Some(s.clone());
         }
+        if let Some(u) = &o.redis_url {
+            self.redis_url = Some(u.clone());
+        }
+        if let Some(r) = &o.region {
+            self.region = r.clone();
+        }
         if let Some(p) = &o.tls_cert {
             self.tls_cert = Some(p.clone());
         }
@@ -631,6 +678,7 @@ impl Config {
             _ => {}
         }
         self.validate_workers()?;
+        self.validate_fleet()?;
         if self.role == NodeRole::Edge && self.cluster_cores.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "cluster_cores",
@@ -750,6 +798,51 @@ impl Config {
                 self.udp.port(),
                 usize::from(self.udp.port()) + n - 1
             )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a Redis URL that is not `redis://`, a fleet node without a
+    /// `node_id`, a region that is not a short plain name, and a public URL
+    /// that is not `http(s)://`.
+    fn validate_fleet(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(url) = &self.redis_url {
+            if !url.starts_with("redis://") {
+                return invalid(
+                    "redis_url",
+                    "give redis://[:password@]host:port/db (rediss:// is not built in)",
+                );
+            }
+            if self.node_id.is_none() {
+                return invalid(
+                    "node_id",
+                    "a node of a fleet (redis_url) needs its own node id, distinct from every \
+                     other node's (SFU_NODE_ID or --node-id N)",
+                );
+            }
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.region.is_empty() || self.region.len() > 64 || !self.region.chars().all(plain) {
+            return invalid(
+                "region",
+                "1 to 64 letters, digits, '-', '_' or '.' (e.g. \"eu-west\")",
+            );
+        }
+        if let Some(url) = &self.public_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return invalid(
+                    "public_url",
+                    "give the URL clients reach this node at, e.g. https://sfu-3.example.org",
+                );
+            }
         }
         Ok(())
     }
@@ -1370,6 +1463,71 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
         assert_eq!(Config::load(None, &env, &flag).unwrap().worker_count(), 5);
         let bad = |k: &str| (k == "SFU_WORKERS").then(|| "many".to_owned());
         assert!(Config::load(None, &bad, &Overrides::default()).is_err());
+    }
+
+    /// The fleet's keys: a Redis URL needs a node id and the redis://
+    /// scheme, a region is a short plain name, a public URL is http(s); the
+    /// password in a Redis URL never reaches a log line.
+    #[test]
+    fn fleet_settings_are_checked_and_the_redis_password_redacted() {
+        let fleet = Config {
+            redis_url: Some("redis://:hunter2-long-password@10.0.0.5:6379/0".into()),
+            node_id: Some(3),
+            region: "eu-west".into(),
+            public_url: Some("https://sfu-3.example.org".into()),
+            ..Config::default()
+        };
+        fleet.validate().unwrap();
+        let shown = format!("{fleet:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redis://<redacted>@10.0.0.5:6379/0"),
+            "{shown}"
+        );
+        let refused = |c: Config, field: &str| {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        };
+        refused(
+            Config {
+                node_id: None,
+                ..fleet.clone()
+            },
+            "node_id",
+        );
+        refused(
+            Config {
+                redis_url: Some("http://10.0.0.5".into()),
+                ..fleet.clone()
+            },
+            "redis_url",
+        );
+        for bad in ["", "eu west", "eu/west", &"r".repeat(65)] {
+            refused(
+                Config {
+                    region: bad.into(),
+                    ..fleet.clone()
+                },
+                "region",
+            );
+        }
+        refused(
+            Config {
+                public_url: Some("sfu-3.example.org".into()),
+                ..fleet.clone()
+            },
+            "public_url",
+        );
+        let env = |k: &str| match k {
+            "SFU_REDIS_URL" => Some("redis://127.0.0.1:6379/1".to_owned()),
+            "SFU_REGION" => Some("us-east".to_owned()),
+            "SFU_PUBLIC_URL" => Some("https://x.example.org".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(None, &env, &Overrides::default()).unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/1"));
+        assert_eq!(c.region, "us-east");
+        assert_eq!(c.public_url.as_deref(), Some("https://x.example.org"));
     }
 
     /// Node ids number the voices of a cluster: a core or edge must have its

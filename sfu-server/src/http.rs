@@ -87,6 +87,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     crate::metrics::render_refusals(&mut body, &state.refusals);
     crate::metrics::render_resumes(&mut body, &state.resumes.stats);
     crate::metrics::render_health(&mut body, state.health.workers_up());
+    if let Some(fleet) = state.fleet.get() {
+        crate::metrics::render_fleet(&mut body, fleet.is_degraded(), fleet.failures());
+    }
     if let Some(https) = &state.https {
         crate::metrics::render_tls(&mut body, https.stats());
     }
@@ -116,6 +119,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         text(StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}"))
     } else if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if state.fleet_degraded() {
+        // Media does not depend on Redis: the node serves, degraded.
+        "ready (degraded: the fleet's redis cannot be reached)\n".into_response()
     } else {
         "ready\n".into_response()
     }

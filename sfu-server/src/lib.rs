@@ -11,6 +11,7 @@
 //! | [`rooms`] | the room layer: members, listing, member counts, moderation rules (sans-IO) |
 //! | [`worker`] | one engine + its UDP socket on a task, carrying the rooms' messages |
 //! | [`cluster`] | core/edge: cascade links ⇄ the worker's relay messages |
+//! | [`fleet`] | nodes coordinated through Redis: registry, channel leases with fencing, choice of a core |
 //! | [`state`] | what the handlers share: workers, drain flag, resources, refusal counters; `check_origin`, `authorize`, `admit` |
 //! | [`names`] | channel names and identities: length, no control characters |
 //! | [`origin`] | which pages may use the server (`Origin`), proxies in development mode |
@@ -36,6 +37,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_check;
 pub mod connections;
+pub mod fleet;
 #[cfg(any(test, feature = "_internal_fuzz"))]
 pub mod fuzz;
 pub mod health;

@@ -29,6 +29,21 @@ enum Command {
     Run(Box<RunArgs>),
     /// Mint a join token (a JWT signed with HS256) and print it.
     Token(TokenArgs),
+    /// List a fleet's nodes (region, role, load, addresses) and which node
+    /// is each channel's core, from the fleet's Redis.
+    Fleet(FleetArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// The fleet's Redis (redis://host:port/db).
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        env = "SFU_REDIS_URL",
+        hide_env_values = true
+    )]
+    redis_url: String,
 }
 
 #[derive(Args)]
@@ -95,6 +110,13 @@ struct RunArgs {
     /// Secret shared by the nodes of a cluster. Prefer SFU_CLUSTER_SECRET.
     #[arg(long, value_name = "S")]
     cluster_secret: Option<String>,
+    /// The fleet's Redis (redis://host:port/db): register this node there.
+    /// A password in the URL: prefer SFU_REDIS_URL.
+    #[arg(long = "redis", value_name = "URL")]
+    redis_url: Option<String>,
+    /// This node's region in the fleet (default "default").
+    #[arg(long, value_name = "R")]
+    region: Option<String>,
 }
 
 #[derive(Args)]
@@ -131,6 +153,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::Fleet(args)) => fleet_status(args),
         Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }
@@ -140,6 +163,66 @@ fn main() -> ExitCode {
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sfu-server: {message}");
     ExitCode::from(2)
+}
+
+fn fleet_status(args: FleetArgs) -> ExitCode {
+    use sfu_server::fleet::{Keys, RedisFleet};
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage_error(e),
+    };
+    let read = rt.block_on(async {
+        let fleet = RedisFleet::connect(
+            &args.redis_url,
+            Keys::new(sfu_server::server::FLEET_KEYS),
+            std::time::Duration::from_secs(5),
+        )
+        .await?;
+        Ok::<_, sfu_server::fleet::FleetError>((fleet.nodes().await?, fleet.leases().await?))
+    });
+    let (nodes, leases) = match read {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("sfu-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{:>5}  {:<12} {:<9} {:>8} {:>8}  {:<8} url / media",
+        "node", "region", "role", "members", "channels", "state"
+    );
+    for n in &nodes {
+        let role = match (n.core, n.edge) {
+            (true, true) => "core+edge",
+            (true, false) => "core",
+            (false, true) => "edge",
+            (false, false) => "-",
+        };
+        let media: Vec<String> = n.media.iter().map(ToString::to_string).collect();
+        println!(
+            "{:>5}  {:<12} {:<9} {:>8} {:>8}  {:<8} {} {}",
+            n.id,
+            n.region,
+            role,
+            n.members,
+            n.channels,
+            if n.draining { "draining" } else { "serving" },
+            n.url,
+            media.join(",")
+        );
+    }
+    println!(
+        "{} node(s); {} channel(s) with a core:",
+        nodes.len(),
+        leases.len()
+    );
+    for (channel, lease) in &leases {
+        println!("  {channel}: node {} (epoch {})", lease.node, lease.epoch);
+    }
+    ExitCode::SUCCESS
 }
 
 fn token(args: TokenArgs) -> ExitCode {
@@ -204,6 +287,8 @@ fn run(args: RunArgs) -> ExitCode {
         cluster_listen: args.cluster_listen,
         cluster_cores: args.cluster_cores,
         cluster_secret: args.cluster_secret,
+        redis_url: args.redis_url,
+        region: args.region,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         log_format: args.log_format,

@@ -492,6 +492,24 @@ pub fn render_workers(o: &mut String, workers: &[Snapshot]) {
     }
 }
 
+/// Appends the node's standing in its fleet (with `redis_url`).
+pub fn render_fleet(o: &mut String, degraded: bool, failures: u64) {
+    metric(
+        o,
+        "sfu_fleet_degraded",
+        "gauge",
+        "1 while the fleet's Redis cannot be reached (the node serves what it has).",
+    );
+    let _ = writeln!(o, "sfu_fleet_degraded {}", u8::from(degraded));
+    metric(
+        o,
+        "sfu_fleet_registry_failures_total",
+        "counter",
+        "Refreshes of the node's record in Redis that failed.",
+    );
+    let _ = writeln!(o, "sfu_fleet_registry_failures_total {failures}");
+}
+
 /// Appends whether each media worker runs (`workers_up`, by index).
 pub fn render_health(o: &mut String, workers_up: impl Iterator<Item = bool>) {
     metric(
@@ -970,11 +988,14 @@ mod tests {
             },
         ];
         render_workers(&mut health, &workers);
+        render_fleet(&mut health, true, 3);
         assert_eq!(sum(&workers).cpu_seconds, Some(1.5));
         let health = parse(&health);
         assert_eq!(series(&health, "sfu_worker_up worker=0"), 1.0);
         assert_eq!(series(&health, "sfu_worker_up worker=1"), 0.0);
         assert_eq!(series(&health, "sfu_worker_members worker=0"), 5.0);
+        assert_eq!(series(&health, "sfu_fleet_degraded"), 1.0);
+        assert_eq!(series(&health, "sfu_fleet_registry_failures_total"), 3.0);
         assert_eq!(series(&health, "sfu_worker_channels worker=1"), 1.0);
         assert_eq!(
             series(&health, "sfu_worker_cpu_seconds_total worker=0"),

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, NodeRole};
 use crate::connections::{self, ConnectionLimits};
+use crate::fleet::{Keys, NodeRecord, RedisFleet, Registry};
 use crate::health::Health;
 use crate::rooms::RoomLimits;
 use crate::state::AppState;
@@ -81,6 +82,9 @@ impl Server {
             https.clone(),
             health,
         ));
+        if let Some(url) = &state.config.redis_url {
+            join_fleet(&state, url, http_addr).await?;
+        }
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
         let (stopped, refusals) = (stop.clone(), state.refusals.clone());
@@ -159,8 +163,22 @@ impl Server {
         for w in self.state.workers.all() {
             w.leave_all().await;
         }
+        self.leave_fleet().await;
         self.stop.notify_one();
         let _ = self.http.await;
+    }
+
+    /// Takes the node's record out of the fleet (it would expire anyway).
+    async fn leave_fleet(&self) {
+        let Some(registry) = self.state.fleet.get() else {
+            return;
+        };
+        registry.stop();
+        if let Some(id) = self.state.config.node_id {
+            if let Err(e) = registry.fleet().deregister(id).await {
+                tracing::warn!(error = %e, "the node's record stays in redis until it expires");
+            }
+        }
     }
 
     /// The node failed (a media worker died): joins are refused, the
@@ -171,6 +189,67 @@ impl Server {
         let last_messages = Instant::now() + LAST_MESSAGES;
         self.drain(FAILED_NODE_GRACE).await;
         tokio::time::sleep_until(last_messages.into()).await;
+    }
+}
+
+/// How often a node refreshes its record in the fleet.
+pub const FLEET_REFRESH: Duration = Duration::from_secs(1);
+/// How long a node's record outlives its last refresh.
+pub const FLEET_NODE_TTL: Duration = Duration::from_secs(3);
+/// Every Redis call's deadline.
+const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The prefix of the fleet's keys in Redis.
+pub const FLEET_KEYS: &str = "sfu:";
+
+/// Connects to the fleet's Redis (refusing to start when it cannot be
+/// reached: a misconfigured URL must not go unnoticed) and keeps the node's
+/// record there.
+async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::Result<()> {
+    let fleet = RedisFleet::connect(url, Keys::new(FLEET_KEYS), REDIS_CALL_TIMEOUT)
+        .await
+        .map_err(|e| io::Error::other(format!("the fleet's redis (redis_url): {e}")))?;
+    let weak = Arc::downgrade(state);
+    let registry = Registry::spawn(
+        Arc::new(fleet),
+        move || {
+            let state = weak.upgrade();
+            async move {
+                let state = state?;
+                Some(node_record(&state, http).await)
+            }
+        },
+        FLEET_REFRESH,
+        FLEET_NODE_TTL,
+    );
+    tracing::info!(region = %state.config.region, "registered in the fleet");
+    let _ = state.fleet.set(registry);
+    Ok(())
+}
+
+/// What this node, serving signaling on `http`, says about itself in the
+/// fleet.
+async fn node_record(state: &AppState, http: SocketAddr) -> NodeRecord {
+    let c = &state.config;
+    let load = state.snapshot().await;
+    let scheme = if c.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    NodeRecord {
+        id: c.node_id.unwrap_or(0),
+        region: c.region.clone(),
+        core: c.role != NodeRole::Edge,
+        edge: c.role == NodeRole::Edge,
+        url: c
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{http}")),
+        media: state.workers.all().iter().map(|w| w.udp_addr()).collect(),
+        cluster: (c.role == NodeRole::Core).then_some(c.cluster_listen),
+        draining: state.is_draining(),
+        members: load.members as u64,
+        channels: load.channels as u64,
     }
 }
 

@@ -77,6 +77,8 @@ pub struct AppState {
     join_rates: std::sync::Mutex<JoinRates>,
     /// Whether the node's essential tasks run (a failed node refuses joins).
     pub health: Arc<crate::health::Health>,
+    /// (with `redis_url`) the node's record in the fleet, kept fresh.
+    pub fleet: std::sync::OnceLock<crate::fleet::Registry>,
 }
 
 /// Why a request is refused.
@@ -202,6 +204,7 @@ impl AppState {
             refusals: Arc::new(Refusals::default()),
             join_rates: std::sync::Mutex::new(join_rates),
             health,
+            fleet: std::sync::OnceLock::new(),
         }
     }
 
@@ -378,6 +381,14 @@ impl AppState {
     /// How long a WebSocket session may stay outside a channel.
     pub fn join_timeout(&self) -> Duration {
         Duration::from_secs(self.config.ws_join_timeout_secs)
+    }
+
+    /// In a fleet whose Redis cannot be reached right now: the node goes on
+    /// serving what it has.
+    pub fn fleet_degraded(&self) -> bool {
+        self.fleet
+            .get()
+            .is_some_and(crate::fleet::Registry::is_degraded)
     }
 
     /// Refuses joins from now on (shutting down, or failed).

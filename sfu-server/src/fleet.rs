@@ -1,0 +1,35 @@
+//! A fleet of nodes coordinated through Redis: what each node says about
+//! itself (the registry), which node is a channel's core (a lease with an
+//! epoch that only grows), and the choice of a core for a new channel.
+//!
+//! Redis is the coordination engine; nothing here is a consensus of its own.
+//! The rules that keep it safe:
+//!
+//! - **Everything expires.** A node's record lives `node_ttl` (3 s) unless
+//!   it refreshes it (every second): a node that dies leaves the registry by
+//!   itself. A channel's lease lives `lease_ttl` unless its holder renews it.
+//! - **Fencing.** A lease is `node:epoch`; the epoch comes from a counter
+//!   that only grows (`INCR`), so a node that claims a channel after another
+//!   lost it holds a higher epoch, and anything acting for a channel acts
+//!   only on the newest epoch it has seen. Renewal and release compare the
+//!   whole value (a Lua script, atomic in Redis): a node never extends or
+//!   deletes a lease it does not hold, so a node that was paused past its
+//!   lease learns it lost it (`renew` is false) instead of deleting the new
+//!   holder's.
+//! - **Claims are atomic.** One script reads the lease and, when there is
+//!   none, takes the next epoch and sets it: of any number of concurrent
+//!   first claims, one wins and every one of them is answered with the
+//!   winner's lease.
+//! - **Bad data is skipped, never trusted.** A record that does not parse
+//!   (another version, a hand-edited key) is skipped and counted.
+//!
+//! `record` (what a node says) and `choose` (which node takes a new
+//! channel) are pure; `redis` talks to the server.
+
+mod choose;
+mod record;
+mod redis;
+
+pub use choose::{choose_core, Candidate};
+pub use record::{Lease, LeaseError, NodeRecord, RecordError};
+pub use redis::{FleetError, Keys, RedisFleet, Registry};

@@ -1,0 +1,164 @@
+//! What a node writes about itself, and a channel's lease, as they are
+//! stored in Redis; parsed without trusting them.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Longest record accepted (a node's record is a few hundred bytes).
+const MAX_RECORD_BYTES: usize = 16 * 1024;
+
+/// A node of the fleet, as it describes itself (JSON in Redis).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    /// Its node id (distinct across the fleet).
+    pub id: u16,
+    /// Its region (`"eu-west"`…): users land on nodes of theirs.
+    pub region: String,
+    /// It may be a channel's core.
+    pub core: bool,
+    /// It may be an edge.
+    pub edge: bool,
+    /// Where clients reach its signaling (`https://sfu-3.example.org`).
+    pub url: String,
+    /// Its media (UDP) addresses, one per worker.
+    pub media: Vec<SocketAddr>,
+    /// (core) where edges dial it.
+    pub cluster: Option<SocketAddr>,
+    /// It refuses new members (shutting down).
+    pub draining: bool,
+    /// Members it carries.
+    pub members: u64,
+    /// Channels it carries.
+    pub channels: u64,
+}
+
+/// Why a stored record was not used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// Longer than any record a node writes.
+    #[error("the record is {0} bytes, over {MAX_RECORD_BYTES}")]
+    TooLong(usize),
+    /// Not the JSON a node writes.
+    #[error("the record does not parse: {0}")]
+    Malformed(String),
+}
+
+impl NodeRecord {
+    /// The record as stored.
+    pub fn to_json(&self) -> String {
+        // A struct of strings, numbers and addresses always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A stored record, checked.
+    pub fn parse(bytes: &[u8]) -> Result<NodeRecord, RecordError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLong(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))
+    }
+}
+
+/// A channel's core: the node that holds it, and the epoch of the claim
+/// (higher is newer; see the module documentation of [`crate::fleet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lease {
+    /// The node.
+    pub node: u16,
+    /// The claim's epoch, from 1.
+    pub epoch: u64,
+}
+
+/// Why a stored lease was not used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the lease {0:?} is not node:epoch")]
+pub struct LeaseError(pub String);
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.node, self.epoch)
+    }
+}
+
+impl Lease {
+    /// A stored lease (`node:epoch`), checked.
+    pub fn parse(bytes: &[u8]) -> Result<Lease, LeaseError> {
+        let bad = || LeaseError(String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into());
+        let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
+        let (node, epoch) = text.split_once(':').ok_or_else(bad)?;
+        let node = node.parse().map_err(|_| bad())?;
+        let epoch = epoch.parse().map_err(|_| bad())?;
+        if epoch == 0 {
+            return Err(bad());
+        }
+        Ok(Lease { node, epoch })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> NodeRecord {
+        NodeRecord {
+            id: 3,
+            region: "eu-west".into(),
+            core: true,
+            edge: true,
+            url: "https://sfu-3.example.org".into(),
+            media: vec!["203.0.113.3:3478".parse().unwrap()],
+            cluster: Some("203.0.113.3:7000".parse().unwrap()),
+            draining: false,
+            members: 120,
+            channels: 4,
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_garbage_is_refused() {
+        let r = record();
+        assert_eq!(NodeRecord::parse(r.to_json().as_bytes()), Ok(r));
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"null",
+            b"\xff\xfe",
+            br#"{"id":70000,"region":"x","core":true,"edge":true,"url":"u","media":[],"cluster":null,"draining":false,"members":0,"channels":0}"#,
+        ] {
+            assert!(matches!(
+                NodeRecord::parse(bad),
+                Err(RecordError::Malformed(_))
+            ));
+        }
+        let extra = record().to_json().replace("\"id\"", "\"sneaky\":1,\"id\"");
+        assert!(
+            NodeRecord::parse(extra.as_bytes()).is_err(),
+            "unknown fields"
+        );
+        let long = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert_eq!(
+            NodeRecord::parse(&long),
+            Err(RecordError::TooLong(MAX_RECORD_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn leases_parse_strictly() {
+        let l = Lease { node: 7, epoch: 42 };
+        assert_eq!(Lease::parse(l.to_string().as_bytes()), Ok(l));
+        for bad in [
+            &b""[..],
+            b"7",
+            b"7:",
+            b":4",
+            b"7:0",
+            b"70000:1",
+            b"7:-1",
+            b"7:1:2",
+            b"\xff:1",
+        ] {
+            assert!(Lease::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The fleet's coordination against a real redis-server (scripts/setup.sh
+//! installs it; each test starts its own on a free port, without
+//! persistence): node records expire unless refreshed, concurrent first
+//! claims of a channel yield one core, a lease lost to expiry is fenced
+//! (the old holder can neither renew nor delete the new one), garbage in
+//! Redis is skipped and counted, and an outage is reported and recovered.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu_server::fleet::{FleetError, Keys, Lease, NodeRecord, RedisFleet, Registry};
+
+use common::LIMIT;
+/// Every Redis call's deadline.
+const CALL: Duration = Duration::from_secs(2);
+
+/// A redis-server of the test's own, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        let redis = Redis { child, port };
+        // Up when it answers PING (bounded).
+        let until = Instant::now() + LIMIT;
+        loop {
+            let ping = redis::Client::open(redis.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return redis;
+            }
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn fleet(&self) -> RedisFleet {
+        RedisFleet::connect(&self.url(), Keys::new("test:"), CALL)
+            .await
+            .expect("connects")
+    }
+
+    /// The fleet under the keys the server uses.
+    async fn server_fleet(&self) -> RedisFleet {
+        RedisFleet::connect(&self.url(), Keys::new(sfu_server::server::FLEET_KEYS), CALL)
+            .await
+            .expect("connects")
+    }
+
+    fn raw(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn record(id: u16, region: &str) -> NodeRecord {
+    NodeRecord {
+        id,
+        region: region.into(),
+        core: true,
+        edge: true,
+        url: format!("http://127.0.0.1:{}", 8000 + id),
+        media: vec![format!("127.0.0.1:{}", 9000 + id).parse().unwrap()],
+        cluster: None,
+        draining: false,
+        members: 0,
+        channels: 0,
+    }
+}
+
+/// Polls `check` until it holds (bounded by [`LIMIT`]).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let until = tokio::time::Instant::now() + LIMIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn ids(fleet: &RedisFleet) -> Vec<u16> {
+    fleet.nodes().await.unwrap().iter().map(|n| n.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_refreshing_leaves_the_registry_by_itself() {
+    let redis = Redis::start();
+    let fleet = Arc::new(redis.fleet().await);
+    fleet
+        .register(&record(1, "eu"), Duration::from_millis(500))
+        .await
+        .unwrap();
+    fleet
+        .register(&record(2, "us"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Node 3 refreshes a short-lived record: it outlives node 1's.
+    let registry = Registry::spawn(
+        fleet.clone(),
+        || async {
+            Some(NodeRecord {
+                members: 42,
+                ..record(3, "eu")
+            })
+        },
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+    );
+    eventually("node 3 registered", || async {
+        ids(&fleet).await == [1, 2, 3]
+    })
+    .await;
+    let three = fleet.nodes().await.unwrap()[2].clone();
+    assert_eq!((three.region.as_str(), three.members), ("eu", 42));
+    let registered = Instant::now();
+    eventually("node 1 expired", || async { ids(&fleet).await == [2, 3] }).await;
+    assert!(registered.elapsed() < Duration::from_secs(5));
+    assert!(!registry.is_degraded());
+    // Node 3 stops (its registry dropped): it leaves as node 1 did.
+    drop(registry);
+    eventually("node 3 expired", || async { ids(&fleet).await == [2] }).await;
+    fleet.deregister(2).await.unwrap();
+    assert!(ids(&fleet).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_claims_yield_exactly_one_core_per_channel() {
+    let redis = Redis::start();
+    let nodes = [
+        redis.fleet().await,
+        redis.fleet().await,
+        redis.fleet().await,
+    ];
+    let nodes = Arc::new(nodes);
+    let ttl = Duration::from_secs(30);
+    let mut claims = Vec::new();
+    for i in 0..150u16 {
+        let nodes = nodes.clone();
+        claims.push(tokio::spawn(async move {
+            let node = i % 3;
+            let channel = format!("hall-{}", i % 3 + 1);
+            let lease = nodes[usize::from(node)]
+                .claim(&channel, node + 1, ttl)
+                .await
+                .unwrap();
+            (channel, lease)
+        }));
+    }
+    let mut winners = std::collections::HashMap::<String, Lease>::new();
+    for c in claims {
+        let (channel, lease) = c.await.unwrap();
+        let first = *winners.entry(channel.clone()).or_insert(lease);
+        assert_eq!(first, lease, "{channel}: two cores");
+        assert_eq!(lease.epoch, 1, "one claim took an epoch");
+    }
+    assert_eq!(winners.len(), 3);
+    for (channel, lease) in &winners {
+        assert_eq!(nodes[0].lease(channel).await.unwrap(), Some(*lease));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_to_expiry_is_fenced() {
+    let redis = Redis::start();
+    let (old, new) = (redis.fleet().await, redis.fleet().await);
+    let short = Duration::from_millis(300);
+    let first = old.claim("stage", 1, short).await.unwrap();
+    assert_eq!(first, Lease { node: 1, epoch: 1 });
+    assert!(old.renew("stage", first, short).await.unwrap());
+    // Node 1 stops renewing (paused, partitioned): its lease runs out and
+    // node 2 takes the channel with a higher epoch.
+    eventually("the lease expired", || async {
+        old.lease("stage").await.unwrap().is_none()
+    })
+    .await;
+    let second = new
+        .claim("stage", 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(second, Lease { node: 2, epoch: 2 });
+    // Node 1 comes back: it can neither extend nor delete node 2's lease,
+    // and a claim answers node 2's.
+    assert!(!old.renew("stage", first, short).await.unwrap());
+    assert!(!old.release("stage", first).await.unwrap());
+    assert_eq!(old.claim("stage", 1, short).await.unwrap(), second);
+    assert_eq!(old.lease("stage").await.unwrap(), Some(second));
+    // Node 2 hands it over: the next claim gets the next epoch.
+    assert!(new
+        .renew("stage", second, Duration::from_secs(30))
+        .await
+        .unwrap());
+    assert!(new.release("stage", second).await.unwrap());
+    assert_eq!(new.lease("stage").await.unwrap(), None);
+    let third = old.claim("stage", 1, short).await.unwrap();
+    assert_eq!(third, Lease { node: 1, epoch: 3 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_redis_is_skipped_and_counted() {
+    let redis = Redis::start();
+    let fleet = redis.fleet().await;
+    fleet
+        .register(&record(1, "eu"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut raw = redis.raw();
+    let huge = "x".repeat(100_000);
+    for (key, value) in [
+        ("test:node:9", "garbage"),
+        ("test:node:10", huge.as_str()),
+        ("test:node:11", "{\"id\": 11}"),
+        ("test:lease:broken", "nonsense"),
+    ] {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query::<()>(&mut raw)
+            .unwrap();
+    }
+    assert_eq!(ids(&fleet).await, [1], "only the record that parses");
+    assert_eq!(fleet.skipped(), 3);
+    assert!(matches!(
+        fleet.lease("broken").await,
+        Err(FleetError::BadLease(_))
+    ));
+    assert!(matches!(
+        fleet.claim("broken", 1, Duration::from_secs(1)).await,
+        Err(FleetError::BadLease(_))
+    ));
+    assert_eq!(fleet.skipped(), 5);
+    // Other channels are unaffected.
+    assert_eq!(
+        fleet
+            .claim("fine", 1, Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Lease { node: 1, epoch: 1 }
+    );
+}
+
+/// Redis stops: calls fail within their deadline (never hang), the
+/// registry reports the node degraded; Redis returns (empty, as after a
+/// restart without persistence): the record is written again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_reported_in_time_and_recovered_from() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let fleet = Arc::new(redis.fleet().await);
+    let registry = Registry::spawn(
+        fleet.clone(),
+        || async { Some(record(5, "eu")) },
+        Duration::from_millis(100),
+        Duration::from_secs(3),
+    );
+    eventually("registered", || async { ids(&fleet).await == [5] }).await;
+    drop(redis);
+    let asked = Instant::now();
+    assert!(fleet.nodes().await.is_err(), "redis is down");
+    assert!(asked.elapsed() < CALL + Duration::from_secs(1), "no hang");
+    eventually("degraded", || async { registry.is_degraded() }).await;
+    let failures = registry.failures();
+    assert!(failures > 0);
+
+    let _back = Redis::start_on(port);
+    eventually("fresh again", || async {
+        !registry.is_degraded() && fleet.nodes().await.is_ok_and(|n| n.len() == 1)
+    })
+    .await;
+    assert_eq!(ids(&fleet).await, [5]);
+}
+
+async fn get(url: String) -> (u16, String) {
+    let r = common::http(reqwest::Method::GET, url, &[], String::new()).await;
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Two servers with `redis_url` register themselves (id, region, URL,
+/// media addresses); with Redis gone they keep serving and say they are
+/// degraded (`/readyz` 200, `sfu_fleet_degraded 1`); a drained server takes
+/// its record out at once, not after its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_register_in_the_fleet_and_survive_its_outage() {
+    let redis = Redis::start();
+    let node = |id: u16, region: &str| sfu_server::Config {
+        redis_url: Some(redis.url()),
+        node_id: Some(id),
+        region: region.into(),
+        workers: 2,
+        ..common::config()
+    };
+    let eu = common::server(node(1, "eu")).await;
+    let us = common::server(sfu_server::Config {
+        public_url: Some("https://us.example.org".into()),
+        ..node(2, "us")
+    })
+    .await;
+    // The keys the server uses.
+    let fleet = redis.server_fleet().await;
+    eventually("both registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
+    })
+    .await;
+    let nodes = fleet.nodes().await.unwrap();
+    assert_eq!(nodes[0].id, 1);
+    assert_eq!(nodes[0].region, "eu");
+    assert_eq!(nodes[0].url, format!("http://{}", eu.http_addr()));
+    assert_eq!(nodes[0].media, eu.udp_addrs());
+    assert!(nodes[0].core && !nodes[0].draining);
+    assert_eq!(nodes[1].url, "https://us.example.org");
+    assert_eq!(nodes[1].media, us.udp_addrs());
+
+    // A drained node leaves at once (its TTL is 3 s).
+    us.drain(Duration::ZERO).await;
+    assert_eq!(ids(&fleet).await, [1]);
+
+    let base = format!("http://{}", eu.http_addr());
+    assert_eq!(get(format!("{base}/readyz")).await, (200, "ready\n".into()));
+    drop(redis);
+    eventually("degraded", || async {
+        get(format!("{base}/readyz")).await.1.contains("degraded")
+    })
+    .await;
+    assert_eq!(get(format!("{base}/readyz")).await.0, 200, "still serving");
+    let metrics = get(format!("{base}/metrics")).await.1;
+    assert!(metrics.contains("sfu_fleet_degraded 1"), "{metrics}");
+}
+
+/// `sfu-server fleet --redis URL` lists the nodes and the channels' cores;
+/// with no Redis there it fails with a message, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_command_lists_nodes_and_cores() {
+    let redis = Redis::start();
+    let fleet = redis.server_fleet().await;
+    fleet
+        .register(&record(7, "ap-south"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    fleet
+        .claim("town-hall", 7, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let run = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sfu-server"))
+            .args(["fleet", "--redis", &url])
+            .env_remove("SFU_REDIS_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run(redis.url());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ap-south") && text.contains("http://127.0.0.1:8007"),
+        "{text}"
+    );
+    assert!(text.contains("town-hall: node 7 (epoch 1)"), "{text}");
+    let port = redis.port;
+    drop(redis);
+    let asked = Instant::now();
+    let out = run(format!("redis://127.0.0.1:{port}/"));
+    assert!(!out.status.success());
+    assert!(!out.stderr.is_empty());
+    assert!(asked.elapsed() < Duration::from_secs(10));
+}
