@@ -88,6 +88,10 @@ pub struct Config {
     /// advertises it (`https://sfu-3.example.org`); default
     /// `http://` + `http`.
     pub public_url: Option<String>,
+    /// A request header a trusted load balancer sets to the client's region
+    /// (`X-Region`); a new channel's core is then chosen in that region.
+    /// Unset (the default): the client is in this node's region.
+    pub region_header: Option<String>,
     /// PEM certificate chain: with `tls_key`, the HTTP address serves HTTPS
     /// and WSS (re-read on SIGHUP); default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
@@ -132,6 +136,12 @@ pub struct Config {
     /// Development mode only: give every client the moderation grant
     /// (default false: nobody can moderate in development mode).
     pub dev_moderation: bool,
+}
+
+/// A region name: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn is_region(r: &str) -> bool {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !r.is_empty() && r.len() <= 64 && r.chars().all(plain)
 }
 
 /// Media workers on one node at most.
@@ -199,6 +209,7 @@ impl Default for Config {
             redis_url: None,
             region: "default".to_owned(),
             public_url: None,
+            region_header: None,
             max_body_bytes: 65_536,
             log: "info,str0m=error".to_owned(),
             tls_cert: None,
@@ -261,6 +272,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("region", &self.region)
             .field("public_url", &self.public_url)
+            .field("region_header", &self.region_header)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log_format", &self.log_format)
@@ -406,7 +418,7 @@ impl Config {
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
-    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_REDIS_URL`, `SFU_REGION`, `SFU_PUBLIC_URL`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
+    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_REDIS_URL`, `SFU_REGION`, `SFU_PUBLIC_URL`, `SFU_REGION_HEADER`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
     /// origin rules: `SFU_MAX_MEMBERS_PER_CHANNEL`, `SFU_MAX_CHANNELS`,
     /// `SFU_JOINS_PER_TOKEN_PER_MINUTE`, `SFU_JOINS_PER_IP_PER_MINUTE`,
     /// `SFU_MAX_HTTP_CONNECTIONS`, `SFU_MAX_WS_CONNECTIONS`,
@@ -518,6 +530,9 @@ impl Config {
         }
         if let Some(v) = env("SFU_PUBLIC_URL") {
             self.public_url = Some(v);
+        }
+        if let Some(v) = env("SFU_REGION_HEADER") {
+            self.region_header = Some(v);
         }
         if let Some(v) = env("SFU_TLS_CERT") {
             self.tls_cert = Some(v.into());
@@ -827,12 +842,16 @@ impl Config {
                 );
             }
         }
-        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        if self.region.is_empty() || self.region.len() > 64 || !self.region.chars().all(plain) {
+        if !is_region(&self.region) {
             return invalid(
                 "region",
                 "1 to 64 letters, digits, '-', '_' or '.' (e.g. \"eu-west\")",
             );
+        }
+        if let Some(h) = &self.region_header {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return invalid("region_header", "not a header name (e.g. \"X-Region\")");
+            }
         }
         if let Some(url) = &self.public_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))

@@ -23,13 +23,16 @@
 //! - **Bad data is skipped, never trusted.** A record that does not parse
 //!   (another version, a hand-edited key) is skipped and counted.
 //!
-//! `record` (what a node says) and `choose` (which node takes a new
-//! channel) are pure; `redis` talks to the server.
+//! `record` (what a node says), `choose` (which node takes a new channel)
+//! and `place::decide` (where a join goes) are pure; `redis` talks to the
+//! server; `place::Placer` holds a node's leases.
 
 mod choose;
+mod place;
 mod record;
 mod redis;
 
 pub use choose::{choose_core, Candidate};
+pub use place::{decide, Decision, Placed, Placer};
 pub use record::{Lease, LeaseError, NodeRecord, RecordError};
 pub use redis::{FleetError, Keys, RedisFleet, Registry};

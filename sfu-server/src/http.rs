@@ -212,6 +212,28 @@ async fn media_session(
         Ok(g) => g,
         Err(denied) => return denied.into_response(),
     };
+    let region = state.client_region(&headers);
+    match state.place_join(&request.channel, &region).await {
+        Ok(()) => {}
+        // RFC 9725 §4.5: a WHIP/WHEP endpoint may redirect with 307.
+        Err(Ok((_, url))) => {
+            let kind = match role {
+                Role::Speaker => "whip",
+                Role::Listener => "whep",
+            };
+            let location = format!(
+                "{}/{kind}/{}",
+                url.trim_end_matches('/'),
+                crate::names::path_segment(&request.channel)
+            );
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            return response;
+        }
+        Err(Err(denied)) => return denied.into_response(),
+    }
     let Some(id) = secret_id() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,

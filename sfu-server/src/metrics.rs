@@ -660,11 +660,14 @@ pub enum Refusal {
     RestartRate,
     /// A `resume` with a token that is unknown, used or past its grace.
     Resume,
+    /// (fleet) A join for a channel whose core died, before its lease ran
+    /// out.
+    ChannelMoving,
 }
 
 impl Refusal {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::Unauthorized,
         Refusal::Forbidden,
         Refusal::RateAddress,
@@ -684,6 +687,7 @@ impl Refusal {
         Refusal::HandsFull,
         Refusal::RestartRate,
         Refusal::Resume,
+        Refusal::ChannelMoving,
     ];
 
     /// The `reason` label.
@@ -708,6 +712,7 @@ impl Refusal {
             Refusal::HandsFull => "hands_full",
             Refusal::RestartRate => "ice_restart_rate",
             Refusal::Resume => "resume",
+            Refusal::ChannelMoving => "channel_moving",
         }
     }
 }

@@ -99,8 +99,28 @@ pub fn check_identity(name: &str) -> Result<(), NameError> {
     check(NameKind::Identity, name)
 }
 
+/// `name` as one URL path segment: every byte but unreserved characters
+/// (RFC 3986 §2.3) percent-encoded.
+pub fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn path_segments_encode_everything_but_unreserved() {
+        assert_eq!(super::path_segment("town-hall_2.b~"), "town-hall_2.b~");
+        assert_eq!(super::path_segment("a b/c?d%é"), "a%20b%2Fc%3Fd%25%C3%A9");
+    }
+
     use super::*;
 
     #[test]

@@ -169,6 +169,19 @@ pub enum ServerMsg {
         /// How long after a drop the member waits for `resume` (0: off).
         resume_grace_secs: u64,
     },
+    /// (fleet) The channel is served by another node: connect to `url` and
+    /// send the same request there (the same token works on every node of
+    /// the fleet). Also the last message of members whose channel moved.
+    Redirect {
+        /// The node's signaling URL (`https://…`; the WebSocket is
+        /// `/ws` there).
+        url: String,
+        /// The channel.
+        channel: String,
+        /// The request this answers (`join`), absent when the channel moved.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
     /// The answer to an ICE restart (`restart`).
     Restarted {
         /// SDP answer.

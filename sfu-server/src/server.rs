@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, NodeRole};
 use crate::connections::{self, ConnectionLimits};
-use crate::fleet::{Keys, NodeRecord, RedisFleet, Registry};
+use crate::fleet::{Keys, NodeRecord, Placed, Placer, RedisFleet, Registry};
 use crate::health::Health;
 use crate::rooms::RoomLimits;
 use crate::state::AppState;
@@ -174,6 +174,9 @@ impl Server {
             return;
         };
         registry.stop();
+        if let Some(placer) = self.state.placer.get() {
+            placer.release_all().await;
+        }
         if let Some(id) = self.state.config.node_id {
             if let Err(e) = registry.fleet().deregister(id).await {
                 tracing::warn!(error = %e, "the node's record stays in redis until it expires");
@@ -194,6 +197,9 @@ impl Server {
 
 /// How often a node refreshes its record in the fleet.
 pub const FLEET_REFRESH: Duration = Duration::from_secs(1);
+/// How long a channel's lease outlives its holder's last renewal: a dead
+/// core's channels can be claimed by another node after at most this.
+pub const FLEET_LEASE_TTL: Duration = Duration::from_secs(3);
 /// How long a node's record outlives its last refresh.
 pub const FLEET_NODE_TTL: Duration = Duration::from_secs(3);
 /// Every Redis call's deadline.
@@ -222,8 +228,50 @@ async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::R
         FLEET_NODE_TTL,
     );
     tracing::info!(region = %state.config.region, "registered in the fleet");
+    let placer = Arc::new(Placer::new(
+        registry.fleet_handle(),
+        state.config.node_id.unwrap_or(0),
+        FLEET_LEASE_TTL,
+    ));
     let _ = state.fleet.set(registry);
+    let _ = state.placer.set(placer.clone());
+    tokio::spawn(keep_leases(Arc::downgrade(state), placer));
     Ok(())
+}
+
+/// Renews this node's leases every [`FLEET_REFRESH`], releases those of
+/// channels that emptied, and moves the members of channels another node
+/// took over (fencing: they are told to go there and leave), until the
+/// node's state is gone.
+async fn keep_leases(state: std::sync::Weak<AppState>, placer: Arc<Placer>) {
+    let mut tick = tokio::time::interval(FLEET_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let lost = placer
+            .maintain(|c| state.workers.placement().worker_of(c).is_some())
+            .await;
+        for channel in lost {
+            let msg = match placer.place(&channel, &state.config.region).await {
+                Placed::Elsewhere { url, .. } => crate::protocol::ServerMsg::Redirect {
+                    url,
+                    channel: channel.clone(),
+                    request: None,
+                },
+                _ => crate::protocol::ServerMsg::error(
+                    "channel_moving",
+                    "the channel moved to another node: join again",
+                    None,
+                ),
+            };
+            for w in state.workers.all() {
+                w.move_channel(channel.clone(), msg.clone()).await;
+            }
+        }
+    }
 }
 
 /// What this node, serving signaling on `http`, says about itself in the

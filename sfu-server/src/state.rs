@@ -79,6 +79,8 @@ pub struct AppState {
     pub health: Arc<crate::health::Health>,
     /// (with `redis_url`) the node's record in the fleet, kept fresh.
     pub fleet: std::sync::OnceLock<crate::fleet::Registry>,
+    /// (with `redis_url`) where joins go: the channels' leases.
+    pub placer: std::sync::OnceLock<Arc<crate::fleet::Placer>>,
 }
 
 /// Why a request is refused.
@@ -205,6 +207,7 @@ impl AppState {
             join_rates: std::sync::Mutex::new(join_rates),
             health,
             fleet: std::sync::OnceLock::new(),
+            placer: std::sync::OnceLock::new(),
         }
     }
 
@@ -389,6 +392,47 @@ impl AppState {
         self.fleet
             .get()
             .is_some_and(crate::fleet::Registry::is_degraded)
+    }
+
+    /// The region of a client whose request carried `headers`: the
+    /// `region_header` a trusted load balancer sets, when configured and
+    /// present and a plain name, else this node's region.
+    pub fn client_region(&self, headers: &axum::http::HeaderMap) -> String {
+        self.config
+            .region_header
+            .as_deref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .filter(|r| crate::config::is_region(r))
+            .unwrap_or(&self.config.region)
+            .to_owned()
+    }
+
+    /// Where a join for `channel` from `region` goes: here without a
+    /// fleet; in a fleet, where the channel's lease says. A join that goes
+    /// elsewhere gets `Err` with the redirect, or a refusal while the
+    /// channel's core is moving.
+    pub async fn place_join(
+        &self,
+        channel: &str,
+        region: &str,
+    ) -> Result<(), Result<(u16, String), Denied>> {
+        let Some(placer) = self.placer.get() else {
+            return Ok(());
+        };
+        match placer.place(channel, region).await {
+            crate::fleet::Placed::Here => Ok(()),
+            crate::fleet::Placed::Elsewhere { node, url } => Err(Ok((node, url))),
+            crate::fleet::Placed::Moving => {
+                let mut denied = Denied::new(
+                    503,
+                    "channel_moving",
+                    "the channel's node is gone; its successor takes over in a moment",
+                );
+                denied.retry_after = Some(Duration::from_secs(1));
+                Err(Err(self.refuse(Refusal::ChannelMoving, denied)))
+            }
+        }
     }
 
     /// Refuses joins from now on (shutting down, or failed).

@@ -127,6 +127,9 @@ enum Request {
     Drain(Duration),
     /// The end of a drain: every member still joined leaves.
     LeaveAll,
+    /// Every member of a channel is told `msg` (its last message: the
+    /// session ends) and leaves (the channel moved to another node).
+    Move(String, crate::protocol::ServerMsg),
     /// A link is up to the engine numbered so (its voices' owner): the
     /// engine's relay messages for it go to this sender (replacing the
     /// link's previous one).
@@ -413,6 +416,13 @@ impl Worker {
     /// who did not).
     pub async fn leave_all(&self) {
         let _ = self.tx.send(Request::LeaveAll).await;
+    }
+
+    /// Tells every member of `channel` on this worker `msg`, its last
+    /// message (their sessions end), and makes them leave: the channel is
+    /// served by another node now.
+    pub async fn move_channel(&self, channel: String, msg: crate::protocol::ServerMsg) {
+        let _ = self.tx.send(Request::Move(channel, msg)).await;
     }
 
     /// Debug builds only: makes the worker task panic, as a bug would (the

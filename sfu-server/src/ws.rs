@@ -67,12 +67,17 @@ pub async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| Session::new(state, remote, slot).run(socket))
+        .on_upgrade(move |socket| {
+            let region = state.client_region(&headers);
+            Session::new(state, remote, slot, region).run(socket)
+        })
 }
 
 struct Session {
     state: Arc<AppState>,
     remote: SocketAddr,
+    /// The client's region (a fleet places new channels by it).
+    region: String,
     membership: Option<Membership>,
     /// The last `authorize` that no join has used yet: a `join` for the
     /// same channel may leave the token out, and is not counted against
@@ -115,12 +120,18 @@ enum Ending {
 }
 
 impl Session {
-    fn new(state: Arc<AppState>, remote: SocketAddr, slot: OwnedSemaphorePermit) -> Session {
+    fn new(
+        state: Arc<AppState>,
+        remote: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        region: String,
+    ) -> Session {
         let (events_tx, events_rx) = member_events(Signaling::WebSocket);
         let join_deadline = Some(Instant::now() + state.join_timeout());
         Session {
             state,
             remote,
+            region,
             membership: None,
             authorized: None,
             join_deadline,
@@ -401,6 +412,17 @@ impl Session {
         } else {
             Role::Listener
         });
+        match self.state.place_join(&ask.channel, &self.region).await {
+            Ok(()) => {}
+            Err(Ok((_, url))) => {
+                return ServerMsg::Redirect {
+                    url,
+                    channel: ask.channel.clone(),
+                    request: Some(req.to_owned()),
+                }
+            }
+            Err(Err(denied)) => return refusal(denied, req),
+        }
         let worker = match self.state.workers.place(&ask.channel) {
             Ok(w) => w,
             Err(full) => return refusal(self.state.room_full(full), req),

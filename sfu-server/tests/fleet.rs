@@ -399,3 +399,154 @@ async fn the_fleet_command_lists_nodes_and_cores() {
     assert!(!out.stderr.is_empty());
     assert!(asked.elapsed() < Duration::from_secs(10));
 }
+
+/// Asks node `base` to join `channel` (with `headers` on the WebSocket
+/// upgrade) and follows a `redirect` once: the socket, the peer, the
+/// `joined` message and the URL it was redirected to, if any.
+async fn join_through(
+    base: &str,
+    headers: &[(&'static str, &str)],
+    channel: &str,
+    name: &str,
+    spec: testkit::client::ClientSpec,
+) -> (
+    common::Ws,
+    testkit::udp::UdpPeer,
+    serde_json::Value,
+    Option<String>,
+) {
+    let mut redirected = None;
+    let mut at = base.to_owned();
+    for _ in 0..2 {
+        let mut ws = common::Ws::connect_with(&at, headers).await;
+        let (mut peer, offer) = testkit::udp::UdpPeer::new(name, &spec).expect("peer");
+        ws.send(serde_json::json!({
+            "type": "join", "channel": channel, "offer": offer, "identity": name
+        }))
+        .await;
+        let reply = ws.recv().await;
+        match reply["type"].as_str() {
+            Some("joined") => {
+                peer.start(reply["answer"].as_str().expect("answer"));
+                return (ws, peer, reply, redirected);
+            }
+            Some("redirect") => {
+                assert_eq!(reply["channel"], channel);
+                assert_eq!(reply["request"], "join");
+                at = reply["url"].as_str().expect("url").to_owned();
+                redirected = Some(at.clone());
+            }
+            _ => panic!("{name}: {reply}"),
+        }
+    }
+    panic!("{name}: redirected twice");
+}
+
+/// Three nodes in two regions on one Redis: a channel's first member is
+/// sent to the least-loaded node of its region (from the load balancer's
+/// header), which claims the channel; a member joining through any other
+/// node is sent there too, and hears the first; first joins racing on all
+/// three nodes end on one core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_through_any_node_reach_the_channels_core() {
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let node = |id: u16, region: &str| sfu_server::Config {
+        redis_url: Some(redis.url()),
+        node_id: Some(id),
+        region: region.into(),
+        region_header: Some("x-region".into()),
+        workers: 1,
+        ..common::config()
+    };
+    let servers = [
+        common::server(node(1, "eu")).await,
+        common::server(node(2, "eu")).await,
+        common::server(node(3, "us")).await,
+    ];
+    let base: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.http_addr()))
+        .collect();
+    let fleet = redis.server_fleet().await;
+    eventually("three nodes registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 3)
+    })
+    .await;
+
+    // Alice, in eu, comes in through the us node.
+    let (_a_ws, alice, _, to) = join_through(
+        &base[2],
+        &[("x-region", "eu")],
+        "hall",
+        "alice",
+        ClientSpec::speaker(0),
+    )
+    .await;
+    assert_eq!(
+        to.as_deref(),
+        Some(base[0].as_str()),
+        "eu's least-loaded node"
+    );
+    let lease = fleet.lease("hall").await.unwrap().expect("claimed");
+    assert_eq!((lease.node, lease.epoch), (1, 1));
+    // Bob comes in through node 2 (no header: node 2's region): the
+    // channel's core is node 1 whatever his region.
+    let (_b_ws, bob, _, to) =
+        join_through(&base[1], &[], "hall", "bob", ClientSpec::listener()).await;
+    assert_eq!(to.as_deref(), Some(base[0].as_str()));
+    // Carol joins node 1 directly: no redirect.
+    let (mut carol_ws, _carol, _, to) =
+        join_through(&base[0], &[], "hall", "carol", ClientSpec::listener()).await;
+    assert_eq!(to, None);
+    alice.set_talking(true);
+    assert!(common::hears(&bob, &[0], 25), "bob hears alice on the core");
+
+    // 24 first joins of another channel, 8 through each node, at once.
+    let joins = (0..24).map(|i| {
+        let at = base[i % 3].clone();
+        async move {
+            let (ws, peer, joined, to) = join_through(
+                &at,
+                &[("x-region", "us")],
+                "race",
+                &format!("r{i}"),
+                ClientSpec::listener(),
+            )
+            .await;
+            (ws, peer, joined, to.unwrap_or(at))
+        }
+    });
+    let raced = futures_util::future::join_all(joins).await;
+    let served: std::collections::BTreeSet<&str> =
+        raced.iter().map(|(_, _, _, at)| at.as_str()).collect();
+    assert_eq!(served.len(), 1, "one core: {served:?}");
+    let lease = fleet.lease("race").await.unwrap().expect("claimed");
+    assert_eq!(lease.epoch, 1, "one claim won");
+    assert_eq!(
+        served.first().copied(),
+        Some(base[usize::from(lease.node) - 1].as_str())
+    );
+    assert_eq!(lease.node, 3, "the us node, for joiners in us");
+
+    // Fencing: node 2 holds "hall" now, with a newer epoch (as when node 1
+    // was paused past its lease and node 2 claimed it). Node 1 finds out at
+    // its next renewal: its members there are sent to node 2 and leave.
+    redis::cmd("SET")
+        .arg("sfu:lease:hall")
+        .arg("2:99")
+        .query::<()>(&mut redis.raw())
+        .unwrap();
+    let moved = carol_ws.recv_type("redirect").await;
+    assert_eq!(moved["url"], base[1].as_str(), "{moved}");
+    assert_eq!(moved["channel"], "hall");
+    assert!(moved.get("request").is_none(), "{moved}");
+    let (_d_ws, _dave, _, to) =
+        join_through(&base[1], &[], "hall", "dave", ClientSpec::listener()).await;
+    assert_eq!(to, None, "node 2 serves the channel it holds");
+    assert_eq!(
+        fleet.lease("hall").await.unwrap(),
+        Some(Lease { node: 2, epoch: 99 }),
+        "node 1 never touched its successor's lease"
+    );
+}

@@ -79,6 +79,14 @@ const RECONNECT_JITTER = 0.2;
 /** Errors after which the server ends the session: nothing to resume. */
 const SESSION_ENDING = new Set(["session_expired", "too_slow", "too_large", "join_timeout", "resumed_elsewhere"]);
 
+/** Redirects (fleet: the channel's core is another node) one join follows at most. */
+const MAX_REDIRECTS = 3;
+
+/** The WebSocket URL of a node whose signaling URL is `base` (http[s]://host). */
+function wsUrlOf(base) {
+  return `${base.replace(/^http/, "ws").replace(/\/+$/, "")}/ws`;
+}
+
 /** Close codes of a server that ended the session (policy, too large). */
 const CLOSE_ENDING = new Set([1008, 1009]);
 
@@ -143,11 +151,22 @@ export class VoiceClient extends EventTarget {
       if (mic) {
         this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
       }
-      const { ws, ready } = this.#connect();
-      this.ws = ws;
-      await ready;
       this.joinArgs = { channel, token, identity, role };
-      return await this.#enter(this.joinArgs);
+      // In a fleet a node may send the join to the channel's node
+      // (`redirect`): the same join there, with the same token.
+      for (let hop = 0; ; hop++) {
+        const { ws, ready } = this.#connect();
+        this.ws = ws;
+        await ready;
+        try {
+          return await this.#enter(this.joinArgs);
+        } catch (err) {
+          if (err.code !== "redirect" || hop >= MAX_REDIRECTS) throw err;
+          this.#dropSocket();
+          this.url = wsUrlOf(err.url);
+          this.#emit("redirected", { url: err.url });
+        }
+      }
     } catch (err) {
       this.#teardown(null);
       throw err;
@@ -536,9 +555,14 @@ export class VoiceClient extends EventTarget {
     }
     // The answer to a request: a refusal goes to the requester only.
     const i = this.waiters.findIndex((w) => m.type === w.ok || (m.type === "error" && m.request === w.request));
-    const waiter = i < 0 ? null : this.waiters.splice(i, 1)[0];
+    const j = i >= 0 ? i : this.waiters.findIndex((w) => m.type === "redirect" && m.request === w.request);
+    const waiter = j < 0 ? null : this.waiters.splice(j, 1)[0];
     if (waiter && m.type === "error") {
       waiter.reject(Object.assign(new Error(m.message), { code: m.code, retryAfterSecs: m.retry_after_secs }));
+      return;
+    }
+    if (waiter && m.type === "redirect") {
+      waiter.reject(Object.assign(new Error(`the channel is served at ${m.url}`), { code: "redirect", url: m.url }));
       return;
     }
     this.#handle(m);
@@ -547,6 +571,10 @@ export class VoiceClient extends EventTarget {
 
   #handle(m) {
     switch (m.type) {
+      case "redirect":
+        // The channel moved to another node of the fleet: join it there.
+        if (!m.request && this.joinArgs) this.#moveTo(m.url);
+        break;
       case "joined":
         this.peer = m.peer;
         this.resumeToken = m.resume_token ?? null;
@@ -634,6 +662,28 @@ export class VoiceClient extends EventTarget {
   }
 
   /** Releases everything; emits `left` when we were in a channel (reason set). */
+  /** Closes the socket and the media session, keeping the microphone. */
+  #dropSocket() {
+    const ws = this.ws;
+    if (ws) {
+      ws.onopen = ws.onclose = ws.onmessage = ws.onerror = null;
+      if (ws.readyState <= WebSocket.OPEN) ws.close();
+    }
+    this.ws = null;
+    this.#failWaiters(new Error("redirected"));
+    this.#closeMedia();
+  }
+
+  /** Joins the same channel again on the node at `base` (it moved there). */
+  #moveTo(base) {
+    const args = this.joinArgs;
+    const mic = this.hasMic;
+    this.#teardown(null);
+    this.url = wsUrlOf(base);
+    this.#emit("state", "moving");
+    this.join({ ...args, mic }).catch((err) => this.#emit("left", { reason: "moved", message: err.message }));
+  }
+
   #teardown(reason, message) {
     clearInterval(this.levelTimer);
     this.levelTimer = null;

@@ -20,10 +20,11 @@ pub fn choose_core<'a>(nodes: &'a [Candidate], region: &str) -> Option<&'a Candi
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn node(id: u16, region: &str, members: u64) -> Candidate {
+    /// A node that may be anything, serving `members`.
+    pub(in crate::fleet) fn node(id: u16, region: &str, members: u64) -> Candidate {
         Candidate {
             id,
             region: region.into(),

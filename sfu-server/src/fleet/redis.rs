@@ -404,6 +404,11 @@ impl Registry {
         &self.fleet
     }
 
+    /// The fleet it writes to, shared.
+    pub fn fleet_handle(&self) -> Arc<RedisFleet> {
+        self.fleet.clone()
+    }
+
     /// The last refresh failed (Redis unreachable).
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)

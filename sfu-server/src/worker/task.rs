@@ -435,6 +435,19 @@ impl Task {
                     let _ = self.command(Command::Leave { peer });
                 }
             }
+            Request::Move(channel, msg) => {
+                let peers: Vec<PeerId> = self
+                    .rooms
+                    .peers()
+                    .filter(|p| self.rooms.member(*p).is_some_and(|m| m.channel == channel))
+                    .collect();
+                for peer in peers {
+                    if let Some(sink) = self.sinks.remove(&peer) {
+                        sink.end(msg.clone());
+                    }
+                    let _ = self.command(Command::Leave { peer });
+                }
+            }
             #[cfg(debug_assertions)]
             Request::Crash => panic!("media worker crashed on purpose (test hook)"),
         }

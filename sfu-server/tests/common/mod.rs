@@ -53,8 +53,20 @@ impl Ws {
     }
 
     pub(crate) async fn connect_addr(base: &str) -> Ws {
+        Ws::connect_with(base, &[]).await
+    }
+
+    /// [`Ws::connect_addr`] with extra request headers.
+    pub(crate) async fn connect_with(base: &str, headers: &[(&'static str, &str)]) -> Ws {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!("{}/ws", base.replacen("http://", "ws://", 1));
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+        let mut request = url.into_client_request().expect("a ws URL");
+        for (k, v) in headers {
+            request
+                .headers_mut()
+                .insert(*k, v.parse().expect("a header value"));
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
         let mut ws = Ws {
             socket,
             seen: Vec::new(),
