@@ -77,8 +77,8 @@ pub struct Config {
     /// (required for `core` and `edge`).
     pub cluster_secret: Option<String>,
     /// The fleet's Redis (`redis://[:password@]host:port/db`): the node
-    /// registers there (id, region, addresses, load, refreshed every second,
-    /// gone 3 s after it stops). None (the default): no fleet. Needs a
+    /// registers there (id, region, addresses, load, refreshed every 0.5 s,
+    /// gone 1.5 s after it stops). None (the default): no fleet. Needs a
     /// `node_id`.
     pub redis_url: Option<String>,
     /// This node's region in the fleet (letters, digits, `-`, `_`, `.`, at

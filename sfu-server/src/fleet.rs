@@ -5,9 +5,10 @@
 //! Redis is the coordination engine; nothing here is a consensus of its own.
 //! The rules that keep it safe:
 //!
-//! - **Everything expires.** A node's record lives `node_ttl` (3 s) unless
-//!   it refreshes it (every second): a node that dies leaves the registry by
-//!   itself. A channel's lease lives `lease_ttl` unless its holder renews it.
+//! - **Everything expires.** A node's record lives 1.5 s unless it
+//!   refreshes it (every 0.5 s): a node that dies leaves the registry by
+//!   itself. A channel's lease lives 2 s unless its holder renews it (every
+//!   0.5 s).
 //! - **Fencing.** A lease is `node:epoch`; the epoch comes from a counter
 //!   that only grows (`INCR`), so a node that claims a channel after another
 //!   lost it holds a higher epoch, and anything acting for a channel acts

@@ -196,12 +196,16 @@ impl Server {
 }
 
 /// How often a node refreshes its record in the fleet.
-pub const FLEET_REFRESH: Duration = Duration::from_secs(1);
+pub const FLEET_REFRESH: Duration = Duration::from_millis(500);
 /// How long a channel's lease outlives its holder's last renewal: a dead
 /// core's channels can be claimed by another node after at most this.
-pub const FLEET_LEASE_TTL: Duration = Duration::from_secs(3);
-/// How long a node's record outlives its last refresh.
-pub const FLEET_NODE_TTL: Duration = Duration::from_secs(3);
+pub const FLEET_LEASE_TTL: Duration = Duration::from_secs(2);
+/// How often a node renews its channels' leases (three renewals may fail
+/// before a lease runs out).
+pub const FLEET_LEASE_RENEW: Duration = Duration::from_millis(500);
+/// How long a node's record outlives its last refresh: a dead node is out
+/// of the registry (no new channel is placed on it) after at most this.
+pub const FLEET_NODE_TTL: Duration = Duration::from_millis(1500);
 /// Every Redis call's deadline.
 const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The prefix of the fleet's keys in Redis.
@@ -239,12 +243,12 @@ async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::R
     Ok(())
 }
 
-/// Renews this node's leases every [`FLEET_REFRESH`], releases those of
+/// Renews this node's leases every [`FLEET_LEASE_RENEW`], releases those of
 /// channels that emptied, and moves the members of channels another node
 /// took over (fencing: they are told to go there and leave), until the
 /// node's state is gone.
 async fn keep_leases(state: std::sync::Weak<AppState>, placer: Arc<Placer>) {
-    let mut tick = tokio::time::interval(FLEET_REFRESH);
+    let mut tick = tokio::time::interval(FLEET_LEASE_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -5,6 +5,7 @@
 //! (the old holder can neither renew nor delete the new one), garbage in
 //! Redis is skipped and counted, and an outage is reported and recovered.
 
+mod binary;
 mod common;
 
 use std::net::TcpListener;
@@ -549,4 +550,227 @@ async fn joins_through_any_node_reach_the_channels_core() {
         Some(Lease { node: 2, epoch: 99 }),
         "node 1 never touched its successor's lease"
     );
+}
+
+/// Redis goes away for longer than a lease mid-call: the members of a
+/// channel keep hearing each other without a gap, a new channel is served
+/// where it is asked for; Redis comes back empty (a restart without
+/// persistence): the nodes register again, the core claims its channel back
+/// and joins through the other node are sent to it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_loses_no_audio_and_is_reconciled() {
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let port = redis.port;
+    let node = |id: u16| sfu_server::Config {
+        redis_url: Some(redis.url()),
+        node_id: Some(id),
+        workers: 1,
+        ..common::config()
+    };
+    let servers = [common::server(node(1)).await, common::server(node(2)).await];
+    let base: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.http_addr()))
+        .collect();
+    let fleet = redis.server_fleet().await;
+    eventually("two nodes registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
+    })
+    .await;
+    let (_s_ws, speaker, _, _) =
+        join_through(&base[0], &[], "hall", "speaker", ClientSpec::speaker(0)).await;
+    let (_l_ws, listener, _, to) =
+        join_through(&base[1], &[], "hall", "listener", ClientSpec::listener()).await;
+    assert_eq!(to.as_deref(), Some(base[0].as_str()));
+    speaker.set_talking(true);
+    assert!(common::hears(&listener, &[0], 25));
+
+    drop(redis);
+    let down = Instant::now();
+    eventually("node 1 degraded", || async {
+        get(format!("{}/readyz", base[0]))
+            .await
+            .1
+            .contains("degraded")
+    })
+    .await;
+    // A new channel while Redis is down: served where it is asked for.
+    let (_n_ws, _newcomer, _, to) =
+        join_through(&base[1], &[], "quiet", "newcomer", ClientSpec::listener()).await;
+    assert_eq!(to, None);
+    // Down for longer than a lease (3 s).
+    let outage = Duration::from_secs(4);
+    let back_at = down + outage;
+    while Instant::now() < back_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _redis = Redis::start_on(port);
+    // 50 frames a second: over the outage at most a few frames short.
+    let frames = (outage.as_millis() / 20) as usize - 10;
+    assert!(
+        listener.wait_until(Instant::now() + LIMIT, |c| c
+            .tones_heard(down, back_at, frames)
+            .contains(&0)),
+        "the listener lost audio while redis was down"
+    );
+
+    eventually("node 1 holds hall again", || async {
+        fleet
+            .lease("hall")
+            .await
+            .is_ok_and(|l| l.is_some_and(|l| l.node == 1))
+    })
+    .await;
+    eventually("node 2 claimed quiet", || async {
+        fleet
+            .lease("quiet")
+            .await
+            .is_ok_and(|l| l.is_some_and(|l| l.node == 2))
+    })
+    .await;
+    let (_x_ws, _late, _, to) =
+        join_through(&base[1], &[], "hall", "late", ClientSpec::listener()).await;
+    assert_eq!(
+        to.as_deref(),
+        Some(base[0].as_str()),
+        "placed through the lease again"
+    );
+    assert!(common::hears(&listener, &[0], 25));
+}
+
+/// A running `sfu-server` process of a fleet; killed when dropped.
+struct Node {
+    child: Child,
+    base: String,
+}
+
+impl Node {
+    fn start(redis: &str, id: u16) -> Node {
+        use std::io::BufRead;
+        let mut child = binary::sfu_server()
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--udp",
+                "127.0.0.1:0",
+                "--log",
+                "warn",
+            ])
+            .args([
+                "--workers",
+                "1",
+                "--node-id",
+                &id.to_string(),
+                "--redis",
+                redis,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sfu-server starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // "sfu-server: open http://127.0.0.1:PORT/ in a browser (…)"
+        let base = lines
+            .find_map(|l| {
+                let l = l.ok()?;
+                let url = l.split_whitespace().find(|w| w.starts_with("http://"))?;
+                Some(url.trim_end_matches('/').to_owned())
+            })
+            .expect("the server says where it listens");
+        std::thread::spawn(move || for _ in lines {});
+        Node { child, base }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Joins `channel` through `base` until it works: a join refused while the
+/// channel's core is moving, or sent to a node that no longer answers, is
+/// tried again through `base` (as a client's reconnect does).
+async fn join_until_joined(
+    base: &str,
+    channel: &str,
+    name: &str,
+    spec: &testkit::client::ClientSpec,
+) -> (common::Ws, testkit::udp::UdpPeer) {
+    let until = tokio::time::Instant::now() + LIMIT;
+    loop {
+        assert!(tokio::time::Instant::now() < until, "{name} never joined");
+        let mut ws = common::Ws::connect_addr(base).await;
+        let (mut peer, offer) = testkit::udp::UdpPeer::new(name, spec).expect("peer");
+        ws.send(serde_json::json!({"type": "join", "channel": channel, "offer": offer}))
+            .await;
+        let reply = ws.recv().await;
+        match reply["type"].as_str() {
+            Some("joined") => {
+                peer.start(reply["answer"].as_str().unwrap());
+                return (ws, peer);
+            }
+            Some("redirect") => {
+                let url = reply["url"].as_str().unwrap().to_owned();
+                if tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+                    .await
+                    .is_ok()
+                {
+                    let (ws, peer, _, _) =
+                        join_through(&url, &[], channel, name, spec.clone()).await;
+                    return (ws, peer);
+                }
+            }
+            _ => assert_eq!(reply["code"], "channel_moving", "{reply}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The core of a channel is killed (SIGKILL): its lease runs out, the
+/// members join again through the other node, which claims the channel
+/// with a newer epoch, and the listener hears the speaker again within a
+/// few seconds.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_core_s_channel_comes_back_on_another_node() {
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let fleet = redis.server_fleet().await;
+    let mut one = Node::start(&redis.url(), 1);
+    let two = Node::start(&redis.url(), 2);
+    eventually("two nodes registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
+    })
+    .await;
+    let speak = ClientSpec::speaker(0);
+    let listen = ClientSpec::listener();
+    let (_s_ws, speaker) = join_until_joined(&one.base, "hall", "speaker", &speak).await;
+    let (_l_ws, listener) = join_until_joined(&two.base, "hall", "listener", &listen).await;
+    assert_eq!(
+        fleet.lease("hall").await.unwrap(),
+        Some(Lease { node: 1, epoch: 1 })
+    );
+    speaker.set_talking(true);
+    assert!(common::hears(&listener, &[0], 25));
+
+    binary::signal(&one.child, nix::sys::signal::Signal::SIGKILL);
+    let _ = one.child.wait();
+    let killed = Instant::now();
+    // The members' clients see their sockets drop and join again through
+    // the node that is left.
+    let (_s_ws, speaker) = join_until_joined(&two.base, "hall", "speaker", &speak).await;
+    let (_l_ws, listener) = join_until_joined(&two.base, "hall", "listener", &listen).await;
+    speaker.set_talking(true);
+    assert!(common::hears(&listener, &[0], 25));
+    let back = listener.lock().first_heard(0, killed).expect("heard");
+    let lease = fleet.lease("hall").await.unwrap().expect("claimed");
+    assert_eq!(lease.node, 2);
+    assert!(lease.epoch >= 2, "a newer epoch: {lease:?}");
+    // The lease (2 s) bounds it; the rest is joining and ICE.
+    let took = back - killed;
+    eprintln!("failover: heard again {took:?} after the kill");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }

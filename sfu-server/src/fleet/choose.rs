@@ -1,8 +1,9 @@
 //! Which node becomes the core of a new channel (pure): a node that may be
 //! a core and is not draining, in the region of the channel's first member
 //! when there is one there, else anywhere; of those, the one with the
-//! fewest members (ties: fewer channels, then the lowest id, so that every
-//! node asked at the same moment names the same one).
+//! fewest members (ties: fewer channels, then the node that asks, then the
+//! lowest id: a tie costs no redirect, and nodes that see the same registry
+//! agree otherwise).
 
 use super::record::NodeRecord;
 
@@ -10,11 +11,11 @@ use super::record::NodeRecord;
 pub type Candidate = NodeRecord;
 
 /// The node that should be the core of a new channel whose first member is
-/// in `region`; `None` when no node may be.
-pub fn choose_core<'a>(nodes: &'a [Candidate], region: &str) -> Option<&'a Candidate> {
+/// in `region`, as node `asking` sees it; `None` when no node may be.
+pub fn choose_core<'a>(nodes: &'a [Candidate], region: &str, asking: u16) -> Option<&'a Candidate> {
     let eligible = || nodes.iter().filter(|n| n.core && !n.draining);
     let least = |it: &mut dyn Iterator<Item = &'a Candidate>| {
-        it.min_by_key(|n| (n.members, n.channels, n.id))
+        it.min_by_key(|n| (n.members, n.channels, n.id != asking, n.id))
     };
     least(&mut eligible().filter(|n| n.region == region)).or_else(|| least(&mut eligible()))
 }
@@ -47,25 +48,30 @@ pub(super) mod tests {
             node(3, "us", 10),
             node(4, "us", 10),
         ];
-        assert_eq!(choose_core(&nodes, "eu").map(|n| n.id), Some(2));
+        assert_eq!(choose_core(&nodes, "eu", 1).map(|n| n.id), Some(2));
         assert_eq!(
-            choose_core(&nodes, "us").map(|n| n.id),
+            choose_core(&nodes, "us", 1).map(|n| n.id),
             Some(3),
             "ties: lowest id"
         );
         assert_eq!(
-            choose_core(&nodes, "ap").map(|n| n.id),
+            choose_core(&nodes, "us", 4).map(|n| n.id),
+            Some(4),
+            "ties: the node that asks"
+        );
+        assert_eq!(
+            choose_core(&nodes, "ap", 1).map(|n| n.id),
             Some(3),
             "no node in the region: the least loaded anywhere"
         );
         nodes[1].draining = true;
-        assert_eq!(choose_core(&nodes, "eu").map(|n| n.id), Some(1));
+        assert_eq!(choose_core(&nodes, "eu", 2).map(|n| n.id), Some(1));
         nodes[0].core = false;
         assert_eq!(
-            choose_core(&nodes, "eu").map(|n| n.id),
+            choose_core(&nodes, "eu", 1).map(|n| n.id),
             Some(3),
             "the region has no node that may be a core"
         );
-        assert_eq!(choose_core(&[], "eu"), None);
+        assert_eq!(choose_core(&[], "eu", 1), None);
     }
 }

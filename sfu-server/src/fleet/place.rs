@@ -62,7 +62,7 @@ pub fn decide(lease: Option<Lease>, nodes: &[NodeRecord], me: u16, region: &str)
             },
             None => Placed::Moving,
         }),
-        None => Decision::Claim(choose_core(nodes, region).map_or(me, |n| n.id)),
+        None => Decision::Claim(choose_core(nodes, region, me).map_or(me, |n| n.id)),
     }
 }
 

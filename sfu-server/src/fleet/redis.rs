@@ -7,7 +7,7 @@
 //!
 //! | key | value | expiry |
 //! |---|---|---|
-//! | `node:{id}` | the node's [`NodeRecord`] (JSON) | `node_ttl`, refreshed every `node_refresh` |
+//! | `node:{id}` | the node's [`NodeRecord`] (JSON) | the registry's TTL, refreshed more often |
 //! | `lease:{channel}` | the channel's core, `node:epoch` | `lease_ttl`, renewed by its holder |
 //! | `epoch:{channel}` | the channel's last epoch (a counter) | a day after the last claim |
 //!
