@@ -774,3 +774,69 @@ async fn a_killed_core_s_channel_comes_back_on_another_node() {
     eprintln!("failover: heard again {took:?} after the kill");
     assert!(took < Duration::from_secs(8), "{took:?}");
 }
+
+/// Split brain: the core is paused (SIGSTOP) past its lease, another node
+/// takes the channel with a newer epoch, and when the old core resumes it
+/// finds it lost the channel: its members are sent to the new core and
+/// their sessions end; the new core's lease is untouched.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_core_that_resumes_gives_its_channel_up() {
+    use nix::sys::signal::Signal;
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let fleet = redis.server_fleet().await;
+    let one = Node::start(&redis.url(), 1);
+    let two = Node::start(&redis.url(), 2);
+    eventually("two nodes registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
+    })
+    .await;
+    let (_a_ws, alice) =
+        join_until_joined(&one.base, "hall", "alice", &ClientSpec::speaker(0)).await;
+    let (mut old_ws, old_ear) =
+        join_until_joined(&one.base, "hall", "old", &ClientSpec::listener()).await;
+    alice.set_talking(true);
+    assert!(common::hears(&old_ear, &[0], 25));
+    let first = fleet.lease("hall").await.unwrap().expect("claimed");
+    assert_eq!(first.node, 1);
+
+    binary::signal(&one.child, Signal::SIGSTOP);
+    eventually("node 1's lease ran out", || async {
+        fleet.lease("hall").await.is_ok_and(|l| l.is_none())
+    })
+    .await;
+    let (_b_ws, bob) = join_until_joined(&two.base, "hall", "bob", &ClientSpec::speaker(1)).await;
+    let (_n_ws, new_ear) =
+        join_until_joined(&two.base, "hall", "new", &ClientSpec::listener()).await;
+    let second = fleet.lease("hall").await.unwrap().expect("claimed");
+    assert_eq!(second.node, 2);
+    assert!(second.epoch > first.epoch);
+    bob.set_talking(true);
+    assert!(common::hears(&new_ear, &[1], 25));
+
+    binary::signal(&one.child, Signal::SIGCONT);
+    let moved = old_ws.recv_type("redirect").await;
+    assert_eq!(moved["url"], two.base.as_str(), "{moved}");
+    assert_eq!(moved["channel"], "hall");
+    // The session ends after that message.
+    let until = tokio::time::Instant::now() + LIMIT;
+    loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout_at(until, old_ws.socket.next()).await {
+            Ok(None | Some(Err(_))) => break,
+            Ok(Some(Ok(m))) if m.is_close() => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("node 1 kept the session"),
+        }
+    }
+    assert_eq!(fleet.lease("hall").await.unwrap(), Some(second));
+    // Node 1 is back in the registry, serving nothing of "hall".
+    eventually("node 1 registered again", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
+    })
+    .await;
+    let (_x_ws, _late, _, to) =
+        join_through(&one.base, &[], "hall", "late", ClientSpec::listener()).await;
+    assert_eq!(to.as_deref(), Some(two.base.as_str()));
+}
