@@ -840,3 +840,98 @@ async fn a_paused_core_that_resumes_gives_its_channel_up() {
         join_through(&one.base, &[], "hall", "late", ClientSpec::listener()).await;
     assert_eq!(to.as_deref(), Some(two.base.as_str()));
 }
+
+/// Redis's commands processed so far.
+fn redis_commands(redis: &Redis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.raw())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO stats")
+}
+
+/// Figures for BENCHMARKS.md, not a check (`scripts/fleet-bench.sh` runs
+/// it): Redis commands per node per second at idle and while members join
+/// and leave, and the time from opening a WebSocket to `joined` for a join
+/// the node serves and for one it redirects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/fleet-bench.sh"]
+async fn bench_fleet_redis_load_and_placement_latency() {
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let node = |id: u16| sfu_server::Config {
+        redis_url: Some(redis.url()),
+        node_id: Some(id),
+        workers: 1,
+        ..common::config()
+    };
+    let servers = [common::server(node(1)).await, common::server(node(2)).await];
+    let base: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.http_addr()))
+        .collect();
+    let fleet = redis.server_fleet().await;
+    eventually("two nodes registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
+    })
+    .await;
+    let window = Duration::from_secs(5);
+    let rate = |before: u64, after: u64, took: Duration| {
+        (after - before) as f64 / took.as_secs_f64() / 2.0
+    };
+
+    let (start, t0) = (redis_commands(&redis), Instant::now());
+    tokio::time::sleep(window).await;
+    let idle = rate(start, redis_commands(&redis), t0.elapsed());
+
+    // 20 channels, each with a member held on node 1 (so that node 1 holds
+    // 20 leases), then joins: direct to node 1, and through node 2.
+    let mut held = Vec::new();
+    for c in 0..20 {
+        let (ws, peer, _, _) =
+            join_through(&base[0], &[], &format!("c{c}"), "m", ClientSpec::listener()).await;
+        held.push((ws, peer));
+    }
+    let (start, t0) = (redis_commands(&redis), Instant::now());
+    tokio::time::sleep(window).await;
+    let holding = rate(start, redis_commands(&redis), t0.elapsed());
+
+    let (start, t0) = (redis_commands(&redis), Instant::now());
+    let (mut direct, mut redirected) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        for (at, times) in [(&base[0], &mut direct), (&base[1], &mut redirected)] {
+            let asked = Instant::now();
+            let (ws, peer, _, _) =
+                join_through(at, &[], &format!("c{i}"), "churn", ClientSpec::listener()).await;
+            times.push(asked.elapsed());
+            drop((ws, peer));
+        }
+    }
+    let churn = rate(start, redis_commands(&redis), t0.elapsed());
+    let churn_secs = t0.elapsed().as_secs_f64();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.raw())
+        .unwrap();
+    for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+        eprintln!("fleet-bench: {line}");
+    }
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "fleet-bench: redis commands per node per second: idle {idle:.1}, holding 20 channels {holding:.1}, \
+         40 joins and leaves in {churn_secs:.1} s {churn:.1}"
+    );
+    eprintln!(
+        "fleet-bench: websocket open -> joined, p50 (max) of 20: served {:?} ({:?}), redirected {:?} ({:?})",
+        p50(&mut direct),
+        direct[direct.len() - 1],
+        p50(&mut redirected),
+        redirected[redirected.len() - 1]
+    );
+}
