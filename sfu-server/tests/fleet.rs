@@ -231,6 +231,26 @@ async fn a_lease_lost_to_expiry_is_fenced() {
     assert_eq!(new.lease("stage").await.unwrap(), None);
     let third = old.claim("stage", 1, short).await.unwrap();
     assert_eq!(third, Lease { node: 1, epoch: 3 });
+
+    // Renewals in batches: each lease for itself, in order, over more
+    // than one batch.
+    let long = Duration::from_secs(30);
+    let mut many = Vec::new();
+    for c in 0..300 {
+        let channel = format!("room-{c}");
+        many.push((channel.clone(), old.claim(&channel, 1, long).await.unwrap()));
+    }
+    many.push(("stage".to_owned(), first));
+    many.push(("nowhere".to_owned(), Lease { node: 1, epoch: 1 }));
+    let renewed: Vec<bool> = old
+        .renew_many(&many, long)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(renewed.len(), 302);
+    assert!(renewed[..300].iter().all(|r| *r));
+    assert_eq!(&renewed[300..], [false, false], "a lost lease, no lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,16 +150,18 @@ impl Placer {
     pub async fn maintain(&self, has_members: impl Fn(&str) -> bool) -> Vec<String> {
         let mut lost = Vec::new();
         let held: Vec<(String, Lease)> = self.held().iter().map(|(c, l)| (c.clone(), *l)).collect();
-        for (channel, lease) in held {
-            if !has_members(&channel) {
-                // Forgotten first: a join that comes meanwhile asks Redis.
-                self.held().remove(&channel);
-                if let Err(e) = self.fleet.release(&channel, lease).await {
-                    tracing::warn!(channel, error = %e, "lease not released (it expires)");
-                }
-                continue;
+        let (keep, empty): (Vec<_>, Vec<_>) = held.into_iter().partition(|(c, _)| has_members(c));
+        for (channel, lease) in empty {
+            // Forgotten first: a join that comes meanwhile asks Redis.
+            self.held().remove(&channel);
+            if let Err(e) = self.fleet.release(&channel, lease).await {
+                tracing::warn!(channel, error = %e, "lease not released (it expires)");
             }
-            match self.fleet.renew(&channel, lease, self.lease_ttl).await {
+        }
+        // Every renewal in one round trip per batch.
+        let renewed = self.fleet.renew_many(&keep, self.lease_ttl).await;
+        for ((channel, _), renewed) in keep.into_iter().zip(renewed) {
+            match renewed {
                 Ok(true) => {}
                 Ok(false) => {
                     // Expired (Redis was slow, or a release raced a join):

@@ -30,7 +30,7 @@ use super::record::{Lease, NodeRecord};
 /// channel and every node's memory of one.
 const EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Node records read at once.
+/// Node records read at once, and leases renewed in one script call.
 const SCAN_BATCH: usize = 256;
 
 /// Why a fleet operation failed.
@@ -42,6 +42,9 @@ pub enum FleetError {
     /// Redis did not answer in time.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A call for many keys failed, or was answered with the wrong shape.
+    #[error("redis: {0}")]
+    Batch(String),
     /// Redis holds a lease that is not `node:epoch`.
     #[error("{0}")]
     BadLease(#[from] super::record::LeaseError),
@@ -99,6 +102,7 @@ pub struct RedisFleet {
     timeout: Duration,
     claim: Script,
     renew: Script,
+    renew_many: Script,
     release: Script,
     /// Records and leases found in Redis that did not parse.
     skipped: AtomicU64,
@@ -146,6 +150,20 @@ impl RedisFleet {
                     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
                 end
                 return 0
+                ",
+            ),
+            renew_many: Script::new(
+                r"
+                local ttl = ARGV[#KEYS + 1]
+                local renewed = {}
+                for i, key in ipairs(KEYS) do
+                    if redis.call('GET', key) == ARGV[i] then
+                        renewed[i] = redis.call('PEXPIRE', key, ttl)
+                    else
+                        renewed[i] = 0
+                    end
+                end
+                return renewed
                 ",
             ),
             release: Script::new(
@@ -310,6 +328,37 @@ impl RedisFleet {
             .arg(millis(ttl));
         let renewed: i64 = self.within(call.invoke_async(&mut c)).await?;
         Ok(renewed == 1)
+    }
+
+    /// [`renew`](Self::renew) for many channels, one round trip per
+    /// [`SCAN_BATCH`] of them: for each, in order, whether it was renewed
+    /// (an error for each channel of a batch that failed).
+    pub async fn renew_many(
+        &self,
+        leases: &[(String, Lease)],
+        ttl: Duration,
+    ) -> Vec<Result<bool, FleetError>> {
+        let mut out = Vec::with_capacity(leases.len());
+        for batch in leases.chunks(SCAN_BATCH) {
+            let mut c = self.conn.clone();
+            let mut call = self.renew_many.prepare_invoke();
+            for (channel, lease) in batch {
+                call.key(self.keys.lease(channel)).arg(lease.to_string());
+            }
+            call.arg(millis(ttl));
+            match self.within(call.invoke_async::<Vec<i64>>(&mut c)).await {
+                Ok(r) if r.len() == batch.len() => out.extend(r.into_iter().map(|x| Ok(x == 1))),
+                Ok(r) => {
+                    let why = format!("{} answers for {} renewals", r.len(), batch.len());
+                    out.extend(batch.iter().map(|_| Err(FleetError::Batch(why.clone()))));
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    out.extend(batch.iter().map(|_| Err(FleetError::Batch(why.clone()))));
+                }
+            }
+        }
+        out
     }
 
     /// Gives `lease` of `channel` up, if it still holds it (a newer lease
