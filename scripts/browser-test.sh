@@ -4,8 +4,9 @@
 # from several tabs against a debug sfu-server and check audio flows both
 # ways, member lists, speaker highlighting and leaving; then a page of each
 # publishes over WHIP and a page of each listens over WHEP; a page whose
-# WebSocket is cut resumes, and a page restarts ICE
-# (sfu-server/tests/browser/test.mjs).
+# WebSocket is cut resumes, and a page restarts ICE; and in a fleet of two
+# servers on a Redis, a page that joins through the node that does not
+# serve the channel follows the redirect (sfu-server/tests/browser/test.mjs).
 #
 # Everything runs in a fresh network namespace whose only addresses are
 # loopback ones (scripts/lib/netns.sh): browsers gather ICE candidates on
@@ -38,6 +39,7 @@ SUDO=""
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/firefox-esr ] || need+=(firefox-esr)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
@@ -107,7 +109,28 @@ done
 netns_healthy "$NS" $PORT || { echo "browser-test: the server did not become healthy"; cat "$SERVER_LOG"; exit 1; }
 echo "browser-test: server up in namespace $NS ($(grep -m1 -o 'media on udp [0-9.:]*' "$SERVER_LOG" || true))"
 
+# A fleet of two more servers on a Redis of their own, for the redirect
+# check.
+FLEET_LOG=$ROOT/target/browser-test-fleet.log
+$SUDO ip netns exec "$NS" redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no >"$FLEET_LOG" 2>&1 &
+for _ in $(seq 1 100); do
+  in_netns "$NS" bash -c 'exec 3<>/dev/tcp/127.0.0.1/16379' 2>/dev/null && break
+  sleep 0.1
+done
+for n in 1 2; do
+  $SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$((PORT + n)) --udp 127.0.0.1:0 --workers 1 \
+    --node-id $n --redis redis://127.0.0.1:16379/ --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
+done
+for n in 1 2; do
+  for _ in $(seq 1 100); do
+    netns_healthy "$NS" $((PORT + n)) && break
+    sleep 0.1
+  done
+  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: fleet node $n did not become healthy"; cat "$FLEET_LOG"; exit 1; }
+done
+
 netns_run_test "$NS" 180 "$SERVER_LOG" browser-test env SFU_URL="http://127.0.0.1:$PORT" \
+  SFU_FLEET="http://127.0.0.1:$((PORT + 1)) http://127.0.0.1:$((PORT + 2))" \
   SCREENSHOT="$ROOT/target/browser-test.png" VERBOSE="${VERBOSE:-0}" node "$TEST_DIR/test.mjs"
 echo "browser-test: done in $(($(date +%s) - started)) s, exit $rc"
 exit "$rc"

@@ -500,6 +500,22 @@ try {
     log(`hall: demoted, voice ${source} stopped reaching the hearer`);
   });
 
+  if (process.env.SFU_FLEET) {
+    const [nodeA, nodeB] = process.env.SFU_FLEET.split(" ");
+    await check("fleet: a page joining through the node that does not serve the channel follows the redirect; the two pages hear each other", async () => {
+      const channel = `fleet-test-${process.pid}`;
+      const first = await run.openPage("fleet-a");
+      await joinDemoPage(first, { base: nodeA, channel, identity: "fleet-a" });
+      const second = await run.openPage("fleet-b");
+      await joinDemoPage(second, { base: nodeB, channel, identity: "fleet-b" });
+      const url = await second.page.evaluate(() => window.voice.url);
+      const wanted = nodeA.replace(/^http/, "ws") + "/ws";
+      if (url !== wanted) throw new Error(`the second page's socket is at ${url}, not ${wanted}`);
+      await Promise.all([first, second].map(audioArrives));
+      log(`fleet-b joined through ${nodeB} and was sent to ${url}`);
+    });
+  }
+
   await check("client: no uncaught errors in the pages", async () => {
     const errors = run.pages.flatMap((p) => p.errors.map((e) => `${p.name}: ${e}`));
     if (errors.length) throw new Error(errors.join("; "));
