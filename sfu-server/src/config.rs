@@ -834,6 +834,13 @@ impl Config {
                     "give redis://[:password@]host:port/db (rediss:// is not built in)",
                 );
             }
+            if self.role != NodeRole::Standalone {
+                return invalid(
+                    "redis_url",
+                    "a fleet's nodes are standalone today (a channel lives on the node that holds \
+                     its lease); a static cluster (role core/edge) cannot join a fleet yet",
+                );
+            }
             if self.node_id.is_none() {
                 return invalid(
                     "node_id",
@@ -1520,6 +1527,14 @@ turn_secret = "t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t-t"
                 ..fleet.clone()
             },
             "redis_url",
+        );
+        refused(
+            Config {
+                role: NodeRole::Core,
+                cluster_secret: Some("c".repeat(32)),
+                ..fleet.clone()
+            },
+            "static cluster",
         );
         for bad in ["", "eu west", "eu/west", &"r".repeat(65)] {
             refused(
