@@ -51,12 +51,24 @@ impl NodeRecord {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// A stored record, checked.
+    /// A stored record, checked: its URL is sent to clients (redirects),
+    /// so it must be an `http(s)://` URL without spaces or control
+    /// characters, and its region a plain name.
     pub fn parse(bytes: &[u8]) -> Result<NodeRecord, RecordError> {
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(RecordError::TooLong(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))
+        let r: NodeRecord =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        let url_ok = (r.url.starts_with("http://") || r.url.starts_with("https://"))
+            && !r.url.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !url_ok {
+            return Err(RecordError::Malformed(format!("url {:?}", r.url)));
+        }
+        if !crate::config::is_region(&r.region) {
+            return Err(RecordError::Malformed(format!("region {:?}", r.region)));
+        }
+        Ok(r)
     }
 }
 
@@ -130,6 +142,21 @@ mod tests {
                 NodeRecord::parse(bad),
                 Err(RecordError::Malformed(_))
             ));
+        }
+        for (field, bad) in [
+            ("url", "javascript:alert(1)"),
+            ("url", "https://ok.example.org\r\nSet-Cookie: x"),
+            ("region", "eu west"),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+            v[field] = bad.into();
+            assert!(
+                matches!(
+                    NodeRecord::parse(v.to_string().as_bytes()),
+                    Err(RecordError::Malformed(_))
+                ),
+                "{field} {bad:?}"
+            );
         }
         let extra = record().to_json().replace("\"id\"", "\"sneaky\":1,\"id\"");
         assert!(

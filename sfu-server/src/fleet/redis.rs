@@ -238,7 +238,7 @@ impl RedisFleet {
         let mut leases = Vec::new();
         for (key, value) in self.scan("lease:").await? {
             match Lease::parse(&value) {
-                Ok(l) => leases.push((key[prefix.len()..].to_owned(), l)),
+                Ok(l) => leases.push((key.strip_prefix(&prefix).unwrap_or(&key).to_owned(), l)),
                 Err(e) => {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "a lease in redis was skipped");
