@@ -1,6 +1,7 @@
 //! Fuzz bodies for the targets in `fuzz/` (feature `_internal_fuzz`): the
 //! inputs a client controls before it is anyone: its WebSocket messages,
-//! its token, its WHIP/WHEP request. Each body panics only when an
+//! its token, its WHIP/WHEP request; and what a fleet node reads from Redis
+//! (node records, leases). Each body panics only when an
 //! invariant breaks; any input must otherwise be answered.
 
 use crate::auth::{self, AuthError, Grants, MAX_TOKEN_LEN};
@@ -165,6 +166,25 @@ fn patch_body(body: &[u8]) {
     assert!(frag.len() <= text.len() + 2 * text.lines().count());
 }
 
+/// A value read from the fleet's Redis, as a node record and as a lease:
+/// refused or parsed; a record that parses names an http(s) URL without
+/// spaces or control characters and a plain region, and writes back to
+/// itself; a lease that parses has an epoch of at least 1 and writes back
+/// to the same text when the input was canonical.
+pub fn fleet_record(data: &[u8]) {
+    use crate::fleet::{Lease, NodeRecord};
+    if let Ok(r) = NodeRecord::parse(data) {
+        assert!(r.url.starts_with("http://") || r.url.starts_with("https://"));
+        assert!(!r.url.chars().any(|c| c.is_whitespace() || c.is_control()));
+        assert!(crate::config::is_region(&r.region));
+        assert_eq!(NodeRecord::parse(r.to_json().as_bytes()).as_ref(), Ok(&r));
+    }
+    if let Ok(l) = Lease::parse(data) {
+        assert!(l.epoch >= 1);
+        assert_eq!(Lease::parse(l.to_string().as_bytes()), Ok(l));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +230,14 @@ mod tests {
         whip_request(b"stage\0application/sdp\0Bearer a.b.c\0http://localhost:1\0v=0\r\n");
         whip_request(b"st\x01age\0application/sdp");
         whip_request(b"");
+        for seed in ["record.json", "edge.json", "lease"] {
+            let path = format!(
+                "{}/../fuzz/seeds/fleet_record/{seed}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            fleet_record(&std::fs::read(path).unwrap());
+        }
+        fleet_record(b"+7:1");
+        fleet_record(br#"{"id":1,"region":"x","core":true,"edge":true,"url":"http://a\u0000b","media":[],"cluster":null,"draining":false,"members":0,"channels":0}"#);
     }
 }

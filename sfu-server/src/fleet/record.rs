@@ -170,6 +170,21 @@ mod tests {
         );
     }
 
+    /// The fuzz target's seeds stay valid as the format changes.
+    #[test]
+    fn the_fuzz_seeds_parse() {
+        let seeds = "/../fuzz/seeds/fleet_record/";
+        let read = |name: &str| {
+            std::fs::read(format!("{}{seeds}{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        };
+        assert!(NodeRecord::parse(&read("record.json")).is_ok());
+        assert!(NodeRecord::parse(&read("edge.json")).is_ok());
+        assert_eq!(
+            Lease::parse(&read("lease")),
+            Ok(Lease { node: 7, epoch: 42 })
+        );
+    }
+
     #[test]
     fn leases_parse_strictly() {
         let l = Lease { node: 7, epoch: 42 };
