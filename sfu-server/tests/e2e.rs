@@ -246,6 +246,19 @@ async fn channels_on_different_workers_are_independent() {
     let ports: Vec<u16> = server.udp_addrs().iter().map(|a| a.port()).collect();
     assert_eq!(ports.len(), 2);
     assert_ne!(ports[0], ports[1]);
+    // Each worker is a thread of its own (not a task of the test's runtime).
+    #[cfg(target_os = "linux")]
+    {
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .filter(|n| n.starts_with("sfu-worker-"))
+            .collect();
+        for w in ["sfu-worker-0", "sfu-worker-1"] {
+            assert!(names.iter().any(|n| n == w), "{w} not among {names:?}");
+        }
+    }
 
     let (_ws_r, red, joined_red) =
         ws_member(&server, "red", "rita", ClientSpec::speaker(0), json!({})).await;
