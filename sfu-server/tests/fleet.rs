@@ -421,6 +421,38 @@ async fn the_fleet_command_lists_nodes_and_cores() {
     assert!(asked.elapsed() < Duration::from_secs(10));
 }
 
+/// In-process servers of one fleet on `redis`, one worker each, node `i + 1`
+/// in `regions[i]` (the load balancer's `x-region` header trusted): the
+/// servers, their base URLs and the fleet as they see it, once every one
+/// is registered.
+async fn fleet_of(
+    redis: &Redis,
+    regions: &[&str],
+) -> (Vec<sfu_server::Server>, Vec<String>, RedisFleet) {
+    let mut servers = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let config = sfu_server::Config {
+            redis_url: Some(redis.url()),
+            node_id: Some(i as u16 + 1),
+            region: (*region).into(),
+            region_header: Some("x-region".into()),
+            workers: 1,
+            ..common::config()
+        };
+        servers.push(common::server(config).await);
+    }
+    let base = servers
+        .iter()
+        .map(|s| format!("http://{}", s.http_addr()))
+        .collect();
+    let fleet = redis.server_fleet().await;
+    eventually("every node registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == regions.len())
+    })
+    .await;
+    (servers, base, fleet)
+}
+
 /// Asks node `base` to join `channel` (with `headers` on the WebSocket
 /// upgrade) and follows a `redirect` once: the socket, the peer, the
 /// `joined` message and the URL it was redirected to, if any.
@@ -472,28 +504,7 @@ async fn join_through(
 async fn joins_through_any_node_reach_the_channels_core() {
     use testkit::client::ClientSpec;
     let redis = Redis::start();
-    let node = |id: u16, region: &str| sfu_server::Config {
-        redis_url: Some(redis.url()),
-        node_id: Some(id),
-        region: region.into(),
-        region_header: Some("x-region".into()),
-        workers: 1,
-        ..common::config()
-    };
-    let servers = [
-        common::server(node(1, "eu")).await,
-        common::server(node(2, "eu")).await,
-        common::server(node(3, "us")).await,
-    ];
-    let base: Vec<String> = servers
-        .iter()
-        .map(|s| format!("http://{}", s.http_addr()))
-        .collect();
-    let fleet = redis.server_fleet().await;
-    eventually("three nodes registered", || async {
-        fleet.nodes().await.is_ok_and(|n| n.len() == 3)
-    })
-    .await;
+    let (_servers, base, fleet) = fleet_of(&redis, &["eu", "eu", "us"]).await;
 
     // Alice, in eu, comes in through the us node.
     let (_a_ws, alice, _, to) = join_through(
@@ -582,22 +593,7 @@ async fn a_redis_outage_loses_no_audio_and_is_reconciled() {
     use testkit::client::ClientSpec;
     let redis = Redis::start();
     let port = redis.port;
-    let node = |id: u16| sfu_server::Config {
-        redis_url: Some(redis.url()),
-        node_id: Some(id),
-        workers: 1,
-        ..common::config()
-    };
-    let servers = [common::server(node(1)).await, common::server(node(2)).await];
-    let base: Vec<String> = servers
-        .iter()
-        .map(|s| format!("http://{}", s.http_addr()))
-        .collect();
-    let fleet = redis.server_fleet().await;
-    eventually("two nodes registered", || async {
-        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
-    })
-    .await;
+    let (_servers, base, fleet) = fleet_of(&redis, &["default", "default"]).await;
     let (_s_ws, speaker, _, _) =
         join_through(&base[0], &[], "hall", "speaker", ClientSpec::speaker(0)).await;
     let (_l_ws, listener, _, to) =
@@ -882,22 +878,7 @@ fn redis_commands(redis: &Redis) -> u64 {
 async fn bench_fleet_redis_load_and_placement_latency() {
     use testkit::client::ClientSpec;
     let redis = Redis::start();
-    let node = |id: u16| sfu_server::Config {
-        redis_url: Some(redis.url()),
-        node_id: Some(id),
-        workers: 1,
-        ..common::config()
-    };
-    let servers = [common::server(node(1)).await, common::server(node(2)).await];
-    let base: Vec<String> = servers
-        .iter()
-        .map(|s| format!("http://{}", s.http_addr()))
-        .collect();
-    let fleet = redis.server_fleet().await;
-    eventually("two nodes registered", || async {
-        fleet.nodes().await.is_ok_and(|n| n.len() == 2)
-    })
-    .await;
+    let (_servers, base, _fleet) = fleet_of(&redis, &["default", "default"]).await;
     let window = Duration::from_secs(5);
     let rate = |before: u64, after: u64, took: Duration| {
         (after - before) as f64 / took.as_secs_f64() / 2.0
