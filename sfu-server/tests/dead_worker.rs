@@ -77,15 +77,7 @@ async fn a_dead_worker_fails_health_tells_members_and_refuses_joins() {
 #[cfg(unix)]
 #[test]
 fn a_dead_worker_makes_the_process_exit_non_zero() {
-    let mut child = binary::sfu_server()
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
+    let mut child = binary::sfu_server_on_free_ports()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

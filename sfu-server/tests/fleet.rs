@@ -664,15 +664,7 @@ struct Node {
 impl Node {
     fn start(redis: &str, id: u16) -> Node {
         use std::io::BufRead;
-        let mut child = binary::sfu_server()
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--udp",
-                "127.0.0.1:0",
-                "--log",
-                "warn",
-            ])
+        let mut child = binary::sfu_server_on_free_ports()
             .args([
                 "--workers",
                 "1",

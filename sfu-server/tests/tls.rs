@@ -285,15 +285,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let dir = temp_dir("sighup");
     let (a, b) = (test_cert(), test_cert());
     let (cert, key) = install(&dir, &a);
-    let mut child = binary::sfu_server()
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
+    let mut child = binary::sfu_server_on_free_ports()
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")

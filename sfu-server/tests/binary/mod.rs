@@ -16,6 +16,21 @@ pub fn sfu_server() -> Command {
     command
 }
 
+/// The binary on any free HTTP and UDP ports of 127.0.0.1, logging
+/// warnings only (it prints its URL on standard output once it listens).
+pub fn sfu_server_on_free_ports() -> Command {
+    let mut command = sfu_server();
+    command.args([
+        "--http",
+        "127.0.0.1:0",
+        "--udp",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+    ]);
+    command
+}
+
 /// Runs it to the end.
 pub fn run(command: &mut Command) -> Output {
     command.output().expect("the sfu-server binary runs")
