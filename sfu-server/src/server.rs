@@ -233,7 +233,7 @@ async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::R
     );
     tracing::info!(region = %state.config.region, "registered in the fleet");
     let placer = Arc::new(Placer::new(
-        registry.fleet_handle(),
+        registry.fleet().clone(),
         state.config.node_id.unwrap_or(0),
         FLEET_LEASE_TTL,
     ));

@@ -167,7 +167,7 @@ impl Workers {
         let ticket = self.placement.place(channel)?;
         Ok(PlacedWorker {
             worker: self.workers[ticket.worker()].clone(),
-            ticket: Arc::new(ticket),
+            _ticket: Arc::new(ticket),
         })
     }
 
@@ -188,14 +188,8 @@ impl Workers {
 #[derive(Debug, Clone)]
 pub struct PlacedWorker {
     worker: Worker,
-    ticket: Arc<Ticket>,
-}
-
-impl PlacedWorker {
-    /// The worker's index on the node.
-    pub fn index(&self) -> usize {
-        self.ticket.worker()
-    }
+    /// Held for its `Drop`: the channel stays on this worker while any clone lives.
+    _ticket: Arc<Ticket>,
 }
 
 impl std::ops::Deref for PlacedWorker {

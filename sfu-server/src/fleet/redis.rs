@@ -449,13 +449,8 @@ impl Registry {
     }
 
     /// The fleet it writes to.
-    pub fn fleet(&self) -> &RedisFleet {
+    pub fn fleet(&self) -> &Arc<RedisFleet> {
         &self.fleet
-    }
-
-    /// The fleet it writes to, shared.
-    pub fn fleet_handle(&self) -> Arc<RedisFleet> {
-        self.fleet.clone()
     }
 
     /// The last refresh failed (Redis unreachable).
