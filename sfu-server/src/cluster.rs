@@ -165,65 +165,26 @@ pub async fn start_with(
     let mut tasks = Vec::new();
     let mut listen_addr = None;
     match config.role {
+        NodeRole::Standalone if config.fleet_edges() => {
+            // A fleet node with edges: any node may be a channel's core,
+            // so every one accepts edges.
+            let (addr, accept) = accept_edges(config, worker)?;
+            listen_addr = Some(addr);
+            tasks.push(accept.abort_handle());
+            health.watch("the fleet node's accept loop", accept);
+        }
         NodeRole::Standalone => {}
         NodeRole::Core => {
-            let mut listener = Listener::bind(config.cluster_listen, link_config(config)?)?;
-            listen_addr = Some(listener.local_addr());
-            tracing::info!(addr = %listener.local_addr(), "core: accepting edges");
-            let accept = tokio::spawn(async move {
-                let mut next = 1u64;
-                while let Some(link) = listener.accept().await {
-                    let Some(engine) = peer_engine(&link.handle()) else {
-                        continue;
-                    };
-                    let id = LinkId(next);
-                    next += 1;
-                    let node = link.peer_node_id();
-                    tracing::info!(edge = %link.remote_addr(), node, ?id, "edge linked");
-                    tokio::spawn(serve_edge(link, id, engine, worker.clone()));
-                }
-                TaskEnd::Failed("the cluster listener closed".into())
-            });
+            let (addr, accept) = accept_edges(config, worker)?;
+            listen_addr = Some(addr);
             tasks.push(accept.abort_handle());
             health.watch("the core's accept loop", accept);
         }
         NodeRole::Edge => {
-            let mut dialer = Dialer::spawn(directory.cores(), link_config(config)?)
+            let dialer = Dialer::spawn(directory.cores(), link_config(config)?)
                 .map_err(|e| io::Error::other(e.to_string()))?;
             let dial = tokio::spawn(async move {
-                let mut current: Option<LinkHandle> = None;
-                while let Some(ev) = dialer.next_event().await {
-                    match ev {
-                        DialerEvent::Connected(handle) => {
-                            let Some(engine) = peer_engine(&handle) else {
-                                continue;
-                            };
-                            let node = handle.peer_node_id();
-                            tracing::info!(core = %handle.remote_addr(), node, "linked to core");
-                            let (sender, queue) = link_queues();
-                            worker.link_opened(UPSTREAM, engine, sender).await;
-                            tokio::spawn(send_link(queue, handle.clone()));
-                            current = Some(handle);
-                            // Every subscription died with the old link.
-                            worker.resubscribe().await;
-                        }
-                        DialerEvent::Message(m) => {
-                            if worker.relay_in(UPSTREAM, m).await.is_err() {
-                                tracing::warn!("core link closed: its control messages found no room in the worker's queue; reconnecting");
-                                if let Some(link) = current.take() {
-                                    link.close();
-                                }
-                            }
-                        }
-                        DialerEvent::Disconnected(reason) => {
-                            tracing::warn!(?reason, "core link lost; reconnecting");
-                            current = None;
-                            worker
-                                .engine_command(Command::LinkClosed { link: UPSTREAM })
-                                .await;
-                        }
-                    }
-                }
+                follow_core(dialer, UPSTREAM, worker).await;
                 TaskEnd::Failed("the dialer stopped".into())
             });
             tasks.push(dial.abort_handle());
@@ -231,4 +192,215 @@ pub async fn start_with(
         }
     }
     Ok(Cluster { listen_addr, tasks })
+}
+
+/// (core) Accepts edges on `cluster_listen`, each link served by a task of
+/// its own: the bound address and the accept loop (it ends only when the
+/// listener fails).
+fn accept_edges(
+    config: &Config,
+    worker: Worker,
+) -> io::Result<(SocketAddr, tokio::task::JoinHandle<TaskEnd>)> {
+    let mut listener = Listener::bind(config.cluster_listen, link_config(config)?)?;
+    let addr = listener.local_addr();
+    tracing::info!(%addr, "accepting edges");
+    let accept = tokio::spawn(async move {
+        let mut next = 1u64;
+        while let Some(link) = listener.accept().await {
+            let Some(engine) = peer_engine(&link.handle()) else {
+                continue;
+            };
+            let id = LinkId(next);
+            next += 1;
+            let node = link.peer_node_id();
+            tracing::info!(edge = %link.remote_addr(), node, ?id, "edge linked");
+            tokio::spawn(serve_edge(link, id, engine, worker.clone()));
+        }
+        TaskEnd::Failed("the cluster listener closed".into())
+    });
+    Ok((addr, accept))
+}
+
+/// (edge) Follows a core through `dialer` as link `id`: each connection is
+/// announced to the worker, the channels following it subscribe again, and
+/// what it sends goes to the worker, until the dialer stops.
+async fn follow_core(mut dialer: Dialer, id: LinkId, worker: Worker) {
+    let mut current: Option<LinkHandle> = None;
+    while let Some(ev) = dialer.next_event().await {
+        match ev {
+            DialerEvent::Connected(handle) => {
+                let Some(engine) = peer_engine(&handle) else {
+                    continue;
+                };
+                let node = handle.peer_node_id();
+                tracing::info!(core = %handle.remote_addr(), node, ?id, "linked to core");
+                let (sender, queue) = link_queues();
+                worker.link_opened(id, engine, sender).await;
+                tokio::spawn(send_link(queue, handle.clone()));
+                current = Some(handle);
+                // Every subscription died with the old link.
+                worker.resubscribe(id).await;
+            }
+            DialerEvent::Message(m) => {
+                if worker.relay_in(id, m).await.is_err() {
+                    tracing::warn!(?id, "core link closed: its control messages found no room in the worker's queue; reconnecting");
+                    if let Some(link) = current.take() {
+                        link.close();
+                    }
+                }
+            }
+            DialerEvent::Disconnected(reason) => {
+                tracing::warn!(?id, ?reason, "core link lost; reconnecting");
+                current = None;
+                worker
+                    .engine_command(Command::LinkClosed { link: id })
+                    .await;
+            }
+        }
+    }
+}
+
+/// The first link id of a fleet node's links to cores (the links edges
+/// open to this node count from 1).
+const FIRST_UPLINK: u64 = 1 << 48;
+
+/// (a fleet's edge) One link per core this node follows channels of,
+/// dialed when the first channel needs it and closed when the last one
+/// stops following that core.
+#[derive(Debug)]
+pub struct Uplinks {
+    worker: Worker,
+    config: LinkConfig,
+    links: std::sync::Mutex<Uplinked>,
+}
+
+#[derive(Debug, Default)]
+struct Uplinked {
+    by_node: std::collections::HashMap<u16, Uplink>,
+    next: u64,
+}
+
+#[derive(Debug)]
+struct Uplink {
+    id: LinkId,
+    addr: SocketAddr,
+    task: AbortHandle,
+    /// Since when no channel follows it ([`Uplinks::retain`]).
+    unused_since: Option<std::time::Instant>,
+}
+
+/// How long a link no channel follows stays open: a join placed here as an
+/// edge opens its link before the worker has the channel.
+const UPLINK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Uplinks {
+    /// Links of `worker`'s engine to cores, authenticated as `config`
+    /// says.
+    pub fn new(config: &Config, worker: Worker) -> io::Result<Uplinks> {
+        Ok(Uplinks {
+            worker,
+            config: link_config(config)?,
+            links: std::sync::Mutex::new(Uplinked {
+                by_node: std::collections::HashMap::new(),
+                next: FIRST_UPLINK,
+            }),
+        })
+    }
+
+    /// The link to node `node`, whose cascade listens at `addr`: the one
+    /// there is, or a new one (dialed from now on; the channels that follow
+    /// it subscribe once it connects). A node that moved to another
+    /// address gets a new link.
+    pub fn link_to(&self, node: u16, addr: SocketAddr) -> io::Result<LinkId> {
+        let mut links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(up) = links.by_node.get_mut(&node) {
+            if up.addr == addr {
+                up.unused_since = None;
+                return Ok(up.id);
+            }
+        }
+        let dialer = Dialer::spawn(vec![addr], self.config.clone())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let id = LinkId(links.next);
+        links.next += 1;
+        let task = tokio::spawn(follow_core(dialer, id, self.worker.clone())).abort_handle();
+        tracing::info!(node, %addr, ?id, "following a core");
+        let up = Uplink {
+            id,
+            addr,
+            task,
+            unused_since: None,
+        };
+        if let Some(old) = links.by_node.insert(node, up) {
+            self.close(old);
+        }
+        Ok(id)
+    }
+
+    /// The node at the other end of `link`, if it is one of these.
+    pub fn node_of(&self, link: LinkId) -> Option<u16> {
+        let links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        links
+            .by_node
+            .iter()
+            .find(|(_, up)| up.id == link)
+            .map(|(node, _)| *node)
+    }
+
+    /// Closes the links to nodes `keep` has not named for
+    /// [`UPLINK_GRACE`].
+    pub fn retain(&self, keep: impl Fn(u16) -> bool) {
+        let now = std::time::Instant::now();
+        let gone: Vec<Uplink> = {
+            let mut links = self
+                .links
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = Vec::new();
+            for (node, up) in &mut links.by_node {
+                if keep(*node) {
+                    up.unused_since = None;
+                } else if now - *up.unused_since.get_or_insert(now) >= UPLINK_GRACE {
+                    idle.push(*node);
+                }
+            }
+            idle.into_iter()
+                .filter_map(|n| links.by_node.remove(&n))
+                .collect()
+        };
+        for up in gone {
+            tracing::info!(?up.id, addr = %up.addr, "no channel follows this core any more");
+            self.close(up);
+        }
+    }
+
+    fn close(&self, up: Uplink) {
+        up.task.abort();
+        let worker = self.worker.clone();
+        tokio::spawn(async move {
+            worker
+                .engine_command(Command::LinkClosed { link: up.id })
+                .await;
+        });
+    }
+}
+
+impl Drop for Uplinks {
+    fn drop(&mut self) {
+        for up in self
+            .links
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_node
+            .values()
+        {
+            up.task.abort();
+        }
+    }
 }

@@ -92,6 +92,13 @@ pub struct Config {
     /// (`X-Region`); a new channel's core is then chosen in that region.
     /// Unset (the default): the client is in this node's region.
     pub region_header: Option<String>,
+    /// (fleet) Regional edges: once a channel has more than this many
+    /// members at its core, members joining from another region are served
+    /// by a node of theirs, an edge that follows the core over the QUIC
+    /// cascade (every node then accepts edges on `cluster_listen`, with
+    /// `cluster_secret`, and runs one worker). 0 (the default): a channel
+    /// is served by its core alone.
+    pub edge_after: usize,
     /// PEM certificate chain: with `tls_key`, the HTTP address serves HTTPS
     /// and WSS (re-read on SIGHUP); default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
@@ -210,6 +217,7 @@ impl Default for Config {
             region: "default".to_owned(),
             public_url: None,
             region_header: None,
+            edge_after: 0,
             max_body_bytes: 65_536,
             log: "info,str0m=error".to_owned(),
             tls_cert: None,
@@ -273,6 +281,7 @@ impl fmt::Debug for Config {
             .field("region", &self.region)
             .field("public_url", &self.public_url)
             .field("region_header", &self.region_header)
+            .field("edge_after", &self.edge_after)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log_format", &self.log_format)
@@ -332,6 +341,10 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `--region R`.
     pub region: Option<String>,
+    /// `--edge-after N`.
+    pub edge_after: Option<usize>,
+    /// `--region-header NAME`.
+    pub region_header: Option<String>,
     /// `--tls-cert FILE`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key FILE`.
@@ -534,6 +547,9 @@ impl Config {
         if let Some(v) = env("SFU_REGION_HEADER") {
             self.region_header = Some(v);
         }
+        if let Some(v) = env("SFU_EDGE_AFTER") {
+            self.edge_after = parse_env("SFU_EDGE_AFTER", v)?;
+        }
         if let Some(v) = env("SFU_TLS_CERT") {
             self.tls_cert = Some(v.into());
         }
@@ -644,6 +660,12 @@ impl Config {
         }
         if let Some(r) = &o.region {
             self.region = r.clone();
+        }
+        if let Some(n) = o.edge_after {
+            self.edge_after = n;
+        }
+        if let Some(h) = &o.region_header {
+            self.region_header = Some(h.clone());
         }
         if let Some(p) = &o.tls_cert {
             self.tls_cert = Some(p.clone());
@@ -769,12 +791,20 @@ impl Config {
         Ok(())
     }
 
+    /// A node of a fleet with regional edges (`redis_url` and
+    /// `edge_after`): it accepts edges and follows other nodes' channels.
+    pub fn fleet_edges(&self) -> bool {
+        self.redis_url.is_some() && self.edge_after > 0
+    }
+
     /// The media workers this node runs (`workers`, with 0 resolved).
     pub fn worker_count(&self) -> usize {
         match (self.workers, self.role) {
-            (0, NodeRole::Standalone) => std::thread::available_parallelism()
-                .map_or(1, std::num::NonZeroUsize::get)
-                .min(MAX_WORKERS),
+            (0, NodeRole::Standalone) if !self.fleet_edges() => {
+                std::thread::available_parallelism()
+                    .map_or(1, std::num::NonZeroUsize::get)
+                    .min(MAX_WORKERS)
+            }
             (0, _) => 1,
             (n, _) => n,
         }
@@ -791,6 +821,12 @@ impl Config {
         };
         if n > MAX_WORKERS {
             return Err(invalid(format!("{n} is above {MAX_WORKERS}")));
+        }
+        if n > 1 && self.fleet_edges() {
+            return Err(invalid(format!(
+                "a fleet node with edges (edge_after) runs one media worker today (its links \
+                 to other nodes carry one engine's voices); set workers = 1, not {n}"
+            )));
         }
         if n > 1 && self.role != NodeRole::Standalone {
             return Err(invalid(format!(
@@ -837,8 +873,16 @@ impl Config {
             if self.role != NodeRole::Standalone {
                 return invalid(
                     "redis_url",
-                    "a fleet's nodes are standalone today (a channel lives on the node that holds \
-                     its lease); a static cluster (role core/edge) cannot join a fleet yet",
+                    "a fleet's nodes are standalone: each is the core of the channels whose \
+                     lease it holds, and with edge_after an edge of other nodes' big channels; \
+                     a static cluster (role core/edge) cannot join a fleet",
+                );
+            }
+            if self.edge_after > 0 && self.cluster_secret.as_deref().is_none_or(str::is_empty) {
+                return invalid(
+                    "cluster_secret",
+                    "a fleet with edges (edge_after) needs a cluster secret (SFU_CLUSTER_SECRET \
+                     or --cluster-secret) to authenticate its nodes' links to each other",
                 );
             }
             if self.node_id.is_none() {

@@ -33,7 +33,7 @@ mod place;
 mod record;
 mod redis;
 
-pub use choose::{choose_core, Candidate};
-pub use place::{decide, Decision, Placed, Placer};
+pub use choose::{choose_core, choose_edge, Candidate};
+pub use place::{decide, Decision, Placed, Placer, PlacerStats, Refollow};
 pub use record::{Lease, LeaseError, NodeRecord, RecordError};
 pub use redis::{FleetError, Keys, RedisFleet, Registry};

@@ -88,7 +88,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     crate::metrics::render_resumes(&mut body, &state.resumes.stats);
     crate::metrics::render_health(&mut body, state.health.workers_up());
     if let Some(fleet) = state.fleet.get() {
-        crate::metrics::render_fleet(&mut body, fleet.is_degraded(), fleet.failures());
+        crate::metrics::render_fleet(
+            &mut body,
+            fleet.is_degraded(),
+            fleet.failures(),
+            state.placer.get().map(|p| &**p),
+        );
     }
     if let Some(https) = &state.https {
         crate::metrics::render_tls(&mut body, https.stats());
@@ -213,8 +218,8 @@ async fn media_session(
         Err(denied) => return denied.into_response(),
     };
     let region = state.client_region(&headers);
-    match state.place_join(&request.channel, &region).await {
-        Ok(()) => {}
+    let upstream = match state.place_join(&request.channel, &region).await {
+        Ok(upstream) => upstream,
         // RFC 9725 §4.5: a WHIP/WHEP endpoint may redirect with 307.
         Err(Ok((_, url))) => {
             let kind = match role {
@@ -233,7 +238,7 @@ async fn media_session(
             return response;
         }
         Err(Err(denied)) => return denied.into_response(),
-    }
+    };
     let Some(id) = secret_id() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -256,6 +261,7 @@ async fn media_session(
             can_publish: grants.can_publish,
             can_moderate: false,
             events: Some(events),
+            upstream,
         })
         .await;
     let joined = match joined {

@@ -117,6 +117,14 @@ struct RunArgs {
     /// This node's region in the fleet (default "default").
     #[arg(long, value_name = "R")]
     region: Option<String>,
+    /// (fleet) Past this many members at its core, a channel's joiners
+    /// from other regions go to an edge in theirs (0: never, the default).
+    #[arg(long, value_name = "N")]
+    edge_after: Option<usize>,
+    /// A request header a trusted load balancer sets to the client's
+    /// region (e.g. X-Region).
+    #[arg(long, value_name = "NAME")]
+    region_header: Option<String>,
 }
 
 #[derive(Args)]
@@ -289,6 +297,8 @@ fn run(args: RunArgs) -> ExitCode {
         cluster_secret: args.cluster_secret,
         redis_url: args.redis_url,
         region: args.region,
+        edge_after: args.edge_after,
+        region_header: args.region_header,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         log_format: args.log_format,

@@ -493,7 +493,12 @@ pub fn render_workers(o: &mut String, workers: &[Snapshot]) {
 }
 
 /// Appends the node's standing in its fleet (with `redis_url`).
-pub fn render_fleet(o: &mut String, degraded: bool, failures: u64) {
+pub fn render_fleet(
+    o: &mut String,
+    degraded: bool,
+    failures: u64,
+    placer: Option<&crate::fleet::Placer>,
+) {
     metric(
         o,
         "sfu_fleet_degraded",
@@ -508,6 +513,40 @@ pub fn render_fleet(o: &mut String, degraded: bool, failures: u64) {
         "Refreshes of the node's record in Redis that failed.",
     );
     let _ = writeln!(o, "sfu_fleet_registry_failures_total {failures}");
+    let Some(placer) = placer else {
+        return;
+    };
+    let stats = placer.stats();
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        (
+            "sfu_fleet_core_channels",
+            "gauge",
+            "Channels whose lease this node holds (it is their core).",
+            placer.held_count() as u64,
+        ),
+        (
+            "sfu_fleet_edge_channels",
+            "gauge",
+            "Channels this node serves as an edge of another node (at the last lease check).",
+            read(&stats.edge_channels),
+        ),
+        (
+            "sfu_fleet_takeovers_total",
+            "counter",
+            "Channels this node became the core of after their core's lease ran out.",
+            read(&stats.takeovers),
+        ),
+        (
+            "sfu_fleet_rehomes_total",
+            "counter",
+            "Channels this node, as their edge, moved to a new core.",
+            read(&stats.rehomes),
+        ),
+    ] {
+        metric(o, name, kind, help);
+        let _ = writeln!(o, "{name} {value}");
+    }
 }
 
 /// Appends whether each media worker runs (`workers_up`, by index).
@@ -993,7 +1032,7 @@ mod tests {
             },
         ];
         render_workers(&mut health, &workers);
-        render_fleet(&mut health, true, 3);
+        render_fleet(&mut health, true, 3, None);
         assert_eq!(sum(&workers).cpu_seconds, Some(1.5));
         let health = parse(&health);
         assert_eq!(series(&health, "sfu_worker_up worker=0"), 1.0);

@@ -210,9 +210,12 @@ impl Rooms {
 
     /// Whether `channel` has members on this node.
     pub fn has_members(&self, channel: &str) -> bool {
-        self.rooms
-            .get(channel)
-            .is_some_and(|r| !r.members.is_empty())
+        self.member_count(channel) > 0
+    }
+
+    /// How many members `channel` has on this node.
+    pub fn member_count(&self, channel: &str) -> usize {
+        self.rooms.get(channel).map_or(0, |r| r.members.len())
     }
 
     /// Every member's peer id.

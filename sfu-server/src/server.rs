@@ -1,6 +1,7 @@
 //! The running server: workers, HTTP listener, drain on shutdown, and the
 //! exit of a node whose media worker died (see [`crate::health`]).
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -12,11 +13,11 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, NodeRole};
 use crate::connections::{self, ConnectionLimits};
-use crate::fleet::{Keys, NodeRecord, Placed, Placer, RedisFleet, Registry};
+use crate::fleet::{Keys, NodeRecord, Placed, Placer, RedisFleet, Refollow, Registry};
 use crate::health::Health;
 use crate::rooms::RoomLimits;
 use crate::state::AppState;
-use crate::worker::{Runs, Worker, Workers};
+use crate::worker::{ChannelLoad, Runs, Worker, Workers};
 
 /// How long the members of a failed node's other workers are given to move
 /// before the process exits (the dead worker's members are told at once).
@@ -71,8 +72,14 @@ impl Server {
             workers.push(worker);
         }
         tracing::info!(workers = count, "media workers started");
-        // A cluster node has one worker (`Config::validate`).
+        // A cluster node, and a fleet node with edges, has one worker
+        // (`Config::validate`).
         let cluster = crate::cluster::start(&config, workers[0].clone(), &health).await?;
+        let uplinks = if config.fleet_edges() {
+            Some(crate::cluster::Uplinks::new(&config, workers[0].clone())?)
+        } else {
+            None
+        };
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
@@ -82,8 +89,11 @@ impl Server {
             https.clone(),
             health,
         ));
+        if let Some(uplinks) = uplinks {
+            let _ = state.uplinks.set(Arc::new(uplinks));
+        }
         if let Some(url) = &state.config.redis_url {
-            join_fleet(&state, url, http_addr).await?;
+            join_fleet(&state, url, http_addr, cluster.listen_addr).await?;
         }
         let app = crate::http::router(state.clone());
         let stop = Arc::new(Notify::new());
@@ -214,7 +224,12 @@ pub const FLEET_KEYS: &str = "sfu:";
 /// Connects to the fleet's Redis (refusing to start when it cannot be
 /// reached: a misconfigured URL must not go unnoticed) and keeps the node's
 /// record there.
-async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::Result<()> {
+async fn join_fleet(
+    state: &Arc<AppState>,
+    url: &str,
+    http: SocketAddr,
+    cluster: Option<SocketAddr>,
+) -> io::Result<()> {
     let fleet = RedisFleet::connect(url, Keys::new(FLEET_KEYS), REDIS_CALL_TIMEOUT)
         .await
         .map_err(|e| io::Error::other(format!("the fleet's redis (redis_url): {e}")))?;
@@ -225,7 +240,7 @@ async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::R
             let state = weak.upgrade();
             async move {
                 let state = state?;
-                Some(node_record(&state, http).await)
+                Some(node_record(&state, http, cluster).await)
             }
         },
         FLEET_REFRESH,
@@ -235,6 +250,7 @@ async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::R
     let placer = Arc::new(Placer::new(
         registry.fleet().clone(),
         state.config.node_id.unwrap_or(0),
+        &state.config.region,
         FLEET_LEASE_TTL,
     ));
     let _ = state.fleet.set(registry);
@@ -244,9 +260,11 @@ async fn join_fleet(state: &Arc<AppState>, url: &str, http: SocketAddr) -> io::R
 }
 
 /// Renews this node's leases every [`FLEET_LEASE_RENEW`], releases those of
-/// channels that emptied, and moves the members of channels another node
-/// took over (fencing: they are told to go there and leave), until the
-/// node's state is gone.
+/// channels that emptied, moves the members of channels another node
+/// took over (fencing: they are told to go there and leave) and, with
+/// edges, marks the big channels it is the core of and makes the channels
+/// it serves as an edge follow their lease (a new core, or this node),
+/// until the node's state is gone.
 async fn keep_leases(state: std::sync::Weak<AppState>, placer: Arc<Placer>) {
     let mut tick = tokio::time::interval(FLEET_LEASE_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -255,9 +273,19 @@ async fn keep_leases(state: std::sync::Weak<AppState>, placer: Arc<Placer>) {
         let Some(state) = state.upgrade() else {
             return;
         };
+        // Channels the engines hold: with members here, or (as a core)
+        // with edges subscribed to them.
+        let mut loads = Vec::new();
+        for w in state.workers.all() {
+            loads.extend(w.channels().await);
+        }
+        let live: HashSet<&str> = loads.iter().map(|l| l.channel.as_str()).collect();
         let lost = placer
-            .maintain(|c| state.workers.placement().worker_of(c).is_some())
+            .maintain(|c| live.contains(c) || state.workers.placement().worker_of(c).is_some())
             .await;
+        if let Some(uplinks) = state.uplinks.get() {
+            follow_leases(&state, &placer, uplinks, &loads).await;
+        }
         for channel in lost {
             let msg = match placer.place(&channel, &state.config.region).await {
                 Placed::Elsewhere { url, .. } => crate::protocol::ServerMsg::Redirect {
@@ -278,9 +306,51 @@ async fn keep_leases(state: std::sync::Weak<AppState>, placer: Arc<Placer>) {
     }
 }
 
-/// What this node, serving signaling on `http`, says about itself in the
-/// fleet.
-async fn node_record(state: &AppState, http: SocketAddr) -> NodeRecord {
+/// (a fleet with edges) Marks the big channels this node is the core of
+/// (past `edge_after` members here), makes each channel it serves as an
+/// edge follow what its lease says (this node, promoted, or another core),
+/// and closes the links to cores no channel follows any more.
+async fn follow_leases(
+    state: &AppState,
+    placer: &Placer,
+    uplinks: &crate::cluster::Uplinks,
+    loads: &[ChannelLoad],
+) {
+    let big: Vec<String> = loads
+        .iter()
+        .filter(|l| l.upstream.is_none() && l.members > state.config.edge_after)
+        .filter(|l| placer.lease_of(&l.channel).is_some())
+        .map(|l| l.channel.clone())
+        .collect();
+    placer.mark_fanout(&big).await;
+    let following: Vec<(String, u16)> = loads
+        .iter()
+        .filter_map(|l| Some((l.channel.clone(), uplinks.node_of(l.upstream?)?)))
+        .collect();
+    let worker = &state.workers.all()[0];
+    let mut cores: HashSet<u16> = following.iter().map(|(_, n)| *n).collect();
+    for (channel, next) in placer.refollow(&following).await {
+        match next {
+            Refollow::Promote => worker.follow(channel, None).await,
+            Refollow::Follow { core, cluster } => match uplinks.link_to(core, cluster) {
+                Ok(link) => {
+                    cores.insert(core);
+                    worker.follow(channel, Some(link)).await;
+                }
+                Err(e) => tracing::warn!(channel, core, error = %e, "cannot link to the new core"),
+            },
+        }
+    }
+    uplinks.retain(|n| cores.contains(&n));
+}
+
+/// What this node, serving signaling on `http` and accepting edges on
+/// `cluster`, says about itself in the fleet.
+async fn node_record(
+    state: &AppState,
+    http: SocketAddr,
+    cluster: Option<SocketAddr>,
+) -> NodeRecord {
     let c = &state.config;
     let load = state.snapshot().await;
     let scheme = if c.tls_cert.is_some() {
@@ -292,13 +362,13 @@ async fn node_record(state: &AppState, http: SocketAddr) -> NodeRecord {
         id: c.node_id.unwrap_or(0),
         region: c.region.clone(),
         core: c.role != NodeRole::Edge,
-        edge: c.role == NodeRole::Edge,
+        edge: c.role == NodeRole::Edge || c.fleet_edges(),
         url: c
             .public_url
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{http}")),
         media: state.workers.all().iter().map(|w| w.udp_addr()).collect(),
-        cluster: (c.role == NodeRole::Core).then_some(c.cluster_listen),
+        cluster,
         draining: state.is_draining(),
         members: load.members as u64,
         channels: load.channels as u64,

@@ -81,6 +81,9 @@ pub struct AppState {
     pub fleet: std::sync::OnceLock<crate::fleet::Registry>,
     /// (with `redis_url`) where joins go: the channels' leases.
     pub placer: std::sync::OnceLock<Arc<crate::fleet::Placer>>,
+    /// (a fleet with edges) this node's links to the cores of the channels
+    /// it serves as an edge.
+    pub uplinks: std::sync::OnceLock<Arc<crate::cluster::Uplinks>>,
 }
 
 /// Why a request is refused.
@@ -208,6 +211,7 @@ impl AppState {
             health,
             fleet: std::sync::OnceLock::new(),
             placer: std::sync::OnceLock::new(),
+            uplinks: std::sync::OnceLock::new(),
         }
     }
 
@@ -409,19 +413,33 @@ impl AppState {
     }
 
     /// Where a join for `channel` from `region` goes: here without a
-    /// fleet; in a fleet, where the channel's lease says. A join that goes
-    /// elsewhere gets `Err` with the redirect, or a refusal while the
-    /// channel's core is moving.
+    /// fleet; in a fleet, where the channel's lease says. A join served
+    /// here as an edge gets the link to the channel's core (the join opens
+    /// the channel as its relay). A join that goes elsewhere gets `Err`
+    /// with the redirect, or a refusal while the channel's core is moving.
     pub async fn place_join(
         &self,
         channel: &str,
         region: &str,
-    ) -> Result<(), Result<(u16, String), Denied>> {
+    ) -> Result<Option<media_core::LinkId>, Result<(u16, String), Denied>> {
         let Some(placer) = self.placer.get() else {
-            return Ok(());
+            return Ok(None);
         };
         match placer.place(channel, region).await {
-            crate::fleet::Placed::Here => Ok(()),
+            crate::fleet::Placed::Here => Ok(None),
+            crate::fleet::Placed::Edge { core, cluster, url } => {
+                let link = self
+                    .uplinks
+                    .get()
+                    .map(|u| u.link_to(core, cluster))
+                    .transpose();
+                match link {
+                    Ok(Some(link)) => Ok(Some(link)),
+                    // Not an edge after all (no links here), or the link
+                    // could not be set up: the core serves the member.
+                    _ => Err(Ok((core, url))),
+                }
+            }
             crate::fleet::Placed::Elsewhere { node, url } => Err(Ok((node, url))),
             crate::fleet::Placed::Moving => {
                 let mut denied = Denied::new(

@@ -66,6 +66,10 @@ pub struct JoinRequest {
     /// Where to push the member's room messages ([`member_events`]);
     /// `None`: nowhere.
     pub events: Option<EventSink>,
+    /// (a fleet's edge) The link to the channel's core, when this join
+    /// opens the channel here as a relay of it; `None`: the worker's own
+    /// upstream (a static edge), else the channel selects here.
+    pub upstream: Option<LinkId>,
 }
 
 /// Why a join was refused.
@@ -98,6 +102,18 @@ pub enum RestartError {
     /// The worker is gone.
     #[error("the media worker stopped")]
     WorkerGone,
+}
+
+/// A channel of a worker's engine, as [`Worker::channels`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelLoad {
+    /// Its name.
+    pub channel: String,
+    /// Its members on this worker (0 for a channel only other engines
+    /// subscribe to).
+    pub members: usize,
+    /// The link it follows its origin over, if it is a relay.
+    pub upstream: Option<LinkId>,
 }
 
 /// What signaling asks of the worker.
@@ -136,8 +152,14 @@ enum Request {
     LinkOpened(LinkId, EngineId, LinkSender),
     /// An engine command from the cluster side (upstream, link closed).
     Engine(Command),
-    /// (edge) Subscribe every channel again.
-    Resubscribe,
+    /// (edge) Subscribe again every channel that follows an origin over
+    /// this link (it was rebuilt).
+    Resubscribe(LinkId),
+    /// Make a channel follow the origin over a link, or select itself
+    /// (`None`: this node became its core).
+    Follow(String, Option<LinkId>),
+    /// Every channel of the engine with its members here.
+    Channels(oneshot::Sender<Vec<ChannelLoad>>),
     /// Debug builds: panic on purpose (the dead-worker tests).
     #[cfg(debug_assertions)]
     Crash,
@@ -388,10 +410,26 @@ impl Worker {
             .await;
     }
 
-    /// (edge) Subscribes every channel again over the upstream link (after
-    /// it was rebuilt).
-    pub async fn resubscribe(&self) {
-        let _ = self.tx.send(Request::Resubscribe).await;
+    /// (edge) Subscribes again every channel that follows its origin over
+    /// `link` (after the link was rebuilt).
+    pub async fn resubscribe(&self, link: LinkId) {
+        let _ = self.tx.send(Request::Resubscribe(link)).await;
+    }
+
+    /// Makes `channel` follow the origin over `link` (keeping its members'
+    /// slots: no renegotiation), or select its speakers here (`None`).
+    pub async fn follow(&self, channel: String, link: Option<LinkId>) {
+        let _ = self.tx.send(Request::Follow(channel, link)).await;
+    }
+
+    /// Every channel the engine holds (with members here, or subscribed to
+    /// over links) and its members here; empty when the worker is gone.
+    pub async fn channels(&self) -> Vec<ChannelLoad> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Channels(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Sends the engine a command about channels and links

@@ -412,8 +412,8 @@ impl Session {
         } else {
             Role::Listener
         });
-        match self.state.place_join(&ask.channel, &self.region).await {
-            Ok(()) => {}
+        let upstream = match self.state.place_join(&ask.channel, &self.region).await {
+            Ok(upstream) => upstream,
             Err(Ok((_, url))) => {
                 return ServerMsg::Redirect {
                     url,
@@ -422,7 +422,7 @@ impl Session {
                 }
             }
             Err(Err(denied)) => return refusal(denied, req),
-        }
+        };
         let worker = match self.state.workers.place(&ask.channel) {
             Ok(w) => w,
             Err(full) => return refusal(self.state.room_full(full), req),
@@ -436,6 +436,7 @@ impl Session {
                 can_publish: grants.can_publish,
                 can_moderate: grants.can_moderate,
                 events: Some(self.events_tx.clone()),
+                upstream,
             })
             .await;
         match res {

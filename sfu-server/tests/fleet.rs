@@ -429,6 +429,15 @@ async fn fleet_of(
     redis: &Redis,
     regions: &[&str],
 ) -> (Vec<sfu_server::Server>, Vec<String>, RedisFleet) {
+    fleet_with_edges(redis, regions, 0).await
+}
+
+/// [`fleet_of`] with regional edges past `edge_after` members (0: none).
+async fn fleet_with_edges(
+    redis: &Redis,
+    regions: &[&str],
+    edge_after: usize,
+) -> (Vec<sfu_server::Server>, Vec<String>, RedisFleet) {
     let mut servers = Vec::new();
     for (i, region) in regions.iter().enumerate() {
         let config = sfu_server::Config {
@@ -437,6 +446,9 @@ async fn fleet_of(
             region: (*region).into(),
             region_header: Some("x-region".into()),
             workers: 1,
+            edge_after,
+            cluster_listen: "127.0.0.1:0".parse().unwrap(),
+            cluster_secret: (edge_after > 0).then(|| common::CLUSTER_SECRET.into()),
             ..common::config()
         };
         servers.push(common::server(config).await);
@@ -663,6 +675,11 @@ struct Node {
 
 impl Node {
     fn start(redis: &str, id: u16) -> Node {
+        Node::start_with(redis, id, &[])
+    }
+
+    /// Node `id` with the flags `extra` too.
+    fn start_with(redis: &str, id: u16, extra: &[&str]) -> Node {
         use std::io::BufRead;
         let mut child = binary::sfu_server_on_free_ports()
             .args([
@@ -673,6 +690,7 @@ impl Node {
                 "--redis",
                 redis,
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -707,10 +725,22 @@ async fn join_until_joined(
     name: &str,
     spec: &testkit::client::ClientSpec,
 ) -> (common::Ws, testkit::udp::UdpPeer) {
+    join_from_until_joined(base, &[], channel, name, spec).await
+}
+
+/// [`join_until_joined`] with `headers` on every WebSocket upgrade (the
+/// load balancer's region header).
+async fn join_from_until_joined(
+    base: &str,
+    headers: &[(&'static str, &str)],
+    channel: &str,
+    name: &str,
+    spec: &testkit::client::ClientSpec,
+) -> (common::Ws, testkit::udp::UdpPeer) {
     let until = tokio::time::Instant::now() + LIMIT;
     loop {
         assert!(tokio::time::Instant::now() < until, "{name} never joined");
-        let mut ws = common::Ws::connect_addr(base).await;
+        let mut ws = common::Ws::connect_with(base, headers).await;
         let (mut peer, offer) = testkit::udp::UdpPeer::new(name, spec).expect("peer");
         ws.send(serde_json::json!({"type": "join", "channel": channel, "offer": offer}))
             .await;
@@ -727,7 +757,7 @@ async fn join_until_joined(
                     .is_ok()
                 {
                     let (ws, peer, _, _) =
-                        join_through(&url, &[], channel, name, spec.clone()).await;
+                        join_through(&url, headers, channel, name, spec.clone()).await;
                     return (ws, peer);
                 }
             }
@@ -927,4 +957,276 @@ async fn bench_fleet_redis_load_and_placement_latency() {
         p50(&mut redirected),
         redirected[redirected.len() - 1]
     );
+}
+
+/// The longest stretch in `[from, to)` in which `peer` received no frame
+/// of `tone`.
+fn longest_silence(
+    peer: &testkit::udp::UdpPeer,
+    tone: usize,
+    from: Instant,
+    to: Instant,
+) -> Duration {
+    let client = peer.lock();
+    let mut heard: Vec<Instant> = Vec::new();
+    let mut at = from;
+    while let Some(next) = client.first_heard(tone, at).filter(|t| *t < to) {
+        heard.push(next);
+        at = next + Duration::from_nanos(1);
+    }
+    let mut edges = vec![from];
+    edges.extend(heard);
+    edges.push(to);
+    edges
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Regional edges: once a channel has more members at its core than
+/// `edge_after`, members joining from another region are served by a node
+/// of theirs, which follows the core over the cascade: a listener there
+/// hears the core's speaker, a speaker there is heard at the core and at
+/// the other edge, and the core keeps the channel's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_channel_s_members_from_other_regions_land_on_their_edges() {
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let (servers, base, fleet) = fleet_with_edges(&redis, &["eu", "us", "us"], 1).await;
+    let eu = [("x-region", "eu")];
+    let us = [("x-region", "us")];
+    let (_a_ws, alice, _, to) =
+        join_through(&base[1], &eu, "hall", "alice", ClientSpec::speaker(0)).await;
+    assert_eq!(to.as_deref(), Some(base[0].as_str()), "the core, in eu");
+    // Small: a member from us goes to the core too.
+    let (_b_ws, bob, _, to) =
+        join_through(&base[1], &us, "hall", "bob", ClientSpec::listener()).await;
+    assert_eq!(
+        to.as_deref(),
+        Some(base[0].as_str()),
+        "one member: no edges yet"
+    );
+    // Two members at the core: past edge_after, the core marks the channel.
+    eventually("the core marks the channel for edges", || async {
+        fleet
+            .lease_and_fanout("hall")
+            .await
+            .is_ok_and(|(_, big)| big)
+    })
+    .await;
+    // Carol (us) comes in through the core: sent to a us node, the least
+    // loaded; Dave (us) comes in through node 3, which serves him itself.
+    let (_c_ws, carol, _, to) =
+        join_through(&base[0], &us, "hall", "carol", ClientSpec::listener()).await;
+    assert_eq!(
+        to.as_deref(),
+        Some(base[1].as_str()),
+        "us' least-loaded node"
+    );
+    let (_d_ws, dave, _, to) =
+        join_through(&base[2], &us, "hall", "dave", ClientSpec::speaker(1)).await;
+    assert_eq!(to, None, "node 3 is an edge of us itself");
+    // A joiner from eu still goes to the core.
+    let (_e_ws, _erin, _, to) =
+        join_through(&base[2], &eu, "hall", "erin", ClientSpec::listener()).await;
+    assert_eq!(to.as_deref(), Some(base[0].as_str()));
+
+    alice.set_talking(true);
+    dave.set_talking(true);
+    assert!(
+        common::hears(&carol, &[0, 1], 25),
+        "carol (edge 2) hears alice (core) and dave (edge 3)"
+    );
+    assert!(common::hears(&bob, &[0, 1], 25), "bob (core) hears both");
+    assert!(common::hears(&alice, &[1], 25), "alice hears dave");
+    assert_eq!(
+        fleet.lease("hall").await.unwrap().map(|l| l.node),
+        Some(1),
+        "the core keeps the channel"
+    );
+    // The edges carry their members and a link each; the core counts both
+    // links.
+    let links = |s: &sfu_server::Server| {
+        let s = s.state().clone();
+        async move { s.snapshot().await.links }
+    };
+    assert_eq!(
+        links(&servers[0]).await,
+        2,
+        "the core: a link from each edge"
+    );
+    assert_eq!(links(&servers[1]).await, 1);
+    assert_eq!(links(&servers[2]).await, 1);
+    let gauge = |i: usize, name: &'static str| {
+        let base = base[i].clone();
+        async move { common::value(&common::scrape(&base).await, name, None) }
+    };
+    eventually("the edges count the channel they serve", || async {
+        gauge(1, "sfu_fleet_edge_channels").await == 1.0
+            && gauge(2, "sfu_fleet_edge_channels").await == 1.0
+    })
+    .await;
+    assert_eq!(gauge(0, "sfu_fleet_core_channels").await, 1.0);
+    assert_eq!(gauge(0, "sfu_fleet_edge_channels").await, 0.0);
+    assert_eq!(gauge(1, "sfu_fleet_core_channels").await, 0.0);
+}
+
+/// Failover with edges: a core and two edges in three regions, a speaker
+/// on one edge and a listener on the other. The core is killed (SIGKILL):
+/// its lease runs out, one edge claims the channel with a newer epoch and
+/// the other follows it; the listener hears the speaker again within 3 s,
+/// in the same session (no join, no renegotiation). Then the edge that is
+/// not the core is killed: its member joins again through any node and
+/// hears again.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_core_s_edges_carry_on_without_renegotiating() {
+    use testkit::client::ClientSpec;
+    let redis = Redis::start();
+    let fleet = redis.server_fleet().await;
+    let node = |id: u16, region: &str| {
+        Node::start_with(
+            &redis.url(),
+            id,
+            &[
+                "--region",
+                region,
+                "--region-header",
+                "x-region",
+                "--edge-after",
+                "1",
+                "--cluster-listen",
+                "127.0.0.1:0",
+                "--cluster-secret",
+                common::CLUSTER_SECRET,
+            ],
+        )
+    };
+    let mut nodes = vec![node(1, "eu"), node(2, "us"), node(3, "ap")];
+    eventually("three nodes registered", || async {
+        fleet.nodes().await.is_ok_and(|n| n.len() == 3)
+    })
+    .await;
+    let eu = [("x-region", "eu")];
+    let (_h1, _host) =
+        join_from_until_joined(&nodes[0].base, &eu, "hall", "host", &ClientSpec::listener()).await;
+    let (_h2, _cohost) = join_from_until_joined(
+        &nodes[0].base,
+        &eu,
+        "hall",
+        "cohost",
+        &ClientSpec::listener(),
+    )
+    .await;
+    eventually("the core marks the channel for edges", || async {
+        fleet
+            .lease_and_fanout("hall")
+            .await
+            .is_ok_and(|(_, big)| big)
+    })
+    .await;
+    let (_s_ws, speaker, _, to) = join_through(
+        &nodes[0].base,
+        &[("x-region", "us")],
+        "hall",
+        "speaker",
+        ClientSpec::speaker(0),
+    )
+    .await;
+    assert_eq!(to.as_deref(), Some(nodes[1].base.as_str()), "the us edge");
+    let (mut l_ws, listener, _, to) = join_through(
+        &nodes[0].base,
+        &[("x-region", "ap")],
+        "hall",
+        "listener",
+        ClientSpec::listener(),
+    )
+    .await;
+    assert_eq!(to.as_deref(), Some(nodes[2].base.as_str()), "the ap edge");
+    speaker.set_talking(true);
+    assert!(common::hears(&listener, &[0], 25), "through the core");
+    assert_eq!(fleet.lease("hall").await.unwrap().map(|l| l.node), Some(1));
+
+    binary::signal(&nodes[0].child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nodes[0].child.wait();
+    let killed = Instant::now();
+    let back = listener
+        .wait_until(killed + LIMIT, |c| {
+            c.first_heard(0, killed + Duration::from_millis(300))
+                .is_some()
+        })
+        .then(|| {
+            listener
+                .lock()
+                .first_heard(0, killed + Duration::from_millis(300))
+        })
+        .flatten()
+        .expect("the listener hears the speaker again");
+    // Heard steadily again (not a stray frame).
+    assert!(
+        listener.wait_until(back + Duration::from_secs(1) + LIMIT, |c| c
+            .tones_heard(back, back + Duration::from_secs(1), 40)
+            .contains(&0))
+    );
+    let gap = longest_silence(
+        &listener,
+        0,
+        killed - Duration::from_millis(500),
+        back + Duration::from_secs(1),
+    );
+    eprintln!("edge failover: the listener heard the speaker again {:?} after the kill (longest silence {gap:?})", back - killed);
+    assert!(gap < Duration::from_secs(3), "silent for {gap:?}");
+    let lease = fleet.lease("hall").await.unwrap().expect("claimed");
+    assert!(
+        lease.node == 2 || lease.node == 3,
+        "an edge took over: {lease:?}"
+    );
+    assert!(lease.epoch >= 2, "a newer epoch: {lease:?}");
+    let (core, edge) = if lease.node == 2 { (1, 2) } else { (2, 1) };
+    let counter = |i: usize, name: &'static str| {
+        let base = nodes[i].base.clone();
+        async move { common::value(&common::scrape(&base).await, name, None) }
+    };
+    assert_eq!(counter(core, "sfu_fleet_takeovers_total").await, 1.0);
+    assert_eq!(counter(edge, "sfu_fleet_rehomes_total").await, 1.0);
+    assert_eq!(counter(edge, "sfu_fleet_takeovers_total").await, 0.0);
+    // The same session: nothing asked the listener to move or join again.
+    let (said, open) = l_ws.pending(Duration::from_millis(200)).await;
+    assert!(open, "the listener's session goes on");
+    assert!(
+        said.iter()
+            .all(|m| !["redirect", "error", "shutdown", "joined"]
+                .contains(&m["type"].as_str().unwrap_or(""))),
+        "nothing asked the listener to move or join again: {said:?}"
+    );
+
+    // Kill the edge that is not the core: its member comes back through
+    // the core.
+    binary::signal(&nodes[edge].child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nodes[edge].child.wait();
+    let region = if edge == 1 { "us" } else { "ap" };
+    let spec = if edge == 1 {
+        ClientSpec::speaker(0)
+    } else {
+        ClientSpec::listener()
+    };
+    let (_ws, again) = join_from_until_joined(
+        &nodes[core].base,
+        &[("x-region", region)],
+        "hall",
+        "again",
+        &spec,
+    )
+    .await;
+    if edge == 1 {
+        again.set_talking(true);
+        assert!(
+            common::hears(&listener, &[0], 25),
+            "the speaker is heard again"
+        );
+    } else {
+        assert!(common::hears(&again, &[0], 25), "the listener hears again");
+    }
+    drop(nodes);
 }

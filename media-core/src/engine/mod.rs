@@ -140,6 +140,12 @@ impl Engine {
         self.channels.len()
     }
 
+    /// The name of every channel the engine holds: one with members, or
+    /// (as origin) one that other engines subscribe to over links.
+    pub fn channel_names(&self) -> impl Iterator<Item = &str> {
+        self.channel_keys.keys().map(AsRef::as_ref)
+    }
+
     /// The members of a channel, or `None` if it does not exist.
     pub fn channel_members(&self, channel: &str) -> Option<Vec<PeerId>> {
         let ch = self.channels.get(*self.channel_keys.get(channel)?)?;

@@ -516,6 +516,37 @@ fn fleet_settings_are_checked_and_the_redis_password_redacted() {
         },
         "static cluster",
     );
+    // Regional edges: nodes link to each other, authenticated, one worker.
+    let edges = Config {
+        edge_after: 100,
+        cluster_secret: Some("c".repeat(32)),
+        ..fleet.clone()
+    };
+    edges.validate().unwrap();
+    assert!(edges.fleet_edges());
+    assert_eq!(edges.worker_count(), 1, "one worker by default");
+    refused(
+        Config {
+            cluster_secret: None,
+            ..edges.clone()
+        },
+        "cluster_secret",
+    );
+    refused(
+        Config {
+            workers: 2,
+            ..edges.clone()
+        },
+        "workers",
+    );
+    assert!(
+        !Config {
+            redis_url: None,
+            ..edges.clone()
+        }
+        .fleet_edges(),
+        "edges are a fleet's"
+    );
     for bad in ["", "eu west", "eu/west", &"r".repeat(65)] {
         refused(
             Config {
@@ -536,9 +567,12 @@ fn fleet_settings_are_checked_and_the_redis_password_redacted() {
         "SFU_REDIS_URL" => Some("redis://127.0.0.1:6379/1".to_owned()),
         "SFU_REGION" => Some("us-east".to_owned()),
         "SFU_PUBLIC_URL" => Some("https://x.example.org".to_owned()),
+        "SFU_EDGE_AFTER" => Some("250".to_owned()),
+        "SFU_CLUSTER_SECRET" => Some("s".repeat(32)),
         _ => None,
     };
     let c = Config::load(None, &env, &Overrides::default()).unwrap();
+    assert_eq!(c.edge_after, 250);
     assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/1"));
     assert_eq!(c.region, "us-east");
     assert_eq!(c.public_url.as_deref(), Some("https://x.example.org"));

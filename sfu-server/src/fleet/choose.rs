@@ -20,6 +20,31 @@ pub fn choose_core<'a>(nodes: &'a [Candidate], region: &str, asking: u16) -> Opt
     least(&mut eligible().filter(|n| n.region == region)).or_else(|| least(&mut eligible()))
 }
 
+/// The node that should serve a member in `region` as an edge of a
+/// channel whose core is `core`, as node `asking` sees it: a node of that
+/// region that may be an edge, accepts links (it advertises a cluster
+/// address) and is not draining: the asking node itself when it is one (no
+/// redirect: the load balancer already spread the region's users), else the
+/// one with the fewest members. `None` when the member is in the core's
+/// region, when the core accepts no links, or when the region has no such
+/// node: the member goes to the core.
+pub fn choose_edge<'a>(
+    nodes: &'a [Candidate],
+    region: &str,
+    core: &Candidate,
+    asking: u16,
+) -> Option<&'a Candidate> {
+    if core.region == region || core.cluster.is_none() {
+        return None;
+    }
+    nodes
+        .iter()
+        .filter(|n| {
+            n.edge && !n.draining && n.cluster.is_some() && n.region == region && n.id != core.id
+        })
+        .min_by_key(|n| (n.id != asking, n.members, n.channels, n.id))
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -73,5 +98,37 @@ pub(super) mod tests {
             "the region has no node that may be a core"
         );
         assert_eq!(choose_core(&[], "eu", 1), None);
+    }
+
+    #[test]
+    fn an_edge_is_a_node_of_the_member_s_region_that_accepts_links() {
+        let linked = |id, region, members| Candidate {
+            cluster: Some(format!("127.0.0.1:{}", 7000 + id).parse().unwrap()),
+            ..node(id, region, members)
+        };
+        let mut nodes = vec![
+            linked(1, "eu", 0),
+            linked(2, "us", 300),
+            linked(3, "us", 200),
+            node(4, "ap", 0),
+        ];
+        let core = nodes[0].clone();
+        let edge = |nodes: &[Candidate], region, asking| {
+            choose_edge(nodes, region, &core, asking).map(|n| n.id)
+        };
+        assert_eq!(edge(&nodes, "eu", 2), None, "the core's region: the core");
+        assert_eq!(edge(&nodes, "us", 1), Some(3), "the least loaded");
+        assert_eq!(edge(&nodes, "us", 2), Some(2), "the asking node itself");
+        assert_eq!(edge(&nodes, "ap", 1), None, "node 4 accepts no links");
+        nodes[2].draining = true;
+        assert_eq!(edge(&nodes, "us", 1), Some(2));
+        nodes[1].edge = false;
+        assert_eq!(edge(&nodes, "us", 1), None);
+        let unlinked = node(1, "eu", 0);
+        assert_eq!(
+            choose_edge(&[linked(5, "us", 0)], "us", &unlinked, 5),
+            None,
+            "a core that accepts no links has no edges"
+        );
     }
 }

@@ -5,7 +5,11 @@
 //!
 //! A join for a channel:
 //! - whose lease this node holds: here;
-//! - whose lease another live node holds: there (a redirect);
+//! - whose lease another live node holds: there (a redirect), unless the
+//!   core marked the channel big (regional edges, `edge_after`) and the
+//!   joiner is from another region that has a node that may be an edge
+//!   ([`choose_edge`]): that node, here as an edge (the channel follows the
+//!   core over the cascade) or there (a redirect);
 //! - whose lease a node holds that is no longer registered (it died; the
 //!   lease runs out within its TTL): refused for a moment (`Moving`);
 //! - that has no lease: the node [`choose_core`] picks for the joiner's
@@ -17,10 +21,12 @@
 //! claimed it meanwhile, this node lost it: [`Placer::maintain`] says so).
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::choose::choose_core;
+use super::choose::{choose_core, choose_edge};
 use super::record::{Lease, NodeRecord};
 use super::redis::RedisFleet;
 
@@ -29,6 +35,17 @@ use super::redis::RedisFleet;
 pub enum Placed {
     /// This node is the channel's core.
     Here,
+    /// This node serves the member as an edge: the channel follows its
+    /// core, node `core`, whose cascade listens at `cluster`.
+    Edge {
+        /// The core's node id.
+        core: u16,
+        /// Where its cascade listens.
+        cluster: SocketAddr,
+        /// Its signaling URL (where the member goes when this node cannot
+        /// link to it).
+        url: String,
+    },
     /// Node `node`, reached at `url`, is.
     Elsewhere {
         /// Its node id.
@@ -51,19 +68,63 @@ pub enum Decision {
 }
 
 /// The rule (see the module documentation): `lease` is the channel's lease
-/// now, `nodes` the registry, `me` this node, `region` the joiner's.
-pub fn decide(lease: Option<Lease>, nodes: &[NodeRecord], me: u16, region: &str) -> Decision {
-    match lease {
-        Some(l) if l.node == me => Decision::Placed(Placed::Here),
-        Some(l) => Decision::Placed(match nodes.iter().find(|n| n.id == l.node) {
-            Some(n) => Placed::Elsewhere {
-                node: n.id,
-                url: n.url.clone(),
-            },
-            None => Placed::Moving,
-        }),
-        None => Decision::Claim(choose_core(nodes, region, me).map_or(me, |n| n.id)),
+/// now, `fanout` whether its core marked it big enough for edges, `nodes`
+/// the registry, `me` this node, `region` the joiner's.
+pub fn decide(
+    lease: Option<Lease>,
+    fanout: bool,
+    nodes: &[NodeRecord],
+    me: u16,
+    region: &str,
+) -> Decision {
+    let Some(l) = lease else {
+        return Decision::Claim(choose_core(nodes, region, me).map_or(me, |n| n.id));
+    };
+    let Some(core) = nodes.iter().find(|n| n.id == l.node) else {
+        return Decision::Placed(if l.node == me {
+            Placed::Here
+        } else {
+            Placed::Moving
+        });
+    };
+    let edge = fanout
+        .then(|| choose_edge(nodes, region, core, me))
+        .flatten();
+    if edge.is_none() && l.node == me {
+        return Decision::Placed(Placed::Here);
     }
+    Decision::Placed(match (edge, core.cluster) {
+        (Some(e), Some(cluster)) if e.id == me => Placed::Edge {
+            core: core.id,
+            cluster,
+            url: core.url.clone(),
+        },
+        (Some(e), _) => Placed::Elsewhere {
+            node: e.id,
+            url: e.url.clone(),
+        },
+        (None, _) => Placed::Elsewhere {
+            node: core.id,
+            url: core.url.clone(),
+        },
+    })
+}
+
+/// What a channel this node serves as an edge must do now, as its lease
+/// says ([`Placer::refollow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refollow {
+    /// This node holds the channel's lease now (it claimed it when the
+    /// core's ran out, or another node claimed it for this one): select
+    /// here, as its core.
+    Promote,
+    /// Another node is its core now: follow that one.
+    Follow {
+        /// The new core's node id.
+        core: u16,
+        /// Where its cascade listens.
+        cluster: SocketAddr,
+    },
 }
 
 /// The node's side of channel placement (see the module documentation).
@@ -71,21 +132,42 @@ pub fn decide(lease: Option<Lease>, nodes: &[NodeRecord], me: u16, region: &str)
 pub struct Placer {
     fleet: Arc<RedisFleet>,
     me: u16,
+    /// This node's region.
+    region: String,
     lease_ttl: Duration,
     /// Channels whose lease this node holds.
     held: Mutex<HashMap<String, Lease>>,
+    /// Of those, the ones marked big enough for edges.
+    big: Mutex<HashSet<String>>,
     /// Channels served here while Redis could not be reached.
     unclaimed: Mutex<HashSet<String>>,
+    /// What it did, for `/metrics`.
+    stats: PlacerStats,
+}
+
+/// A node's placement counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct PlacerStats {
+    /// Channels this node serves as an edge (at the last check).
+    pub edge_channels: AtomicU64,
+    /// Channels this node took over as their core from one it followed.
+    pub takeovers: AtomicU64,
+    /// Channels this node, as their edge, moved to a new core.
+    pub rehomes: AtomicU64,
 }
 
 impl Placer {
-    /// Places joins as node `me`, claiming leases of `lease_ttl`.
-    pub fn new(fleet: Arc<RedisFleet>, me: u16, lease_ttl: Duration) -> Placer {
+    /// Places joins as node `me` of `region`, claiming leases of
+    /// `lease_ttl`.
+    pub fn new(fleet: Arc<RedisFleet>, me: u16, region: &str, lease_ttl: Duration) -> Placer {
         Placer {
             fleet,
             me,
+            region: region.to_owned(),
             lease_ttl,
             held: Mutex::default(),
+            big: Mutex::default(),
+            stats: PlacerStats::default(),
             unclaimed: Mutex::default(),
         }
     }
@@ -94,8 +176,22 @@ impl Placer {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn big_channels(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.big.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn unclaimed(&self) -> MutexGuard<'_, HashSet<String>> {
         self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &PlacerStats {
+        &self.stats
+    }
+
+    /// How many channels' leases this node holds.
+    pub fn held_count(&self) -> usize {
+        self.held().len()
     }
 
     /// The lease this node holds for `channel`, if any.
@@ -105,7 +201,12 @@ impl Placer {
 
     /// Where a join for `channel` from `region` goes.
     pub async fn place(&self, channel: &str, region: &str) -> Placed {
-        if self.held().contains_key(channel) {
+        // A channel held here is served here without asking Redis, unless
+        // it is big and the joiner from another region (an edge may be
+        // theirs).
+        if self.held().contains_key(channel)
+            && (region == self.region || !self.big_channels().contains(channel))
+        {
             return Placed::Here;
         }
         match self.ask(channel, region).await {
@@ -119,8 +220,9 @@ impl Placer {
     }
 
     async fn ask(&self, channel: &str, region: &str) -> Result<Placed, super::FleetError> {
-        let (lease, nodes) = (self.fleet.lease(channel).await?, self.fleet.nodes().await?);
-        let claim_for = match decide(lease, &nodes, self.me, region) {
+        let (lease, fanout) = self.fleet.lease_and_fanout(channel).await?;
+        let nodes = self.fleet.nodes().await?;
+        let claim_for = match decide(lease, fanout, &nodes, self.me, region) {
             Decision::Placed(Placed::Here) => {
                 if let Some(l) = lease {
                     self.held().insert(channel.to_owned(), l);
@@ -131,7 +233,8 @@ impl Placer {
             Decision::Claim(node) => node,
         };
         let won = self.fleet.claim(channel, claim_for, self.lease_ttl).await?;
-        match decide(Some(won), &nodes, self.me, region) {
+        // A channel claimed just now has no members: no edges yet.
+        match decide(Some(won), false, &nodes, self.me, region) {
             Decision::Placed(Placed::Here) => {
                 self.held().insert(channel.to_owned(), won);
                 Ok(Placed::Here)
@@ -211,6 +314,83 @@ impl Placer {
 }
 
 impl Placer {
+    /// For channels this node serves as an edge, `following` (channel, the
+    /// node it follows): what each must do now that its lease says
+    /// otherwise. A channel whose lease ran out (its core died, or drained
+    /// and released it) is claimed for this node: of the edges racing for
+    /// it one wins and becomes its core, the others follow the winner. A
+    /// lease held by a node that left the registry is waited out. Redis
+    /// unreachable: nothing changes (the channels keep following).
+    pub async fn refollow(&self, following: &[(String, u16)]) -> Vec<(String, Refollow)> {
+        self.stats
+            .edge_channels
+            .store(following.len() as u64, Ordering::Relaxed);
+        let names: Vec<String> = following.iter().map(|(c, _)| c.clone()).collect();
+        let Ok(leases) = self.fleet.leases_of(&names).await else {
+            return Vec::new();
+        };
+        let stale: Vec<(&String, Option<Lease>)> = following
+            .iter()
+            .zip(leases)
+            .filter(|((_, core), lease)| lease.is_none_or(|l| l.node != *core))
+            .map(|((c, _), lease)| (c, lease))
+            .collect();
+        if stale.is_empty() {
+            return Vec::new();
+        }
+        let Ok(nodes) = self.fleet.nodes().await else {
+            return Vec::new();
+        };
+        let mut plan = Vec::new();
+        for (channel, lease) in stale {
+            let lease = match lease {
+                Some(l) => l,
+                None => match self.fleet.claim(channel, self.me, self.lease_ttl).await {
+                    Ok(l) => l,
+                    Err(_) => continue,
+                },
+            };
+            if lease.node == self.me {
+                tracing::info!(
+                    channel,
+                    epoch = lease.epoch,
+                    "this node is the channel's core now"
+                );
+                self.held().insert(channel.clone(), lease);
+                self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                plan.push((channel.clone(), Refollow::Promote));
+            } else if let Some(cluster) = nodes
+                .iter()
+                .find(|n| n.id == lease.node)
+                .and_then(|n| n.cluster)
+            {
+                tracing::info!(
+                    channel,
+                    core = lease.node,
+                    "the channel has a new core; following it"
+                );
+                self.stats.rehomes.fetch_add(1, Ordering::Relaxed);
+                plan.push((
+                    channel.clone(),
+                    Refollow::Follow {
+                        core: lease.node,
+                        cluster,
+                    },
+                ));
+            }
+        }
+        plan
+    }
+
+    /// Marks the channels this node holds that are big enough for edges
+    /// (for a lease's time: marked again while they are).
+    pub async fn mark_fanout(&self, channels: &[String]) {
+        *self.big_channels() = channels.iter().cloned().collect();
+        if let Err(e) = self.fleet.mark_fanout(channels, self.lease_ttl).await {
+            tracing::debug!(error = %e, "channels not marked for edges");
+        }
+    }
+
     /// Gives up every lease this node holds (a draining node hands its
     /// channels over: the next join claims them afresh).
     pub async fn release_all(&self) {
@@ -236,11 +416,11 @@ mod tests {
         let nodes = [node(1, "eu"), node(2, "eu"), node(3, "us")];
         let held = |n| Some(Lease { node: n, epoch: 4 });
         assert_eq!(
-            decide(held(2), &nodes, 2, "us"),
+            decide(held(2), false, &nodes, 2, "us"),
             Decision::Placed(Placed::Here)
         );
         assert_eq!(
-            decide(held(3), &nodes, 1, "eu"),
+            decide(held(3), false, &nodes, 1, "eu"),
             Decision::Placed(Placed::Elsewhere {
                 node: 3,
                 url: "http://node-3".into()
@@ -248,16 +428,67 @@ mod tests {
             "the lease wins over the joiner's region"
         );
         assert_eq!(
-            decide(held(9), &nodes, 1, "eu"),
+            decide(held(9), false, &nodes, 1, "eu"),
             Decision::Placed(Placed::Moving),
             "a holder that left the registry"
         );
-        assert_eq!(decide(None, &nodes, 3, "eu"), Decision::Claim(1));
-        assert_eq!(decide(None, &nodes, 1, "us"), Decision::Claim(3));
+        assert_eq!(decide(None, false, &nodes, 3, "eu"), Decision::Claim(1));
+        assert_eq!(decide(None, true, &nodes, 1, "us"), Decision::Claim(3));
         assert_eq!(
-            decide(None, &[], 5, "eu"),
+            decide(None, false, &[], 5, "eu"),
             Decision::Claim(5),
             "alone: itself"
+        );
+    }
+
+    #[test]
+    fn a_big_channel_sends_other_regions_to_their_edges() {
+        let linked = |id, region| NodeRecord {
+            cluster: Some(format!("127.0.0.1:{}", 7000 + id).parse().unwrap()),
+            ..node(id, region)
+        };
+        let nodes = [linked(1, "eu"), linked(2, "us"), linked(3, "us")];
+        let core = Some(Lease { node: 1, epoch: 7 });
+        let to = |node: u16| {
+            Decision::Placed(Placed::Elsewhere {
+                node,
+                url: format!("http://node-{node}"),
+            })
+        };
+        assert_eq!(
+            decide(core, false, &nodes, 2, "us"),
+            to(1),
+            "small: the core"
+        );
+        assert_eq!(
+            decide(core, true, &nodes, 2, "us"),
+            Decision::Placed(Placed::Edge {
+                core: 1,
+                cluster: "127.0.0.1:7001".parse().unwrap(),
+                url: "http://node-1".into(),
+            }),
+            "big: this node, an edge in the joiner's region"
+        );
+        assert_eq!(
+            decide(core, true, &nodes, 1, "us"),
+            to(2),
+            "the core itself sends a joiner to its region's edge"
+        );
+        assert_eq!(
+            decide(core, true, &nodes, 1, "eu"),
+            Decision::Placed(Placed::Here)
+        );
+        assert_eq!(
+            decide(core, true, &nodes, 3, "eu"),
+            to(1),
+            "the core's region: the core"
+        );
+        assert_eq!(decide(core, true, &nodes, 2, "ap"), to(1), "no node there");
+        let unlinked = [node(1, "eu"), linked(2, "us")];
+        assert_eq!(
+            decide(core, true, &unlinked, 2, "us"),
+            to(1),
+            "a core without a cluster address has no edges"
         );
     }
 }

@@ -10,6 +10,7 @@
 //! | `node:{id}` | the node's [`NodeRecord`] (JSON) | the registry's TTL, refreshed more often |
 //! | `lease:{channel}` | the channel's core, `node:epoch` | `lease_ttl`, renewed by its holder |
 //! | `epoch:{channel}` | the channel's last epoch (a counter) | a day after the last claim |
+//! | `fanout:{channel}` | `1`: the channel is big enough for edges | `lease_ttl`, set again by its core |
 //!
 //! Every call has a deadline ([`RedisFleet::connect`]'s `timeout`): an
 //! unreachable Redis is an error after it, never a hang; the connection
@@ -77,6 +78,12 @@ impl Keys {
     /// A channel's epoch counter.
     pub fn epoch(&self, channel: &str) -> String {
         format!("{}epoch:{channel}", self.prefix)
+    }
+
+    /// A channel's mark: big enough that members of other regions go to
+    /// edges.
+    pub fn fanout(&self, channel: &str) -> String {
+        format!("{}fanout:{channel}", self.prefix)
     }
 
     /// The SCAN pattern of every key of `kind` (`node:`, `lease:`).
@@ -302,6 +309,67 @@ impl RedisFleet {
         let mut c = self.conn.clone();
         let held: Option<Vec<u8>> = self.within(c.get(self.keys.lease(channel))).await?;
         held.map(|h| self.lease_of(&h)).transpose()
+    }
+
+    /// The lease that holds `channel` now, if any, and whether its core
+    /// marked it big enough for edges ([`mark_fanout`](Self::mark_fanout)):
+    /// one round trip.
+    pub async fn lease_and_fanout(
+        &self,
+        channel: &str,
+    ) -> Result<(Option<Lease>, bool), FleetError> {
+        let mut c = self.conn.clone();
+        let keys = [self.keys.lease(channel), self.keys.fanout(channel)];
+        let values: Vec<Option<Vec<u8>>> = self.within(c.mget(&keys)).await?;
+        let [lease, fanout] = values.as_slice() else {
+            return Err(FleetError::Batch(format!(
+                "{} answers for 2 keys",
+                values.len()
+            )));
+        };
+        let lease = lease.as_deref().map(|h| self.lease_of(h)).transpose()?;
+        Ok((lease, fanout.is_some()))
+    }
+
+    /// The leases of `channels`, in order, one round trip per
+    /// [`SCAN_BATCH`] (a lease that does not parse is skipped, counted, and
+    /// answered as none).
+    pub async fn leases_of(&self, channels: &[String]) -> Result<Vec<Option<Lease>>, FleetError> {
+        let mut out = Vec::with_capacity(channels.len());
+        for batch in channels.chunks(SCAN_BATCH) {
+            let mut c = self.conn.clone();
+            let keys: Vec<String> = batch.iter().map(|ch| self.keys.lease(ch)).collect();
+            let values: Vec<Option<Vec<u8>>> = self.within(c.mget(&keys)).await?;
+            if values.len() != batch.len() {
+                return Err(FleetError::Batch(format!(
+                    "{} answers for {} keys",
+                    values.len(),
+                    batch.len()
+                )));
+            }
+            out.extend(
+                values
+                    .into_iter()
+                    .map(|v| v.and_then(|h| self.lease_of(&h).ok())),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Marks `channels` big enough for edges for `ttl` (their core marks
+    /// them again while they are): one round trip.
+    pub async fn mark_fanout(&self, channels: &[String], ttl: Duration) -> Result<(), FleetError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            pipe.pset_ex(self.keys.fanout(channel), 1, millis(ttl))
+                .ignore();
+        }
+        let () = self.within(pipe.query_async(&mut c)).await?;
+        Ok(())
     }
 
     fn lease_of(&self, held: &[u8]) -> Result<Lease, FleetError> {

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::{EventSink, NotQueued, Signaling};
 use super::relay::{LinkSender, Queued, RelayInCounters, RelayInbox, RelayInput};
-use super::{udp, JoinError, JoinRequest, Request, RestartError};
+use super::{udp, ChannelLoad, JoinError, JoinRequest, Request, RestartError};
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
@@ -71,7 +71,11 @@ pub(super) struct Task {
     /// When each member not yet connected asked to join (`sfu_join_seconds`).
     connecting: HashMap<PeerId, Instant>,
     next_peer: u64,
+    /// (static edge) The link every channel follows.
     upstream: Option<LinkId>,
+    /// The link each channel following an origin follows (a static edge's
+    /// channels, a fleet edge's relayed channels).
+    following: HashMap<String, LinkId>,
     /// The engine's next timeout (its last `Output::Timeout`).
     engine_deadline: Instant,
     snapshot: Snapshot,
@@ -111,6 +115,7 @@ impl Task {
             connecting: HashMap::new(),
             next_peer: 1,
             upstream,
+            following: HashMap::new(),
             engine_deadline: Instant::now(),
             snapshot: Snapshot::default(),
             outbox: udp::Outbox::default(),
@@ -419,11 +424,37 @@ impl Task {
                     tracing::warn!(error = %e, "cluster command refused");
                 }
             }
-            Request::Resubscribe => {
-                let channels: Vec<String> = self.rooms.channels().map(str::to_string).collect();
+            Request::Resubscribe(link) => {
+                self.forget_followed();
+                let channels: Vec<String> = self
+                    .following
+                    .iter()
+                    .filter(|(_, l)| **l == link)
+                    .map(|(c, _)| c.clone())
+                    .collect();
                 for channel in channels {
-                    self.follow_upstream(channel);
+                    self.follow(channel, Some(link));
                 }
+            }
+            Request::Follow(channel, link) => {
+                // Only a channel that has members here: an empty one is
+                // gone (or about to be) from the engine.
+                if self.rooms.has_members(&channel) {
+                    self.follow(channel, link);
+                }
+            }
+            Request::Channels(reply) => {
+                self.forget_followed();
+                let loads = self
+                    .engine
+                    .channel_names()
+                    .map(|c| ChannelLoad {
+                        channel: c.to_owned(),
+                        members: self.rooms.member_count(c),
+                        upstream: self.following.get(c).copied(),
+                    })
+                    .collect();
+                let _ = reply.send(loads);
             }
             Request::Drain(deadline) => {
                 self.rooms.handle_drain(deadline);
@@ -513,7 +544,9 @@ impl Task {
         // (edge) Only a join the engine accepted subscribes upstream: a
         // refused one would leave the channel subscribed with nobody in it.
         if first {
-            self.follow_upstream(j.channel.clone());
+            if let Some(link) = j.upstream.or(self.upstream) {
+                self.follow(j.channel.clone(), Some(link));
+            }
         }
         let rights = Rights {
             can_publish: j.can_publish,
@@ -529,13 +562,23 @@ impl Task {
         self.pending.insert(peer, reply);
     }
 
-    /// (edge) Makes `channel` follow the origin over the upstream link.
-    fn follow_upstream(&mut self, channel: String) {
-        let Some(link) = self.upstream else { return };
-        let _ = self.command(Command::SetUpstream {
-            channel,
-            link: Some(link),
-        });
+    /// Makes `channel` follow the origin over `link`, or select itself
+    /// (`None`).
+    fn follow(&mut self, channel: String, link: Option<LinkId>) {
+        match link {
+            Some(l) => self.following.insert(channel.clone(), l),
+            None => self.following.remove(&channel),
+        };
+        if let Err(e) = self.command(Command::SetUpstream { channel, link }) {
+            tracing::warn!(error = %e, "upstream not set");
+        }
+    }
+
+    /// Forgets the upstream of channels nobody is in any more (the engine
+    /// dropped them).
+    fn forget_followed(&mut self) {
+        let rooms = &self.rooms;
+        self.following.retain(|c, _| rooms.has_members(c));
     }
 
     fn moderate(

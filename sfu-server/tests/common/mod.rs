@@ -104,6 +104,26 @@ impl Ws {
         }
     }
 
+    /// The JSON messages that arrive until none comes for `quiet`, and
+    /// whether the socket is still open then.
+    pub(crate) async fn pending(&mut self, quiet: std::time::Duration) -> (Vec<Value>, bool) {
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(quiet, self.socket.next()).await {
+                Err(_) => return (got, true),
+                Ok(None | Some(Err(_))) => return (got, false),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
+                        self.seen.push(v.clone());
+                        got.push(v);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(_)))) => return (got, false),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Receives until a message of type `ty` (returns it).
     pub(crate) async fn recv_type(&mut self, ty: &str) -> Value {
         loop {
