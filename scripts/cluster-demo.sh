@@ -10,6 +10,9 @@
 #   scripts/cluster-demo.sh --smoke    # 1 core + 2 edges, 20 listeners, 5 s; exits non-zero
 #                                      # unless every checked listener hears the right
 #                                      # speakers and loss < 1 %
+#   scripts/cluster-demo.sh --redis [--smoke]
+#                                      # a fleet on Redis in two regions (network
+#                                      # namespaces, netem): scripts/fleet-demo.sh
 #
 # Environment (defaults in brackets): EDGES [4], LISTENERS [200], SECONDS [10]
 # (measurement), SPEAKERS [3], DECODE_EVERY [50] (every Nth listener decodes
@@ -31,9 +34,10 @@ ROOT=$PWD
 SMOKE=0
 case "${1:-}" in
   --smoke) SMOKE=1 ;;
+  --redis) shift; exec scripts/fleet-demo.sh "$@" ;;
   "") ;;
-  -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-  *) echo "cluster-demo: unknown argument $1 (only --smoke)" >&2; exit 2 ;;
+  -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+  *) echo "cluster-demo: unknown argument $1 (--smoke, or --redis [--smoke])" >&2; exit 2 ;;
 esac
 
 EDGES=${EDGES:-4}

@@ -8,6 +8,10 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 # The fleet's tests start their own Redis (sfu-server/tests/fleet.rs).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The fleet demo's regions are network namespaces (scripts/fleet-demo.sh);
+# it waits for the nodes with curl.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite: set-up, formatting, lints, every test, a
-# flood smoke run, a fuzz smoke run, a soak smoke run, the aiortc interop
+# flood smoke run, a fuzz smoke run, a soak smoke run, the fleet demo in two
+# network namespaces (smoke), the aiortc interop
 # test, the browser test (Chromium and Firefox) and the operations kit
 # (Prometheus, coturn, TLS). This is the README's test command and what CI
 # runs.
@@ -38,6 +39,16 @@ FUZZ_SECONDS="$FUZZ_SECONDS" scripts/fuzz.sh
 step "soak smoke (60 s of load with churn)"
 # The binaries `cargo test --workspace` built above, as for the browser test.
 SFU_SERVER_BIN="$target/debug/sfu-server" LOADGEN_BIN="$target/debug/loadgen" scripts/soak.sh --smoke
+
+step "fleet demo smoke (a fleet on Redis in two network namespaces)"
+# Namespaces need root (CAP_NET_ADMIN): a machine that refuses one skips the
+# demo and says so.
+if [ "$(id -u)" = 0 ] && ip netns add "sfu-probe-$$" 2>/dev/null; then
+  ip netns del "sfu-probe-$$"
+  SFU_SERVER_BIN="$target/debug/sfu-server" LOADGEN_BIN="$target/debug/loadgen" scripts/fleet-demo.sh --smoke
+else
+  echo "SKIPPED: this machine cannot create network namespaces (needs root)" >&2
+fi
 
 if [ -x scripts/interop-test.sh ]; then
   step "interop test (aiortc over WHIP and WHEP)"

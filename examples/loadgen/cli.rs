@@ -77,6 +77,20 @@ pub(crate) struct Args {
     /// --url without any); listener `i` joins `urls[i % urls.len()]`.
     #[arg(skip)]
     pub(crate) urls: Vec<String>,
+    /// The address the members' sockets bind to (their ICE host
+    /// candidate): servers in other network namespaces need one they can
+    /// reach
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub(crate) bind: std::net::IpAddr,
+    /// A join token every member sends (a server with an auth secret
+    /// admits no member without one); prefer LOADGEN_TOKEN
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "LOADGEN_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
     /// The channel everyone joins
     #[arg(long, value_name = "C", default_value = "load")]
     pub(crate) channel: String,

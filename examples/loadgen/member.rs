@@ -71,29 +71,38 @@ pub(crate) async fn join(
     role: &str,
     setup: &Setup<'_>,
 ) -> Result<Member, String> {
-    let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.join_timeout);
-    let connect = async {
-        if setup.reads_events {
-            tokio_tungstenite::connect_async(ws_url).await
-        } else {
-            connect_with_small_buffer(&ws_url).await
-        }
+    let connect = |url: String| async move {
+        let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
+        let connect = async {
+            if setup.reads_events {
+                tokio_tungstenite::connect_async(ws_url).await
+            } else {
+                connect_with_small_buffer(&ws_url).await
+            }
+        };
+        tokio::time::timeout_at(deadline, connect)
+            .await
+            .map_err(|_| "websocket: no connection in time".to_string())?
+            .map_err(|e| format!("websocket: {e}"))
+            .map(|(ws, _)| ws)
     };
-    let (mut ws, _) = tokio::time::timeout_at(deadline, connect)
-        .await
-        .map_err(|_| "websocket: no connection in time".to_string())?
-        .map_err(|e| format!("websocket: {e}"))?;
+    let mut ws = connect(url.to_owned()).await?;
+    let mut redirects = 0;
     let checked = spec.decode;
     let (mut peer, offer) = if setup.pooled {
-        let (p, offer) = PooledPeer::new(name, &spec, setup.cert).map_err(|e| e.to_string())?;
+        let (p, offer) =
+            PooledPeer::new(a.bind, name, &spec, setup.cert).map_err(|e| e.to_string())?;
         (Peer::Pooled(p), offer)
     } else {
-        let (p, offer) = UdpPeer::new(name, &spec).map_err(|e| e.to_string())?;
+        let (p, offer) = UdpPeer::new_on(a.bind, name, &spec).map_err(|e| e.to_string())?;
         (Peer::Thread(p), offer)
     };
     let join_sent = Instant::now();
-    let msg = json!({"type": "join", "channel": a.channel, "offer": offer, "role": role, "identity": name});
+    let mut msg = json!({"type": "join", "channel": a.channel, "offer": offer, "role": role, "identity": name});
+    if let Some(token) = &a.token {
+        msg["token"] = json!(token);
+    }
     ws.send(Message::Text(msg.to_string().into()))
         .await
         .map_err(|e| e.to_string())?;
@@ -142,10 +151,24 @@ pub(crate) async fn join(
                 });
             }
             Some("error") => return Err(format!("refused: {}", v["message"])),
+            // A fleet's node sends the join to the channel's node (at
+            // most twice: the channel's core, then an edge).
+            Some("redirect") if redirects < MAX_REDIRECTS => {
+                let to = v["url"].as_str().ok_or("redirect without a url")?;
+                redirects += 1;
+                ws = connect(to.to_owned()).await?;
+                ws.send(Message::Text(msg.to_string().into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Some("redirect") => return Err("redirected too often".into()),
             _ => {}
         }
     }
 }
+
+/// Redirects a join follows at most.
+const MAX_REDIRECTS: usize = 2;
 
 /// Leaves politely, but spends at most [`LEAVE_WITHIN`] on it.
 pub(crate) async fn leave(members: Vec<Member>) {

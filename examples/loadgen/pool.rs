@@ -40,14 +40,15 @@ pub(crate) struct PooledPeer {
 }
 
 impl PooledPeer {
-    /// Binds a socket on 127.0.0.1 and makes an offer (call within the
+    /// Binds a socket on `ip` and makes an offer (call within the
     /// runtime). Returns the peer (not yet running) and the offer SDP.
     pub(crate) fn new(
+        ip: std::net::IpAddr,
         name: &str,
         spec: &ClientSpec,
         cert: &DtlsCert,
     ) -> std::io::Result<(PooledPeer, String)> {
-        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let std_socket = std::net::UdpSocket::bind((ip, 0))?;
         std_socket.set_nonblocking(true)?;
         let addr = std_socket.local_addr()?;
         let socket = tokio::net::UdpSocket::from_std(std_socket)?;

@@ -276,6 +276,7 @@ async fn media_session(
         Err(e @ JoinError::Refused(_)) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    state.joined(&request.channel, joined.member_count);
     let etag = etag_of(&joined.answer);
     state.resources.lock().await.insert(
         id.clone(),

@@ -453,6 +453,24 @@ impl AppState {
         }
     }
 
+    /// A member joined `channel`, which has `members` here now: in a fleet
+    /// with edges, a channel this node is the core of that just grew past
+    /// `edge_after` is marked big at once (not at the next lease check), so
+    /// that the joiners of other regions who follow go to their edges.
+    pub fn joined(&self, channel: &str, members: usize) {
+        let Some(placer) = self.placer.get() else {
+            return;
+        };
+        if !self.config.fleet_edges() || members <= self.config.edge_after {
+            return;
+        }
+        if placer.lease_of(channel).is_none() || placer.is_big(channel) {
+            return;
+        }
+        let (placer, channel) = (placer.clone(), channel.to_owned());
+        tokio::spawn(async move { placer.mark_big(channel).await });
+    }
+
     /// Refuses joins from now on (shutting down, or failed).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed) || self.health.failure().is_some()

@@ -441,6 +441,7 @@ impl Session {
             .await;
         match res {
             Ok(j) => {
+                self.state.joined(&ask.channel, j.member_count);
                 self.membership = Some(Membership {
                     peer: j.peer,
                     source: j.source.0,

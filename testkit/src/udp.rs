@@ -4,7 +4,7 @@
 //! deadline, never longer (a sender sleeps to it precisely and then reads
 //! its socket; a receiver waits on its socket).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -32,7 +32,15 @@ impl UdpPeer {
     /// Binds a socket on 127.0.0.1 and makes an offer. Returns the peer
     /// (not yet running) and the offer SDP.
     pub fn new(name: &str, spec: &ClientSpec) -> std::io::Result<(UdpPeer, String)> {
-        UdpPeer::bind(|addr, cert, now| Ok(Client::new(name, addr, spec, &TONES, cert, now)))
+        UdpPeer::new_on(Ipv4Addr::LOCALHOST.into(), name, spec)
+    }
+
+    /// [`UdpPeer::new`] on a socket bound to `ip` (a load generator
+    /// reaching servers in other network namespaces).
+    pub fn new_on(ip: IpAddr, name: &str, spec: &ClientSpec) -> std::io::Result<(UdpPeer, String)> {
+        UdpPeer::bind(ip, |addr, cert, now| {
+            Ok(Client::new(name, addr, spec, &TONES, cert, now))
+        })
     }
 
     /// Binds a socket on 127.0.0.1, answers `offer` (the other end of a
@@ -44,7 +52,7 @@ impl UdpPeer {
         spec: &ClientSpec,
         offer: &str,
     ) -> std::io::Result<(UdpPeer, String)> {
-        let (mut peer, answer) = UdpPeer::bind(|addr, cert, now| {
+        let (mut peer, answer) = UdpPeer::bind(Ipv4Addr::LOCALHOST.into(), |addr, cert, now| {
             Client::answer(name, addr, spec, &TONES, cert, offer, now)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
@@ -52,16 +60,17 @@ impl UdpPeer {
         Ok((peer, answer))
     }
 
-    /// A socket on 127.0.0.1, a DTLS certificate, and the client `make`
-    /// builds on them with its SDP.
+    /// A socket on `ip`, a DTLS certificate, and the client `make` builds
+    /// on them with its SDP.
     fn bind(
+        ip: IpAddr,
         make: impl FnOnce(
             SocketAddr,
             &str0m::config::DtlsCert,
             Instant,
         ) -> std::io::Result<(Client, String)>,
     ) -> std::io::Result<(UdpPeer, String)> {
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let socket = UdpSocket::bind((ip, 0))?;
         let addr = socket.local_addr()?;
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider

@@ -382,6 +382,20 @@ impl Placer {
         plan
     }
 
+    /// Whether `channel` is marked big enough for edges.
+    pub fn is_big(&self, channel: &str) -> bool {
+        self.big_channels().contains(channel)
+    }
+
+    /// Marks one channel this node holds big enough for edges (it just
+    /// grew past the threshold).
+    pub async fn mark_big(&self, channel: String) {
+        self.big_channels().insert(channel.clone());
+        if let Err(e) = self.fleet.mark_fanout(&[channel], self.lease_ttl).await {
+            tracing::debug!(error = %e, "channel not marked for edges");
+        }
+    }
+
     /// Marks the channels this node holds that are big enough for edges
     /// (for a lease's time: marked again while they are).
     pub async fn mark_fanout(&self, channels: &[String]) {

@@ -133,6 +133,16 @@ impl RedisFleet {
         timeout: Duration,
     ) -> Result<RedisFleet, FleetError> {
         let client = redis::Client::open(url)?;
+        // One plain connection and PING first: its error says what is
+        // wrong (a refused password, Redis's protected mode…), where the
+        // manager's retries would end in a timeout.
+        let probe = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .map_err(|_| FleetError::Timeout(timeout))??;
         let conn = tokio::time::timeout(timeout, ConnectionManager::new(client))
             .await
             .map_err(|_| FleetError::Timeout(timeout))??;
