@@ -37,6 +37,12 @@ pub struct Grants {
     /// itself is the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The member's region (`region`, optional): in a fleet, a new
+    /// channel's core and a big channel's edge are chosen in it. It wins
+    /// over the load balancer's header; a plain name (letters, digits,
+    /// `-`, `_`, `.`, at most 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl Grants {
@@ -57,6 +63,7 @@ impl Grants {
             can_moderate,
             exp: u64::MAX,
             jti: None,
+            region: None,
         }
     }
 }
@@ -198,6 +205,15 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Grants, AuthE
     if grants.jti.as_ref().is_some_and(|id| id.len() > 256) {
         return Err(AuthError::Malformed("jti is longer than 256 bytes"));
     }
+    if grants
+        .region
+        .as_ref()
+        .is_some_and(|r| !crate::config::is_region(r))
+    {
+        return Err(AuthError::Malformed(
+            "region is not a region name (1 to 64 letters, digits, '-', '_' or '.')",
+        ));
+    }
     if grants.exp <= now_unix {
         return Err(AuthError::Expired);
     }
@@ -219,6 +235,7 @@ mod tests {
             can_moderate: false,
             exp: 2_000_000_000,
             jti: None,
+            region: None,
         }
     }
 
@@ -268,6 +285,7 @@ mod tests {
                 can_moderate: false,
                 exp: NOW,
                 jti: None,
+                region: None,
             }
         );
         assert!(g.admits("anything"));

@@ -32,9 +32,11 @@ use crate::config::{Config, NodeRole};
 use crate::health::{Health, TaskEnd};
 use crate::worker::{link_queues, LinkQueue, Worker};
 
-/// Where the cores are: the seam for the cluster directory. Static (the
-/// configured list) today; a Redis-backed directory (node registry, channel
-/// placement claimed atomically) implements the same trait later.
+/// Where a static edge's cores are: the configured list (primary first),
+/// or any other source an embedder plugs in. A fleet on Redis does not go
+/// through it: there each channel's core is its lease's holder
+/// ([`crate::fleet::Placer`]), and a node follows it per channel
+/// ([`Uplinks`]).
 pub trait Directory: Send + Sync + std::fmt::Debug {
     /// The cores an edge should dial, in order of preference.
     fn cores(&self) -> Vec<SocketAddr>;

@@ -218,6 +218,7 @@ mod tests {
                 can_moderate: false,
                 exp: NOW + 1,
                 jti: None,
+                region: None,
             },
         );
         let mut whole = vec![0u8];

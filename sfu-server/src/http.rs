@@ -217,7 +217,10 @@ async fn media_session(
         Ok(g) => g,
         Err(denied) => return denied.into_response(),
     };
-    let region = state.client_region(&headers);
+    let region = grants
+        .region
+        .clone()
+        .unwrap_or_else(|| state.client_region(&headers));
     let upstream = match state.place_join(&request.channel, &region).await {
         Ok(upstream) => upstream,
         // RFC 9725 §4.5: a WHIP/WHEP endpoint may redirect with 307.

@@ -155,6 +155,10 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     ttl: u64,
+    /// The member's region (a fleet places by it; wins over the load
+    /// balancer's header).
+    #[arg(long, value_name = "R")]
+    region: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -199,8 +203,8 @@ fn fleet_status(args: FleetArgs) -> ExitCode {
         }
     };
     println!(
-        "{:>5}  {:<12} {:<9} {:>8} {:>8}  {:<8} url / media",
-        "node", "region", "role", "members", "channels", "state"
+        "{:>5}  {:<12} {:<9} {:>8} {:>8} {:>6}  {:<8} url / media / cluster",
+        "node", "region", "role", "members", "channels", "cpu", "state"
     );
     for n in &nodes {
         let role = match (n.core, n.edge) {
@@ -210,13 +214,15 @@ fn fleet_status(args: FleetArgs) -> ExitCode {
             (false, false) => "-",
         };
         let media: Vec<String> = n.media.iter().map(ToString::to_string).collect();
+        let cluster = n.cluster.map(|c| format!(" {c}")).unwrap_or_default();
         println!(
-            "{:>5}  {:<12} {:<9} {:>8} {:>8}  {:<8} {} {}",
+            "{:>5}  {:<12} {:<9} {:>8} {:>8} {:>6.2}  {:<8} {} {}{cluster}",
             n.id,
             n.region,
             role,
             n.members,
             n.channels,
+            n.cpu,
             if n.draining { "draining" } else { "serving" },
             n.url,
             media.join(",")
@@ -266,7 +272,15 @@ fn token(args: TokenArgs) -> ExitCode {
         can_moderate: args.moderate,
         exp: now.saturating_add(args.ttl),
         jti: None,
+        region: args.region,
     };
+    if grants
+        .region
+        .as_deref()
+        .is_some_and(|r| !sfu_server::config::is_region(r))
+    {
+        return usage_error("--region: 1 to 64 letters, digits, '-', '_' or '.'");
+    }
     println!("{}", auth::mint(args.secret.as_bytes(), &grants));
     ExitCode::SUCCESS
 }

@@ -234,13 +234,17 @@ async fn join_fleet(
         .await
         .map_err(|e| io::Error::other(format!("the fleet's redis (redis_url): {e}")))?;
     let weak = Arc::downgrade(state);
+    let cpu = Arc::new(CpuRate::default());
     let registry = Registry::spawn(
         Arc::new(fleet),
         move || {
             let state = weak.upgrade();
+            let cores = cpu.cores();
             async move {
                 let state = state?;
-                Some(node_record(&state, http, cluster).await)
+                let mut record = node_record(&state, http, cluster).await;
+                record.cpu = cores;
+                Some(record)
             }
         },
         FLEET_REFRESH,
@@ -303,6 +307,33 @@ async fn keep_leases(state: std::sync::Weak<AppState>, placer: Arc<Placer>) {
                 w.move_channel(channel.clone(), msg.clone()).await;
             }
         }
+    }
+}
+
+/// The process's CPU use between two readings, in cores.
+#[derive(Debug, Default)]
+struct CpuRate(std::sync::Mutex<Option<(Instant, f64)>>);
+
+impl CpuRate {
+    /// Cores busy since the last call (0 at the first, or without
+    /// `/proc`), rounded to hundredths.
+    fn cores(&self) -> f64 {
+        let Some(now) = crate::process::ProcessStats::read().map(|p| p.cpu_seconds) else {
+            return 0.0;
+        };
+        let at = Instant::now();
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cores = match *last {
+            Some((then, before)) if at > then => {
+                (now - before).max(0.0) / (at - then).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        *last = Some((at, now));
+        (cores * 100.0).round() / 100.0
     }
 }
 
@@ -372,6 +403,7 @@ async fn node_record(
         draining: state.is_draining(),
         members: load.members as u64,
         channels: load.channels as u64,
+        cpu: 0.0,
     }
 }
 

@@ -412,7 +412,9 @@ impl Session {
         } else {
             Role::Listener
         });
-        let upstream = match self.state.place_join(&ask.channel, &self.region).await {
+        // The token's region claim, else the load balancer's or the node's.
+        let region = grants.region.as_deref().unwrap_or(&self.region);
+        let upstream = match self.state.place_join(&ask.channel, region).await {
             Ok(upstream) => upstream,
             Err(Ok((_, url))) => {
                 return ServerMsg::Redirect {

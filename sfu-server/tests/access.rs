@@ -69,6 +69,7 @@ fn token(sub: &str, channel: &str, publish: bool, moderate: bool, exp: u64) -> S
             can_moderate: moderate,
             exp,
             jti: None,
+            region: None,
         },
     )
 }

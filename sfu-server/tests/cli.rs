@@ -51,6 +51,7 @@ fn token_prints_a_verifiable_token() {
             can_moderate: false,
             exp,
             jti: None,
+            region: None,
         }
     );
     assert!(exp > before + 500 && exp <= before + 600, "exp {exp}");

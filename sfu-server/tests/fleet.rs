@@ -101,6 +101,7 @@ fn record(id: u16, region: &str) -> NodeRecord {
         draining: false,
         members: 0,
         channels: 0,
+        cpu: 0.0,
     }
 }
 
@@ -438,19 +439,31 @@ async fn fleet_with_edges(
     regions: &[&str],
     edge_after: usize,
 ) -> (Vec<sfu_server::Server>, Vec<String>, RedisFleet) {
+    fleet_with(redis, regions, |c| {
+        c.edge_after = edge_after;
+        c.cluster_listen = "127.0.0.1:0".parse().unwrap();
+        c.cluster_secret = (edge_after > 0).then(|| common::CLUSTER_SECRET.into());
+    })
+    .await
+}
+
+/// [`fleet_of`] with each node's configuration changed by `tweak`.
+async fn fleet_with(
+    redis: &Redis,
+    regions: &[&str],
+    tweak: impl Fn(&mut sfu_server::Config),
+) -> (Vec<sfu_server::Server>, Vec<String>, RedisFleet) {
     let mut servers = Vec::new();
     for (i, region) in regions.iter().enumerate() {
-        let config = sfu_server::Config {
+        let mut config = sfu_server::Config {
             redis_url: Some(redis.url()),
             node_id: Some(i as u16 + 1),
             region: (*region).into(),
             region_header: Some("x-region".into()),
             workers: 1,
-            edge_after,
-            cluster_listen: "127.0.0.1:0".parse().unwrap(),
-            cluster_secret: (edge_after > 0).then(|| common::CLUSTER_SECRET.into()),
             ..common::config()
         };
+        tweak(&mut config);
         servers.push(common::server(config).await);
     }
     let base = servers
@@ -959,6 +972,44 @@ async fn bench_fleet_redis_load_and_placement_latency() {
     );
 }
 
+/// When `listener` heard tone 0 again after `at` (+ `after`, past the
+/// frames in flight), steadily (a second of it), and the longest silence
+/// in it from half a second before `at` to that second's end.
+fn heard_again(
+    listener: &testkit::udp::UdpPeer,
+    at: Instant,
+    after: Duration,
+) -> (Instant, Duration) {
+    let from = at + after;
+    let back = listener
+        .wait_until(at + LIMIT, |c| c.first_heard(0, from).is_some())
+        .then(|| listener.lock().first_heard(0, from))
+        .flatten()
+        .expect("the listener hears the speaker again");
+    let second = back + Duration::from_secs(1);
+    assert!(
+        listener.wait_until(second + LIMIT, |c| c
+            .tones_heard(back, second, 40)
+            .contains(&0)),
+        "heard steadily again, not a stray frame"
+    );
+    let gap = longest_silence(listener, 0, at - Duration::from_millis(500), second);
+    (back, gap)
+}
+
+/// Nothing asked the member on `ws` to move or join again, and its
+/// session goes on.
+async fn undisturbed(ws: &mut common::Ws) {
+    let (said, open) = ws.pending(Duration::from_millis(200)).await;
+    assert!(open, "the session goes on");
+    assert!(
+        said.iter()
+            .all(|m| !["redirect", "error", "shutdown", "joined"]
+                .contains(&m["type"].as_str().unwrap_or(""))),
+        "{said:?}"
+    );
+}
+
 /// The longest stretch in `[from, to)` in which `peer` received no frame
 /// of `tone`.
 fn longest_silence(
@@ -982,6 +1033,60 @@ fn longest_silence(
         .map(|w| w[1].saturating_duration_since(w[0]))
         .max()
         .unwrap_or_default()
+}
+
+/// The user's region from a token claim wins over the load balancer's
+/// header: a first member whose token says "us", coming in through the eu
+/// node with an eu header, makes the us node the channel's core; a token
+/// with a region that is not a name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_s_region_claim_places_the_channel() {
+    use sfu_server::auth::{mint, Grants};
+    const SECRET: &str = "the-fleet-test-auth-secret-of-32-bytes";
+    let redis = Redis::start();
+    let (_servers, base, fleet) = fleet_with(&redis, &["eu", "us"], |c| {
+        c.auth_secret = Some(SECRET.into());
+    })
+    .await;
+    let token = |region: &str| {
+        mint(
+            SECRET.as_bytes(),
+            &Grants {
+                sub: "ann".into(),
+                channel: "hall".into(),
+                can_publish: true,
+                can_subscribe: true,
+                can_moderate: false,
+                exp: 4_000_000_000,
+                jti: None,
+                region: Some(region.into()),
+            },
+        )
+    };
+    let join = |region: &str| {
+        let (base, token) = (base[0].clone(), token(region));
+        async move {
+            let mut ws = common::Ws::connect_with(&base, &[("x-region", "eu")]).await;
+            let (_peer, offer) =
+                testkit::udp::UdpPeer::new("ann", &testkit::client::ClientSpec::listener())
+                    .unwrap();
+            ws.send(serde_json::json!({
+                "type": "join", "channel": "hall", "offer": offer, "token": token
+            }))
+            .await;
+            ws.recv().await
+        }
+    };
+    let reply = join("us").await;
+    assert_eq!(reply["type"], "redirect", "{reply}");
+    assert_eq!(reply["url"], base[1].as_str(), "the token's region, us");
+    assert_eq!(fleet.lease("hall").await.unwrap().map(|l| l.node), Some(2));
+    let reply = join("u s").await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("region"),
+        "{reply}"
+    );
 }
 
 /// Regional edges: once a channel has more members at its core than
@@ -1008,13 +1113,7 @@ async fn a_big_channel_s_members_from_other_regions_land_on_their_edges() {
         "one member: no edges yet"
     );
     // Two members at the core: past edge_after, the core marks the channel.
-    eventually("the core marks the channel for edges", || async {
-        fleet
-            .lease_and_fanout("hall")
-            .await
-            .is_ok_and(|(_, big)| big)
-    })
-    .await;
+    marked_big(&fleet).await;
     // Carol (us) comes in through the core: sent to a us node, the least
     // loaded; Dave (us) comes in through node 3, which serves him itself.
     let (_c_ws, carol, _, to) =
@@ -1108,73 +1207,17 @@ async fn a_killed_core_s_edges_carry_on_without_renegotiating() {
         fleet.nodes().await.is_ok_and(|n| n.len() == 3)
     })
     .await;
-    let eu = [("x-region", "eu")];
-    let (_h1, _host) =
-        join_from_until_joined(&nodes[0].base, &eu, "hall", "host", &ClientSpec::listener()).await;
-    let (_h2, _cohost) = join_from_until_joined(
-        &nodes[0].base,
-        &eu,
-        "hall",
-        "cohost",
-        &ClientSpec::listener(),
-    )
-    .await;
-    eventually("the core marks the channel for edges", || async {
-        fleet
-            .lease_and_fanout("hall")
-            .await
-            .is_ok_and(|(_, big)| big)
-    })
-    .await;
-    let (_s_ws, speaker, _, to) = join_through(
-        &nodes[0].base,
-        &[("x-region", "us")],
-        "hall",
-        "speaker",
-        ClientSpec::speaker(0),
-    )
-    .await;
-    assert_eq!(to.as_deref(), Some(nodes[1].base.as_str()), "the us edge");
-    let (mut l_ws, listener, _, to) = join_through(
-        &nodes[0].base,
-        &[("x-region", "ap")],
-        "hall",
-        "listener",
-        ClientSpec::listener(),
-    )
-    .await;
-    assert_eq!(to.as_deref(), Some(nodes[2].base.as_str()), "the ap edge");
-    speaker.set_talking(true);
-    assert!(common::hears(&listener, &[0], 25), "through the core");
+    let BigHall {
+        _hosts,
+        speaker: _speaker,
+        listener: (mut l_ws, listener),
+    } = big_hall(&fleet, &nodes[0].base, [&nodes[1].base, &nodes[2].base]).await;
     assert_eq!(fleet.lease("hall").await.unwrap().map(|l| l.node), Some(1));
 
     binary::signal(&nodes[0].child, nix::sys::signal::Signal::SIGKILL);
     let _ = nodes[0].child.wait();
     let killed = Instant::now();
-    let back = listener
-        .wait_until(killed + LIMIT, |c| {
-            c.first_heard(0, killed + Duration::from_millis(300))
-                .is_some()
-        })
-        .then(|| {
-            listener
-                .lock()
-                .first_heard(0, killed + Duration::from_millis(300))
-        })
-        .flatten()
-        .expect("the listener hears the speaker again");
-    // Heard steadily again (not a stray frame).
-    assert!(
-        listener.wait_until(back + Duration::from_secs(1) + LIMIT, |c| c
-            .tones_heard(back, back + Duration::from_secs(1), 40)
-            .contains(&0))
-    );
-    let gap = longest_silence(
-        &listener,
-        0,
-        killed - Duration::from_millis(500),
-        back + Duration::from_secs(1),
-    );
+    let (back, gap) = heard_again(&listener, killed, Duration::from_millis(300));
     eprintln!("edge failover: the listener heard the speaker again {:?} after the kill (longest silence {gap:?})", back - killed);
     assert!(gap < Duration::from_secs(3), "silent for {gap:?}");
     let lease = fleet.lease("hall").await.unwrap().expect("claimed");
@@ -1192,14 +1235,7 @@ async fn a_killed_core_s_edges_carry_on_without_renegotiating() {
     assert_eq!(counter(edge, "sfu_fleet_rehomes_total").await, 1.0);
     assert_eq!(counter(edge, "sfu_fleet_takeovers_total").await, 0.0);
     // The same session: nothing asked the listener to move or join again.
-    let (said, open) = l_ws.pending(Duration::from_millis(200)).await;
-    assert!(open, "the listener's session goes on");
-    assert!(
-        said.iter()
-            .all(|m| !["redirect", "error", "shutdown", "joined"]
-                .contains(&m["type"].as_str().unwrap_or(""))),
-        "nothing asked the listener to move or join again: {said:?}"
-    );
+    undisturbed(&mut l_ws).await;
 
     // Kill the edge that is not the core: its member comes back through
     // the core.
@@ -1229,4 +1265,95 @@ async fn a_killed_core_s_edges_carry_on_without_renegotiating() {
         assert!(common::hears(&again, &[0], 25), "the listener hears again");
     }
     drop(nodes);
+}
+
+/// A draining core hands its big channel over: it releases the lease, an
+/// edge claims it and the other follows, and a listener on an edge hears
+/// the speaker on the other edge again well before a dead core's lease
+/// would have run out, in the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_core_hands_its_channel_to_an_edge() {
+    let redis = Redis::start();
+    let (mut servers, base, fleet) = fleet_with_edges(&redis, &["eu", "us", "ap"], 1).await;
+    let BigHall {
+        _hosts,
+        speaker: _speaker,
+        listener: (mut l_ws, listener),
+    } = big_hall(&fleet, &base[0], [&base[1], &base[2]]).await;
+
+    let core = servers.remove(0);
+    let drained = Instant::now();
+    core.drain(Duration::from_millis(200)).await;
+    let (_, gap) = heard_again(&listener, drained, Duration::from_millis(500));
+    eprintln!("drain handover: longest silence {gap:?}");
+    assert!(gap < Duration::from_millis(1500), "silent for {gap:?}");
+    let lease = fleet.lease("hall").await.unwrap().expect("claimed");
+    assert!(
+        lease.node == 2 || lease.node == 3,
+        "an edge holds it: {lease:?}"
+    );
+    undisturbed(&mut l_ws).await;
+}
+
+/// The members of [`big_hall`]: the core's two (eu), a speaker on the us
+/// edge and a listener on the ap edge (each a socket and a peer).
+struct BigHall {
+    _hosts: Vec<(common::Ws, testkit::udp::UdpPeer)>,
+    speaker: (common::Ws, testkit::udp::UdpPeer),
+    listener: (common::Ws, testkit::udp::UdpPeer),
+}
+
+/// Makes "hall" big on the node at `core` (eu, two members: past
+/// `edge_after` 1), then sends a speaker from us and a listener from ap
+/// through the core to `edges` (the us node, the ap node); returns once the
+/// listener hears the speaker (through the core).
+async fn big_hall(fleet: &RedisFleet, core: &str, edges: [&str; 2]) -> BigHall {
+    use testkit::client::ClientSpec;
+    let mut hosts = Vec::new();
+    for name in ["host", "cohost"] {
+        let (ws, peer, _, to) = join_through(
+            core,
+            &[("x-region", "eu")],
+            "hall",
+            name,
+            ClientSpec::listener(),
+        )
+        .await;
+        assert_eq!(to, None, "the core serves its region");
+        hosts.push((ws, peer));
+    }
+    marked_big(fleet).await;
+    let mut members = Vec::new();
+    for ((name, region, spec), edge) in [
+        ("speaker", "us", ClientSpec::speaker(0)),
+        ("listener", "ap", ClientSpec::listener()),
+    ]
+    .into_iter()
+    .zip(edges)
+    {
+        let (ws, peer, _, to) =
+            join_through(core, &[("x-region", region)], "hall", name, spec).await;
+        assert_eq!(to.as_deref(), Some(edge), "{name}: the {region} edge");
+        members.push((ws, peer));
+    }
+    let listener = members.pop().expect("listener");
+    let speaker = members.pop().expect("speaker");
+    speaker.1.set_talking(true);
+    assert!(common::hears(&listener.1, &[0], 25), "through the core");
+    BigHall {
+        _hosts: hosts,
+        speaker,
+        listener,
+    }
+}
+
+/// Waits until the core of "hall" marks it big enough for edges.
+async fn marked_big(fleet: &RedisFleet) {
+    eventually("the core marks the channel for edges", || async {
+        fleet
+            .lease_and_fanout("hall")
+            .await
+            .is_ok_and(|(_, big)| big)
+    })
+    .await;
 }

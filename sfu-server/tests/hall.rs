@@ -29,6 +29,7 @@ fn token(sub: &str, publish: bool, moderate: bool) -> String {
             can_moderate: moderate,
             exp: unix_now() + 600,
             jti: None,
+            region: None,
         },
     )
 }

@@ -37,6 +37,7 @@ fn listener_token(channel: &str) -> String {
             can_moderate: false,
             exp: unix_now() + 600,
             jti: None,
+            region: None,
         },
     )
 }

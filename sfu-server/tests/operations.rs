@@ -81,6 +81,7 @@ async fn moderator_mutes_a_speaker() {
                 can_moderate: moderate,
                 exp: unix_now() + 600,
                 jti: None,
+                region: None,
             },
         )
     };

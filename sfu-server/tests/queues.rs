@@ -44,6 +44,7 @@ async fn a_member_that_never_reads_is_dropped_and_counted() {
                 can_moderate: moderate,
                 exp: unix_now() + 600,
                 jti: None,
+                region: None,
             },
         )
     };

@@ -23,6 +23,7 @@ fn token(channel: &str, publish: bool, subscribe: bool, exp_in: i64) -> String {
         can_moderate: false,
         exp: (unix_now() as i64 + exp_in) as u64,
         jti: None,
+        region: None,
     };
     mint(SECRET.as_bytes(), &grants)
 }

@@ -62,6 +62,7 @@ pub(super) mod tests {
             draining: false,
             members,
             channels: 0,
+            cpu: 0.0,
         }
     }
 

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 /// Longest record accepted (a node's record is a few hundred bytes).
 const MAX_RECORD_BYTES: usize = 16 * 1024;
 
-/// A node of the fleet, as it describes itself (JSON in Redis).
+/// A node of the fleet, as it describes itself (JSON in Redis). Fields a
+/// newer version adds are ignored (a fleet is upgraded node by node).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeRecord {
     /// Its node id (distinct across the fleet).
     pub id: u16,
@@ -31,6 +31,10 @@ pub struct NodeRecord {
     pub members: u64,
     /// Channels it carries.
     pub channels: u64,
+    /// The CPU it used over its last refresh, in cores (1.5: one and a half
+    /// cores busy); 0 in records that do not say.
+    #[serde(default)]
+    pub cpu: f64,
 }
 
 /// Why a stored record was not used.
@@ -67,6 +71,9 @@ impl NodeRecord {
         }
         if !crate::config::is_region(&r.region) {
             return Err(RecordError::Malformed(format!("region {:?}", r.region)));
+        }
+        if !(0.0..=f64::from(u16::MAX)).contains(&r.cpu) {
+            return Err(RecordError::Malformed(format!("cpu {}", r.cpu)));
         }
         Ok(r)
     }
@@ -124,6 +131,7 @@ mod tests {
             draining: false,
             members: 120,
             channels: 4,
+            cpu: 1.25,
         }
     }
 
@@ -147,9 +155,13 @@ mod tests {
             ("url", "javascript:alert(1)"),
             ("url", "https://ok.example.org\r\nSet-Cookie: x"),
             ("region", "eu west"),
+            ("cpu", "-1"),
         ] {
             let mut v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
-            v[field] = bad.into();
+            v[field] = match bad.parse::<f64>() {
+                Ok(n) => n.into(),
+                Err(_) => bad.into(),
+            };
             assert!(
                 matches!(
                     NodeRecord::parse(v.to_string().as_bytes()),
@@ -158,10 +170,19 @@ mod tests {
                 "{field} {bad:?}"
             );
         }
-        let extra = record().to_json().replace("\"id\"", "\"sneaky\":1,\"id\"");
-        assert!(
-            NodeRecord::parse(extra.as_bytes()).is_err(),
-            "unknown fields"
+        let newer = record()
+            .to_json()
+            .replace("\"id\"", "\"added_later\":[1],\"id\"");
+        assert_eq!(
+            NodeRecord::parse(newer.as_bytes()),
+            Ok(record()),
+            "a newer node's fields are ignored"
+        );
+        let older = record().to_json().replace(",\"cpu\":1.25", "");
+        assert_eq!(
+            NodeRecord::parse(older.as_bytes()).map(|r| r.cpu),
+            Ok(0.0),
+            "an older node's record has no cpu"
         );
         let long = vec![b' '; MAX_RECORD_BYTES + 1];
         assert_eq!(
