@@ -233,6 +233,23 @@ async fn join_fleet(
     let fleet = RedisFleet::connect(url, Keys::new(FLEET_KEYS), REDIS_CALL_TIMEOUT)
         .await
         .map_err(|e| io::Error::other(format!("the fleet's redis (redis_url): {e}")))?;
+    // Node ids number voices and leases: two live nodes must never share
+    // one. A record with this id and another URL is another node's (this
+    // node restarting within the record's TTL has the same URL).
+    let me = node_record(state, http, cluster).await;
+    let nodes = fleet
+        .nodes()
+        .await
+        .map_err(|e| io::Error::other(format!("the fleet's redis (redis_url): {e}")))?;
+    if let Some(other) = nodes.iter().find(|n| n.id == me.id && n.url != me.url) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "node_id {} is in use in the fleet by the node at {}: give every node its own",
+                me.id, other.url
+            ),
+        ));
+    }
     let weak = Arc::downgrade(state);
     let cpu = Arc::new(CpuRate::default());
     let registry = Registry::spawn(

@@ -367,6 +367,15 @@ async fn servers_register_in_the_fleet_and_survive_its_outage() {
     assert!(nodes[0].core && !nodes[0].draining);
     assert_eq!(nodes[1].url, "https://us.example.org");
     assert_eq!(nodes[1].media, us.udp_addrs());
+    // A second node with a live node's id is refused at start-up.
+    let twin = sfu_server::Server::start(node(1, "us")).await.unwrap_err();
+    assert_eq!(twin.kind(), std::io::ErrorKind::AddrInUse, "{twin}");
+    assert!(twin.to_string().contains("node_id 1 is in use"), "{twin}");
+    assert_eq!(
+        fleet.nodes().await.unwrap()[0].url,
+        nodes[0].url,
+        "untouched"
+    );
 
     // A drained node leaves at once (its TTL is 3 s).
     us.drain(Duration::ZERO).await;
