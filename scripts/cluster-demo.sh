@@ -86,18 +86,7 @@ failed=1
 cleanup() {
   set +e
   trap - EXIT INT TERM
-  [ -n "$loadgen_pid" ] && stop "$loadgen_pid"
-  local i
-  for i in "${!pids[@]}"; do
-    stop "${pids[$i]}"
-  done
-  if [ "$failed" = 1 ]; then
-    for i in "${!names[@]}"; do
-      echo "--- ${names[$i]} (last lines of its log) ---" >&2
-      # The server logs to stdout; panics and start-up errors go to stderr.
-      tail -n 5 "$WORK/${names[$i]}.out" "$WORK/${names[$i]}.err" >&2 2>/dev/null
-    done
-  fi
+  stop_all_and_show_logs
   if [ "${KEEP_LOGS:-0}" = 1 ]; then
     echo "cluster-demo: logs in $WORK" >&2
   else

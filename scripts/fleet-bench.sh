@@ -11,15 +11,15 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 kills=${KILLS:-10}
 cargo test -q --workspace --test fleet bench_fleet -- --ignored --nocapture 2>&1 | grep '^fleet-bench:'
-times=()
-for _ in $(seq "$kills"); do
-  t=$(cargo test -q --workspace --test fleet killed_core_s_channel -- --nocapture 2>&1 | grep -o 'heard again [0-9.]*s' | grep -o '[0-9.]*')
-  times+=("$t")
-done
-printf '%s\n' "${times[@]}" | sort -n | awk '{v[NR]=$1} END {printf "fleet-bench: failover over %d kills: min %.2f s, p50 %.2f s, max %.2f s\n", NR, v[1], v[int((NR+1)/2)], v[NR]}'
-times=()
-for _ in $(seq "$kills"); do
-  t=$(cargo test -q --workspace --test fleet killed_core_s_edges -- --nocapture 2>&1 | grep -o 'longest silence [0-9.]*s' | grep -o '[0-9.]*')
-  times+=("$t")
-done
-printf '%s\n' "${times[@]}" | sort -n | awk '{v[NR]=$1} END {printf "fleet-bench: edge failover (longest silence at a listener on an edge) over %d kills: min %.2f s, p50 %.2f s, max %.2f s\n", NR, v[1], v[int((NR+1)/2)], v[NR]}'
+# repeat WHAT TEST FIGURE: runs the failover test TEST $kills times and
+# prints min, p50 and max of the seconds after FIGURE in its output.
+repeat() {
+  local what=$1 test=$2 figure=$3 times=()
+  for _ in $(seq "$kills"); do
+    times+=("$(cargo test -q --workspace --test fleet "$test" -- --nocapture 2>&1 \
+      | grep -o "$figure [0-9.]*s" | grep -o '[0-9.]*')")
+  done
+  printf '%s\n' "${times[@]}" | sort -n | awk -v what="$what" '{v[NR]=$1} END {printf "fleet-bench: %s over %d kills: min %.2f s, p50 %.2f s, max %.2f s\n", what, NR, v[1], v[int((NR+1)/2)], v[NR]}'
+}
+repeat failover killed_core_s_channel 'heard again'
+repeat "edge failover (longest silence at a listener on an edge)" killed_core_s_edges 'longest silence'

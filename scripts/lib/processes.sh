@@ -24,3 +24,21 @@ wait_for() {
   echo "$what: not within 10 s" >&2
   return 1
 }
+
+# Stops the load generator (`loadgen_pid`, if set) and every process of
+# `pids`, then, when `failed` is 1, shows the last lines of each one's log
+# (`$WORK/NAME.out` and `.err`, NAME from `names`): the demos' cleanup.
+stop_all_and_show_logs() {
+  local i
+  [ -n "${loadgen_pid:-}" ] && stop "$loadgen_pid"
+  for i in "${!pids[@]}"; do
+    stop "${pids[$i]}"
+  done
+  if [ "$failed" = 1 ]; then
+    for i in "${!names[@]}"; do
+      echo "--- ${names[$i]} (last lines of its log) ---" >&2
+      # A server logs to stdout; panics and start-up errors go to stderr.
+      tail -n 5 "$WORK/${names[$i]}.out" "$WORK/${names[$i]}.err" >&2 2>/dev/null
+    done
+  fi
+}
