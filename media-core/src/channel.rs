@@ -39,6 +39,9 @@ pub(crate) struct Channel {
     pub(crate) identities: HashMap<SourceId, Arc<str>>,
     /// Last dominant speaker emitted (relay channels learn it from the origin).
     pub(crate) last_dominant: Option<SourceId>,
+    /// Hall mode: each selected voice's packing for the members that take
+    /// 40 ms packets.
+    pub(crate) packers: HashMap<SourceId, crate::pack::Packer>,
 }
 
 impl Channel {
@@ -63,7 +66,18 @@ impl Channel {
             remote: HashMap::new(),
             identities: HashMap::new(),
             last_dominant: None,
+            packers: HashMap::new(),
         }
+    }
+
+    /// When the channel's timer must fire next: its tick, or earlier when
+    /// a packed voice's frame waits for its successor.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.packers
+            .values()
+            .filter_map(crate::pack::Packer::held_since)
+            .map(|at| at + crate::pack::PACK_WAIT)
+            .fold(self.next_tick, Instant::min)
     }
 
     /// Whether the channel has no reason to exist any more.
@@ -173,6 +187,7 @@ impl Channel {
         events: &mut Vec<Event>,
     ) {
         self.fanout.remove(&source);
+        self.packers.remove(&source);
         for &key in &self.members {
             let Some(peer) = peers.get_mut(key) else {
                 continue;

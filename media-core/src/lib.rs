@@ -150,6 +150,7 @@ mod frame;
 mod ids;
 mod level;
 pub mod ntp;
+mod pack;
 mod peer;
 mod red;
 mod relay;

@@ -72,6 +72,8 @@ pub(crate) struct Peer {
     pub(crate) role: Role,
     pub(crate) muted: bool,
     pub(crate) source: SourceId,
+    /// It receives 40 ms packets (hall mode: [`crate::pack`]).
+    pub(crate) packs: bool,
     /// The payload type of Opus the client sends (None: it sends no audio).
     pub(crate) uplink_pt: Option<Pt>,
     /// The payload type of RED (RFC 2198, Opus inside) the client may send
@@ -265,6 +267,7 @@ impl Peer {
             role: setup.role,
             muted: false,
             source: setup.source,
+            packs: config.pack_listeners && setup.role == Role::Listener,
             uplink_pt,
             uplink_red_pt,
             slot_pt,

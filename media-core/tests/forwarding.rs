@@ -35,28 +35,10 @@ fn three_speakers_twenty_listeners_hear_exactly_the_talkers() {
 fn three_speakers_twenty_listeners(config: EngineConfig) {
     let direct = config.direct_srtp;
     let mut sim = Sim::new(config, Instant::now());
-    let speakers: Vec<usize> = (0..3)
-        .map(|i| {
-            sim.join(
-                &format!("s{i}"),
-                "hall",
-                Role::Speaker,
-                ClientSpec::speaker(i),
-            )
-        })
-        .collect();
+    let speakers = join_many(&mut sim, "s", 3, "hall", Role::Speaker);
     // A fourth speaker that never talks: present, but never heard.
     let quiet = sim.join("quiet", "hall", Role::Speaker, ClientSpec::speaker(3));
-    let listeners: Vec<usize> = (0..20)
-        .map(|i| {
-            sim.join(
-                &format!("l{i}"),
-                "hall",
-                Role::Listener,
-                ClientSpec::listener(),
-            )
-        })
-        .collect();
+    let listeners = join_many(&mut sim, "l", 20, "hall", Role::Listener);
     assert!(sim.run_until_connected(Duration::from_secs(5)));
     let stats = sim.engine.stats();
     let (fast, slow) = if direct { (24, 0) } else { (0, 24) };
@@ -98,26 +80,8 @@ fn three_speakers_twenty_listeners(config: EngineConfig) {
 #[test]
 fn scripted_turns_and_overlaps() {
     let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
-    let s: Vec<usize> = (0..5)
-        .map(|i| {
-            sim.join(
-                &format!("s{i}"),
-                "room",
-                Role::Speaker,
-                ClientSpec::speaker(i),
-            )
-        })
-        .collect();
-    let listeners: Vec<usize> = (0..2)
-        .map(|i| {
-            sim.join(
-                &format!("l{i}"),
-                "room",
-                Role::Listener,
-                ClientSpec::listener(),
-            )
-        })
-        .collect();
+    let s = join_many(&mut sim, "s", 5, "room", Role::Speaker);
+    let listeners = join_many(&mut sim, "l", 2, "room", Role::Listener);
     assert!(sim.run_until_connected(Duration::from_secs(5)));
     sim.run_for(Duration::from_millis(500));
 
@@ -267,16 +231,7 @@ fn slot_stays_continuous_across_speaker_switches() {
 #[test]
 fn mute_role_and_leave_mid_speech() {
     let mut sim = Sim::new(EngineConfig::new(testkit::SEED), Instant::now());
-    let s: Vec<usize> = (0..3)
-        .map(|i| {
-            sim.join(
-                &format!("s{i}"),
-                "room",
-                Role::Speaker,
-                ClientSpec::speaker(i),
-            )
-        })
-        .collect();
+    let s = join_many(&mut sim, "s", 3, "room", Role::Speaker);
     let l = sim.join("l", "room", Role::Listener, ClientSpec::listener());
     assert!(sim.run_until_connected(Duration::from_secs(5)));
     for &x in &s {
@@ -415,26 +370,8 @@ fn lossy_network_loses_only_what_the_network_lost() {
     sim.net.uplink.loss = 0.10;
     sim.net.downlink.loss = 0.10;
     sim.net.downlink.delay = Duration::from_millis(30);
-    let s: Vec<usize> = (0..2)
-        .map(|i| {
-            sim.join(
-                &format!("s{i}"),
-                "room",
-                Role::Speaker,
-                ClientSpec::speaker(i),
-            )
-        })
-        .collect();
-    let listeners: Vec<usize> = (0..5)
-        .map(|i| {
-            sim.join(
-                &format!("l{i}"),
-                "room",
-                Role::Listener,
-                ClientSpec::listener(),
-            )
-        })
-        .collect();
+    let s = join_many(&mut sim, "s", 2, "room", Role::Speaker);
+    let listeners = join_many(&mut sim, "l", 5, "room", Role::Listener);
     assert!(sim.run_until_connected(Duration::from_secs(10)));
     for &x in &s {
         sim.set_talking(x, true);
@@ -540,4 +477,105 @@ fn capture_time_passes_through_to_listeners() {
             );
         }
     }
+}
+
+/// Hall mode: listeners receive each voice in 40 ms packets (two 20 ms
+/// Opus frames joined, RFC 6716 §3.2), half as many as a speaker receives,
+/// and decode every voice whole: the right tones, no decoding error, one
+/// packet every 1,920 samples without a gap. Speakers keep 20 ms packets.
+/// Both send paths.
+#[test]
+fn hall_mode_listeners_decode_40_ms_packets_whole() {
+    for direct_srtp in [true, false] {
+        let mut sim = Sim::new(
+            EngineConfig {
+                direct_srtp,
+                pack_listeners: true,
+                ..EngineConfig::new(testkit::SEED)
+            },
+            Instant::now(),
+        );
+        let speakers = join_many(&mut sim, "s", 3, "hall", Role::Speaker);
+        let listeners = join_many(&mut sim, "l", 4, "hall", Role::Listener);
+        assert!(sim.run_until_connected(Duration::from_secs(5)));
+        for &s in &speakers[..2] {
+            sim.set_talking(s, true);
+        }
+        sim.run_for(Duration::from_secs(3));
+        let (from, to) = (sim.now - Duration::from_millis(2500), sim.now);
+        // Packets of the two talking voices in the window, per client.
+        let packets = |c| talking_packets(c, from, to);
+        for &l in &listeners {
+            let c = &sim.clients[l];
+            assert_eq!(c.tones_heard(from, to, 50), set(&[0, 1]), "{}", c.name);
+            assert_eq!(c.tones_heard(from, to, 1), set(&[0, 1]), "{}", c.name);
+            assert_eq!(c.decode_errors(), 0, "{}", c.name);
+            let streams = packets(c);
+            assert_eq!(streams.len(), 2, "{}: a stream per voice", c.name);
+            for s in streams {
+                // 2.5 s of one voice: 62 or 63 packets of 40 ms.
+                assert!(
+                    (61..=64).contains(&s.len()),
+                    "{}: {} packets",
+                    c.name,
+                    s.len()
+                );
+                for w in s.windows(2) {
+                    assert_eq!(w[1].seq, w[0].seq + 1, "{}: no gap", c.name);
+                    assert_eq!(
+                        w[1].ts.wrapping_sub(w[0].ts),
+                        1920,
+                        "{}: 40 ms per packet",
+                        c.name
+                    );
+                }
+            }
+        }
+        // A speaker hears the other talking voice in 20 ms packets.
+        let c = &sim.clients[speakers[2]];
+        assert_eq!(c.tones_heard(from, to, 100), set(&[0, 1]), "{}", c.name);
+        for s in packets(c) {
+            assert!(
+                (124..=126).contains(&s.len()),
+                "{}: {} packets",
+                c.name,
+                s.len()
+            );
+            assert!(s.windows(2).all(|w| w[1].ts.wrapping_sub(w[0].ts) == 960));
+        }
+        assert_eq!(c.decode_errors(), 0);
+    }
+}
+
+/// The packets of each stream of `c` that carried a tone in `[from, to)`
+/// (streams without any left out).
+fn talking_packets(
+    c: &testkit::client::Client,
+    from: Instant,
+    to: Instant,
+) -> Vec<Vec<&testkit::client::Received>> {
+    c.streams
+        .values()
+        .map(|s| {
+            s.packets
+                .iter()
+                .filter(|p| p.at >= from && p.at < to && p.tone.is_some())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// `n` members named `prefix0`, `prefix1`… joining `channel` as `role`
+/// (speaker `i` with tone `i`): their client indices.
+fn join_many(sim: &mut Sim, prefix: &str, n: usize, channel: &str, role: Role) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            let spec = match role {
+                Role::Speaker => ClientSpec::speaker(i),
+                Role::Listener => ClientSpec::listener(),
+            };
+            sim.join(&format!("{prefix}{i}"), channel, role, spec)
+        })
+        .collect()
 }

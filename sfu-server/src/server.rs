@@ -449,6 +449,7 @@ pub fn engine_config(config: &Config, w: usize) -> io::Result<EngineConfig> {
         })?;
     Ok(EngineConfig {
         slots_per_listener: config.slots,
+        pack_listeners: config.hall_mode,
         engine_id,
         // The engine starts a moment later (in `Worker::spawn`): its
         // sender reports' NTP times are off by that much, consistently.

@@ -339,3 +339,54 @@ async fn channels_on_different_workers_are_independent() {
     drop(green);
     let _ = (red, blue);
 }
+
+/// Hall mode (`hall_mode`): a member who joins as a listener receives the
+/// speaker in 40 ms packets and decodes them; a speaker receives 20 ms
+/// packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hall_mode_sends_listeners_40_ms_packets() {
+    let server = server(sfu_server::Config {
+        hall_mode: true,
+        ..config()
+    })
+    .await;
+    let (_ws_a, a, _) =
+        ws_member(&server, "hall", "alice", ClientSpec::speaker(0), json!({})).await;
+    let (_ws_b, b, _) = ws_member(&server, "hall", "bob", ClientSpec::speaker(1), json!({})).await;
+    let (_ws_l, l, _) = ws_member(
+        &server,
+        "hall",
+        "lena",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    a.set_talking(true);
+    assert!(hears(&l, &[0], 25), "the listener decodes alice");
+    assert!(hears(&b, &[0], 25), "bob decodes alice");
+    // The RTP timestamp steps of what each received of alice.
+    let steps = |peer: &UdpPeer| -> Vec<u32> {
+        let client = peer.lock();
+        let mut steps = Vec::new();
+        for s in client.streams.values() {
+            let heard: Vec<_> = s.packets.iter().filter(|p| p.tone == Some(0)).collect();
+            steps.extend(
+                heard
+                    .windows(2)
+                    .filter(|w| w[1].seq == w[0].seq + 1)
+                    .map(|w| w[1].ts.wrapping_sub(w[0].ts)),
+            );
+        }
+        steps
+    };
+    let (hall, speaker) = (steps(&l), steps(&b));
+    assert!(
+        hall.len() >= 20 && hall.iter().all(|&s| s == 1920),
+        "{hall:?}"
+    );
+    assert!(
+        speaker.len() >= 20 && speaker.iter().all(|&s| s == 960),
+        "{speaker:?}"
+    );
+    assert_eq!(l.lock().decode_errors(), 0);
+}

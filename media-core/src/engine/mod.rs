@@ -577,10 +577,41 @@ impl Engine {
                         continue;
                     }
                     ch.timer = None;
-                    self.channel_tick(k, now);
+                    self.flush_packers(k, now);
+                    if self.channels.get(k).is_some_and(|ch| now >= ch.next_tick) {
+                        self.channel_tick(k, now);
+                    }
+                    if let Some(ch) = self.channels.get_mut(k) {
+                        let at = ch.deadline();
+                        self.fx
+                            .timers
+                            .schedule(TimerKey::Channel(k, ch.gen), at, &mut ch.timer);
+                    }
                 }
             }
             self.process_signals();
+        }
+    }
+
+    /// Hall mode: sends alone every frame that waited its successor for
+    /// [`crate::pack::PACK_WAIT`].
+    fn flush_packers(&mut self, k: u32, now: Instant) {
+        let Engine {
+            channels,
+            peers,
+            fx,
+            ..
+        } = self;
+        let Some(ch) = channels.get_mut(k) else {
+            return;
+        };
+        for (source, packer) in &mut ch.packers {
+            let Some(frame) = packer.flush(now) else {
+                continue;
+            };
+            if let Some(targets) = ch.fanout.get(source) {
+                send_packed(peers, fx, targets, &frame, now);
+            }
         }
     }
 
@@ -761,21 +792,28 @@ impl Engine {
         }
         let selected = ch.selector.is_selected(frame.source);
         if let Some(targets) = ch.fanout.get(&frame.source) {
+            let mut packing = false;
             for &(key, slot) in targets {
-                let Some(peer) = peers.get_mut(key) else {
-                    continue;
-                };
-                if !peer.connected {
-                    continue;
-                }
-                if peer.write_slot(slot as usize, frame, now, fx) {
-                    fx.stats.rtp_forwarded += 1;
+                if peers.get(key).is_some_and(|p| p.packs) {
+                    packing = true;
                 } else {
-                    fx.stats.dropped_stale += 1;
+                    send_slot(peers, fx, key, slot, frame, now);
                 }
-                // A peer the engine sends for itself has nothing new in str0m.
-                if !peer.is_direct() {
-                    peer.settle(key, now, fx);
+            }
+            // Hall mode: the members that take 40 ms packets get what the
+            // voice's packer lets out.
+            if packing {
+                let packer = ch.packers.entry(frame.source).or_default();
+                let out = packer.push(frame, now);
+                if let Some(at) = packer.held_since() {
+                    fx.timers.schedule(
+                        TimerKey::Channel(ch_key, ch.gen),
+                        at + crate::pack::PACK_WAIT,
+                        &mut ch.timer,
+                    );
+                }
+                for f in out.iter().flatten() {
+                    send_packed(peers, fx, targets, f, now);
                 }
             }
         } else if !selected {
@@ -792,6 +830,48 @@ impl Engine {
             }
         }
         fx.flush_events();
+    }
+}
+
+/// Forwards `frame` into slot `slot` of peer `key`, once it is connected.
+fn send_slot(
+    peers: &mut Slab<Box<Peer>>,
+    fx: &mut Effects,
+    key: PeerKey,
+    slot: u8,
+    frame: &VoiceFrame,
+    now: Instant,
+) {
+    let Some(peer) = peers.get_mut(key) else {
+        return;
+    };
+    if !peer.connected {
+        return;
+    }
+    if peer.write_slot(slot as usize, frame, now, fx) {
+        fx.stats.rtp_forwarded += 1;
+    } else {
+        fx.stats.dropped_stale += 1;
+    }
+    // A peer the engine sends for itself has nothing new in str0m.
+    if !peer.is_direct() {
+        peer.settle(key, now, fx);
+    }
+}
+
+/// Forwards a packed `frame` to the members of `targets` that take 40 ms
+/// packets (hall mode).
+fn send_packed(
+    peers: &mut Slab<Box<Peer>>,
+    fx: &mut Effects,
+    targets: &[(PeerKey, u8)],
+    frame: &VoiceFrame,
+    now: Instant,
+) {
+    for &(key, slot) in targets {
+        if peers.get(key).is_some_and(|p| p.packs) {
+            send_slot(peers, fx, key, slot, frame, now);
+        }
     }
 }
 
