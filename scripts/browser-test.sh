@@ -6,7 +6,8 @@
 # publishes over WHIP and a page of each listens over WHEP; a page whose
 # WebSocket is cut resumes, and a page restarts ICE; and in a fleet of two
 # servers on a Redis, a page that joins through the node that does not
-# serve the channel follows the redirect (sfu-server/tests/browser/test.mjs).
+# serve the channel follows the redirect; and a listener page of a server in
+# hall mode plays 40 ms packets (sfu-server/tests/browser/test.mjs).
 #
 # Everything runs in a fresh network namespace whose only addresses are
 # loopback ones (scripts/lib/netns.sh): browsers gather ICE candidates on
@@ -121,16 +122,20 @@ for n in 1 2; do
   $SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$((PORT + n)) --udp 127.0.0.1:0 --workers 1 \
     --node-id $n --redis redis://127.0.0.1:16379/ --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
 done
-for n in 1 2; do
+# Hall mode: listeners get 40 ms packets.
+$SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$((PORT + 3)) --udp 127.0.0.1:0 --workers 1 \
+  --hall-mode --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
+for n in 1 2 3; do
   for _ in $(seq 1 100); do
     netns_healthy "$NS" $((PORT + n)) && break
     sleep 0.1
   done
-  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: fleet node $n did not become healthy"; cat "$FLEET_LOG"; exit 1; }
+  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: server $n (fleet, hall mode) did not become healthy"; cat "$FLEET_LOG"; exit 1; }
 done
 
 netns_run_test "$NS" 180 "$SERVER_LOG" browser-test env SFU_URL="http://127.0.0.1:$PORT" \
   SFU_FLEET="http://127.0.0.1:$((PORT + 1)) http://127.0.0.1:$((PORT + 2))" \
+  SFU_HALL="http://127.0.0.1:$((PORT + 3))" \
   SCREENSHOT="$ROOT/target/browser-test.png" VERBOSE="${VERBOSE:-0}" node "$TEST_DIR/test.mjs"
 echo "browser-test: done in $(($(date +%s) - started)) s, exit $rc"
 exit "$rc"

@@ -102,6 +102,8 @@ export async function mediaState(page) {
           packetsReceived: s.packetsReceived ?? 0,
           totalAudioEnergy: s.totalAudioEnergy ?? 0,
           audioLevel: s.audioLevel ?? 0,
+          totalSamplesReceived: s.totalSamplesReceived ?? 0,
+          concealedSamples: s.concealedSamples ?? 0,
         });
       }
     }

@@ -24,7 +24,7 @@ import { mkdirSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { audioArrives, BrowserRun, joinDemoPage, mediaConnected, refuseForeignInterfaces, until } from "./chromium.mjs";
+import { audioArrives, BrowserRun, joinDemoPage, mediaConnected, mediaState, refuseForeignInterfaces, until } from "./chromium.mjs";
 import { launchFirefox } from "./firefox.mjs";
 import { answerCodecs, heardSources, payloadSizes, whepListen, whipPublish } from "./whip-whep.mjs";
 
@@ -513,6 +513,34 @@ try {
       if (url !== wanted) throw new Error(`the second page's socket is at ${url}, not ${wanted}`);
       await Promise.all([first, second].map(audioArrives));
       log(`fleet-b joined through ${nodeB} and was sent to ${url}`);
+    });
+  }
+
+  if (process.env.SFU_HALL) {
+    await check("hall mode: a listener page plays the speaker from 40 ms packets (about 1,920 samples a packet), hardly concealed", async () => {
+      const channel = `hall-mode-${process.pid}`;
+      const speaker = await run.openPage("hall-mode-speaker");
+      await joinDemoPage(speaker, { base: process.env.SFU_HALL, channel, identity: "hm-speaker" });
+      const listener = await run.openPage("hall-mode-listener");
+      await joinDemoPage(listener, { base: process.env.SFU_HALL, channel, identity: "hm-listener", role: "listener" });
+      await audioArrives(listener);
+      // The busiest inbound stream, over 3 s.
+      const busiest = async () => {
+        const st = await mediaState(listener.page);
+        return st.inbound.reduce((a, b) => (b.packetsReceived > (a?.packetsReceived ?? -1) ? b : a), null);
+      };
+      const before = await busiest();
+      await new Promise((r) => setTimeout(r, 3000));
+      const after = await busiest();
+      const packets = after.packetsReceived - before.packetsReceived;
+      const samples = after.totalSamplesReceived - before.totalSamplesReceived;
+      const concealed = after.concealedSamples - before.concealedSamples;
+      const perPacket = samples / packets;
+      log(`hall mode: ${packets} packets in 3 s, ${perPacket.toFixed(0)} samples a packet, ${((100 * concealed) / samples).toFixed(1)} % concealed`);
+      if (!(packets >= 60 && packets <= 90)) throw new Error(`${packets} packets in 3 s: not 40 ms packets`);
+      if (!(perPacket > 1700 && perPacket < 2150)) throw new Error(`${perPacket} samples per packet`);
+      if (concealed > 0.05 * samples) throw new Error(`${concealed} of ${samples} samples concealed`);
+      if (!(after.totalAudioEnergy > before.totalAudioEnergy)) throw new Error("no audio energy");
     });
   }
 
