@@ -42,6 +42,12 @@ pub struct Config {
     pub insecure: bool,
     /// Receive slots per listener (1 to [`MAX_SLOTS`]); default 3.
     pub slots: usize,
+    /// (several workers) A channel spreads over the workers once its first
+    /// worker carries this many of its members: new members go to the
+    /// least-loaded worker, where the channel follows the first one over an
+    /// in-process link (speaker selection stays on the first). Default 200;
+    /// 0: a channel stays on one worker.
+    pub spread_after: usize,
     /// Hall mode: members who join as listeners receive each voice in
     /// 40 ms packets (two 20 ms Opus frames joined, nothing decoded): half
     /// the packets and about a third fewer bytes per listener, for 20 ms
@@ -209,6 +215,7 @@ impl Default for Config {
             insecure: false,
             slots: 3,
             hall_mode: false,
+            spread_after: 200,
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
             turn_secret: None,
@@ -272,6 +279,7 @@ impl fmt::Debug for Config {
             .field("insecure", &self.insecure)
             .field("slots", &self.slots)
             .field("hall_mode", &self.hall_mode)
+            .field("spread_after", &self.spread_after)
             .field("stun_urls", &self.stun_urls)
             .field("turn_urls", &self.turn_urls)
             .field("turn_secret", &redact(&self.turn_secret))
@@ -334,6 +342,8 @@ pub struct Overrides {
     pub slots: Option<usize>,
     /// `--hall-mode`.
     pub hall_mode: bool,
+    /// `--spread-after N`.
+    pub spread_after: Option<usize>,
     /// `--log FILTER`.
     pub log: Option<String>,
     /// `--role standalone|core|edge`.
@@ -436,7 +446,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads: defaults ← optional TOML file ← environment (`SFU_HTTP`,
-    /// `SFU_UDP`, `SFU_WORKERS`, `SFU_PIN_WORKERS`, `SFU_AUTH_SECRET`, `SFU_INSECURE`, `SFU_SLOTS`, `SFU_HALL_MODE`,
+    /// `SFU_UDP`, `SFU_WORKERS`, `SFU_PIN_WORKERS`, `SFU_AUTH_SECRET`, `SFU_INSECURE`, `SFU_SLOTS`, `SFU_HALL_MODE`, `SFU_SPREAD_AFTER`,
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
@@ -500,6 +510,9 @@ impl Config {
         }
         if let Some(v) = env("SFU_SLOTS") {
             self.slots = parse_env("SFU_SLOTS", v)?;
+        }
+        if let Some(v) = env("SFU_SPREAD_AFTER") {
+            self.spread_after = parse_env("SFU_SPREAD_AFTER", v)?;
         }
         if let Some(v) = env("SFU_HALL_MODE") {
             self.hall_mode = parse_bool("SFU_HALL_MODE", v)?;
@@ -651,6 +664,9 @@ impl Config {
         }
         if o.hall_mode {
             self.hall_mode = true;
+        }
+        if let Some(n) = o.spread_after {
+            self.spread_after = n;
         }
         if let Some(log) = &o.log {
             self.log = log.clone();

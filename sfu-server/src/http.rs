@@ -264,7 +264,7 @@ async fn media_session(
             can_publish: grants.can_publish,
             can_moderate: false,
             events: Some(events),
-            upstream,
+            upstream: upstream.or(worker.upstream),
         })
         .await;
     let joined = match joined {

@@ -80,6 +80,10 @@ struct RunArgs {
     /// fewer bytes, +20 ms latency).
     #[arg(long)]
     hall_mode: bool,
+    /// A channel spreads over the workers once its first worker carries
+    /// this many of its members (default 200; 0: never).
+    #[arg(long, value_name = "N")]
+    spread_after: Option<usize>,
     /// Log filter (tracing EnvFilter directive, default "info"); RUST_LOG
     /// wins when set.
     #[arg(long, value_name = "FILTER")]
@@ -308,6 +312,7 @@ fn run(args: RunArgs) -> ExitCode {
         insecure: args.insecure,
         slots: args.slots,
         hall_mode: args.hall_mode,
+        spread_after: args.spread_after,
         log: args.log,
         role: args.role,
         node_id: args.node_id,

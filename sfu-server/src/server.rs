@@ -52,22 +52,18 @@ impl Server {
         };
         let count = config.worker_count();
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let max_channels = config.max_channels;
         let health = Health::new(count);
         let mut workers = Vec::with_capacity(count);
+        let mut engines = Vec::with_capacity(count);
         for w in 0..count {
             let runs = Runs::Thread {
                 index: w,
                 pin: config.pin_workers.then_some(w % cores),
             };
-            let (worker, task) = Worker::spawn(
-                config.worker_udp(w),
-                engine_config(&config, w)?,
-                limits,
-                upstream,
-                runs,
-            )
-            .await?;
+            let engine = engine_config(&config, w)?;
+            engines.push(engine.engine_id);
+            let (worker, task) =
+                Worker::spawn(config.worker_udp(w), engine, limits, upstream, runs).await?;
             health.watch_worker(w, task);
             workers.push(worker);
         }
@@ -83,12 +79,12 @@ impl Server {
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
-        let state = Arc::new(AppState::new(
-            config,
-            Workers::new(workers, max_channels),
-            https.clone(),
-            health,
-        ));
+        let spread_after = config.spread_after;
+        let workers = Workers::new(workers, limits, spread_after);
+        if count > 1 && spread_after > 0 {
+            workers.link_all(&engines).await;
+        }
+        let state = Arc::new(AppState::new(config, workers, https.clone(), health));
         if let Some(uplinks) = uplinks {
             let _ = state.uplinks.set(Arc::new(uplinks));
         }

@@ -48,6 +48,15 @@ use task::Task;
 /// messages have queues of their own ([`Worker::relay_in`]).
 const REQUEST_QUEUE: usize = 1024;
 
+/// The first id of the links between the workers of a node (the links of
+/// the cluster and the fleet count from 1 and from 2^48).
+const LOCAL_LINKS: u64 = 1 << 40;
+
+/// The link id under which the other workers reach worker `w`.
+fn local_link(w: usize) -> LinkId {
+    LinkId(LOCAL_LINKS + w as u64)
+}
+
 /// A join, as signaling hands it to the worker.
 #[derive(Debug)]
 pub struct JoinRequest {
@@ -173,22 +182,48 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The node's workers (at least one); at most `max_channels` channels
-    /// across them.
-    pub fn new(workers: Vec<Worker>, max_channels: usize) -> Workers {
+    /// The node's workers (at least one); at most `limits.max_channels`
+    /// channels across them, `limits.max_members_per_channel` members in
+    /// one channel on all of them; a channel spreads over them past `spread_after` members
+    /// on its origin worker (0: never), over the workers' in-process links
+    /// ([`Workers::link_all`]).
+    pub fn new(workers: Vec<Worker>, limits: RoomLimits, spread_after: usize) -> Workers {
         assert!(!workers.is_empty(), "a node needs a worker");
-        let placement = Placement::new(workers.len(), max_channels);
+        let placement = Placement::new(
+            workers.len(),
+            limits.max_channels,
+            limits.max_members_per_channel,
+            spread_after,
+        );
         Workers { workers, placement }
     }
 
-    /// The worker that carries `channel` (the least-loaded one for a new
-    /// channel), held for one member until the returned handle and its
-    /// clones are dropped. Refused when the channel is new and the node
-    /// carries `max_channels` already.
+    /// Links every worker's engine to every other's, in process: worker
+    /// `a` reaches worker `b` over `LinkId(LOCAL_LINKS + b)`, and what it
+    /// sends arrives in `b`'s relay input as from `LinkId(LOCAL_LINKS +
+    /// a)`. `engines[w]` is worker `w`'s engine number.
+    pub async fn link_all(&self, engines: &[EngineId]) {
+        for (a, from) in self.workers.iter().enumerate() {
+            for (b, to) in self.workers.iter().enumerate() {
+                if a == b {
+                    continue;
+                }
+                let sender = LinkSender::to_worker(to.relay.clone(), local_link(a));
+                from.link_opened(local_link(b), engines[b], sender).await;
+            }
+        }
+    }
+
+    /// The worker that carries `channel` for one more member (the
+    /// least-loaded one for a new channel or a big one that spreads), held
+    /// until the returned handle and its clones are dropped. Refused when
+    /// the channel is new and the node carries `max_channels` already.
     pub fn place(&self, channel: &str) -> Result<PlacedWorker, RoomRefusal> {
         let ticket = self.placement.place(channel)?;
+        let upstream = (ticket.worker() != ticket.origin()).then(|| local_link(ticket.origin()));
         Ok(PlacedWorker {
             worker: self.workers[ticket.worker()].clone(),
+            upstream,
             _ticket: Arc::new(ticket),
         })
     }
@@ -210,6 +245,9 @@ impl Workers {
 #[derive(Debug, Clone)]
 pub struct PlacedWorker {
     worker: Worker,
+    /// The link to the channel's origin worker, when the member is placed
+    /// on another worker (a spread channel): the join names it.
+    pub upstream: Option<LinkId>,
     /// Held for its `Drop`: the channel stays on this worker while any clone lives.
     _ticket: Arc<Ticket>,
 }

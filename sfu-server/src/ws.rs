@@ -438,7 +438,7 @@ impl Session {
                 can_publish: grants.can_publish,
                 can_moderate: grants.can_moderate,
                 events: Some(self.events_tx.clone()),
-                upstream,
+                upstream: upstream.or(worker.upstream),
             })
             .await;
         match res {

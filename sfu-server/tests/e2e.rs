@@ -390,3 +390,99 @@ async fn hall_mode_sends_listeners_40_ms_packets() {
     );
     assert_eq!(l.lock().decode_errors(), 0);
 }
+
+/// A channel bigger than `spread_after` spreads over the workers: its first
+/// two members are on worker 0 (the origin, which selects), the next ones
+/// on the less loaded worker 1, linked in process. Everyone hears the
+/// talking speakers wherever they are (a voice on worker 1 goes up to the
+/// origin and back), worker 1's members learn the dominant speaker, a
+/// member who leaves is no longer heard, and when the origin's members have
+/// all left, worker 1's members still hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_channel_spreads_over_the_workers() {
+    let server = server(sfu_server::Config {
+        workers: 2,
+        spread_after: 2,
+        ..config()
+    })
+    .await;
+    let ports: Vec<u16> = server.udp_addrs().iter().map(|a| a.port()).collect();
+    let port_of =
+        |joined: &serde_json::Value| candidate_ports(joined["answer"].as_str().unwrap())[0];
+    let (mut ws_a, a, joined_a) =
+        ws_member(&server, "hall", "ann", ClientSpec::speaker(0), json!({})).await;
+    let (mut ws_b, b, joined_b) =
+        ws_member(&server, "hall", "bo", ClientSpec::speaker(1), json!({})).await;
+    let listener = json!({"role": "listener"});
+    let (mut ws_c, c, joined_c) =
+        ws_member(&server, "hall", "cy", ClientSpec::listener(), listener).await;
+    let (_ws_d, d, joined_d) =
+        ws_member(&server, "hall", "di", ClientSpec::speaker(2), json!({})).await;
+    let on: Vec<u16> = [&joined_a, &joined_b, &joined_c, &joined_d]
+        .iter()
+        .map(|j| port_of(j))
+        .collect();
+    assert_eq!(
+        on,
+        [ports[0], ports[0], ports[1], ports[1]],
+        "two on each worker"
+    );
+    let placement = server.state().workers.placement();
+    assert_eq!(placement.spread_of("hall"), [2, 2]);
+    assert_eq!(placement.worker_of("hall"), Some(0), "worker 0 selects");
+
+    a.set_talking(true);
+    d.set_talking(true);
+    assert!(
+        hears(&c, &[0, 2], 25),
+        "worker 1: ann (worker 0) and di (here)"
+    );
+    assert!(hears(&a, &[2], 25), "worker 0: di's voice came up the link");
+    assert!(hears(&b, &[0, 2], 25), "worker 0: both");
+    let dominant = ws_c.recv_type("dominant_speaker").await;
+    let talkers = [&joined_a["source"], &joined_d["source"]];
+    assert!(talkers.contains(&&dominant["source"]), "{dominant}");
+
+    // Ann leaves: worker 1 stops hearing her and goes on hearing di.
+    ws_a.send(json!({"type": "leave"})).await;
+    let asked = Instant::now();
+    let recent = |cl: &testkit::client::Client, frames| {
+        let now = Instant::now();
+        cl.tones_heard(now - Duration::from_millis(500), now, frames)
+    };
+    assert!(
+        c.wait_until(asked + LIMIT, |cl| asked.elapsed()
+            > Duration::from_millis(600)
+            && !recent(cl, 1).contains(&0)
+            && recent(cl, 10).contains(&2)),
+        "ann left: not heard on worker 1 any more"
+    );
+    // Bo leaves too: worker 0 has no member of the channel left; it still
+    // selects for worker 1, whose members go on hearing each other.
+    ws_b.send(json!({"type": "leave"})).await;
+    let until = Instant::now() + LIMIT;
+    while placement.spread_of("hall") != [0, 2] {
+        assert!(Instant::now() < until, "{:?}", placement.spread_of("hall"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let since = Instant::now();
+    assert!(
+        c.wait_until(since + LIMIT, |cl| cl
+            .tones_heard(since, Instant::now(), 25)
+            .contains(&2)),
+        "cy hears di with the origin's members gone"
+    );
+    // A newcomer goes to the origin again (it carries fewer than
+    // spread_after) and hears di through the link.
+    let (_ws_e, e, joined_e) = ws_member(
+        &server,
+        "hall",
+        "ed",
+        ClientSpec::listener(),
+        json!({"role": "listener"}),
+    )
+    .await;
+    assert_eq!(port_of(&joined_e), ports[0]);
+    assert!(hears(&e, &[2], 25), "ed (worker 0) hears di (worker 1)");
+    drop((ws_c, joined_b));
+}

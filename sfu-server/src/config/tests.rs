@@ -569,12 +569,14 @@ fn fleet_settings_are_checked_and_the_redis_password_redacted() {
         "SFU_PUBLIC_URL" => Some("https://x.example.org".to_owned()),
         "SFU_EDGE_AFTER" => Some("250".to_owned()),
         "SFU_HALL_MODE" => Some("true".to_owned()),
+        "SFU_SPREAD_AFTER" => Some("0".to_owned()),
         "SFU_CLUSTER_SECRET" => Some("s".repeat(32)),
         _ => None,
     };
     let c = Config::load(None, &env, &Overrides::default()).unwrap();
     assert_eq!(c.edge_after, 250);
     assert!(c.hall_mode);
+    assert_eq!(c.spread_after, 0);
     assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/1"));
     assert_eq!(c.region, "us-east");
     assert_eq!(c.public_url.as_deref(), Some("https://x.example.org"));

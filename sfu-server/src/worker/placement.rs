@@ -1,13 +1,20 @@
 //! Which worker carries which channel: a new channel goes to the worker with
-//! the fewest members placed on it (ties to the lowest index), and stays
-//! there while any member holds a [`Ticket`] for it; the last ticket dropped
-//! frees the channel, whose next member is placed afresh.
+//! the fewest members placed on it (ties to the lowest index), its
+//! *origin*, and stays there while any member holds a [`Ticket`] for it;
+//! the last ticket dropped frees the channel, whose next member is placed
+//! afresh.
+//!
+//! A big channel spreads: once its origin carries `spread_after` of its
+//! members, each new member goes to the least-loaded worker, where the
+//! channel is a relay of the origin over the workers' in-process link (the
+//! origin selects the speakers; the others send their speakers' voices up
+//! and fan the selected voices out to their members). Small channels stay
+//! on one worker.
 //!
 //! The decision and the count move together under one lock, so that two
 //! first joins racing for a new channel land on the same worker: a channel
-//! is never split across workers (each worker's engine selects the speakers
-//! of the channels it carries, and a channel on two workers would be two
-//! rooms that cannot hear each other).
+//! never has two origins (each would select for itself, two rooms that
+//! cannot hear each other).
 //!
 //! A member holds its ticket from before its join is sent to the worker
 //! until its session ends (a WebSocket membership, parked or not; a
@@ -28,6 +35,11 @@ use crate::rooms::RoomRefusal;
 pub struct Placement {
     inner: Mutex<Inner>,
     max_channels: usize,
+    /// Members of one channel at most, on all workers together.
+    max_members: usize,
+    /// Members of a channel on its origin past which new ones go to the
+    /// least-loaded worker (0: never).
+    spread_after: usize,
 }
 
 #[derive(Debug)]
@@ -38,10 +50,12 @@ struct Inner {
     load: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Placed {
-    worker: usize,
-    tickets: usize,
+    /// The worker that selects the channel's speakers.
+    origin: usize,
+    /// Tickets held for it on each worker.
+    tickets: Vec<usize>,
 }
 
 /// A member's hold on its channel's placement (see the module
@@ -51,12 +65,19 @@ pub struct Ticket {
     placement: Arc<Placement>,
     channel: String,
     worker: usize,
+    origin: usize,
 }
 
 impl Ticket {
-    /// The worker the channel is on.
+    /// The worker the member is placed on.
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// The channel's origin worker (the member's own unless the channel
+    /// spread).
+    pub fn origin(&self) -> usize {
+        self.origin
     }
 }
 
@@ -68,35 +89,57 @@ impl Drop for Ticket {
 
 impl Placement {
     /// Placement over `workers` workers (at least one), at most
-    /// `max_channels` channels at once.
-    pub fn new(workers: usize, max_channels: usize) -> Arc<Placement> {
+    /// `max_channels` channels at once and `max_members` members in one
+    /// channel, a channel spreading past `spread_after` members on its
+    /// origin (0: never).
+    pub fn new(
+        workers: usize,
+        max_channels: usize,
+        max_members: usize,
+        spread_after: usize,
+    ) -> Arc<Placement> {
         Arc::new(Placement {
             inner: Mutex::new(Inner {
                 channels: HashMap::new(),
                 load: vec![0; workers.max(1)],
             }),
             max_channels,
+            max_members,
+            spread_after,
         })
     }
 
-    /// A ticket for `channel`: on the worker that carries it, or, for a new
-    /// channel, on the least-loaded worker. Refused when the channel is new
-    /// and the node carries `max_channels` already.
+    /// A ticket for `channel`: on its origin, or the least-loaded worker
+    /// once the channel spreads; for a new channel, on the least-loaded
+    /// worker, its origin. Refused when the channel is new and the node
+    /// carries `max_channels` already.
     pub fn place(self: &Arc<Self>, channel: &str) -> Result<Ticket, RoomRefusal> {
         let mut inner = self.lock();
         let Inner { channels, load } = &mut *inner;
-        let worker = match channels.get_mut(channel) {
+        let (worker, origin) = match channels.get_mut(channel) {
             Some(placed) => {
-                placed.tickets += 1;
-                placed.worker
+                if placed.tickets.iter().sum::<usize>() >= self.max_members {
+                    return Err(RoomRefusal::ChannelFull(self.max_members));
+                }
+                let o = placed.origin;
+                let spread = self.spread_after > 0 && placed.tickets[o] >= self.spread_after;
+                let worker = if spread { least_loaded(load) } else { o };
+                placed.tickets[worker] += 1;
+                (worker, o)
             }
             None => {
                 if channels.len() >= self.max_channels {
                     return Err(RoomRefusal::TooManyChannels(self.max_channels));
                 }
                 let worker = least_loaded(load);
-                channels.insert(channel.to_owned(), Placed { worker, tickets: 1 });
-                worker
+                let mut tickets = vec![0; load.len()];
+                tickets[worker] = 1;
+                let placed = Placed {
+                    origin: worker,
+                    tickets,
+                };
+                channels.insert(channel.to_owned(), placed);
+                (worker, worker)
             }
         };
         load[worker] += 1;
@@ -104,12 +147,22 @@ impl Placement {
             placement: self.clone(),
             channel: channel.to_owned(),
             worker,
+            origin,
         })
     }
 
-    /// The worker `channel` is on, if any member holds a ticket for it.
+    /// The origin worker of `channel`, if any member holds a ticket for it.
     pub fn worker_of(&self, channel: &str) -> Option<usize> {
-        self.lock().channels.get(channel).map(|p| p.worker)
+        self.lock().channels.get(channel).map(|p| p.origin)
+    }
+
+    /// Members of `channel` placed on each worker (empty when none is).
+    pub fn spread_of(&self, channel: &str) -> Vec<usize> {
+        self.lock()
+            .channels
+            .get(channel)
+            .map(|p| p.tickets.clone())
+            .unwrap_or_default()
     }
 
     /// Tickets held on each worker.
@@ -130,8 +183,10 @@ impl Placement {
             *l = l.saturating_sub(1);
         }
         if let Some(placed) = channels.get_mut(channel) {
-            placed.tickets = placed.tickets.saturating_sub(1);
-            if placed.tickets == 0 {
+            if let Some(t) = placed.tickets.get_mut(worker) {
+                *t = t.saturating_sub(1);
+            }
+            if placed.tickets.iter().all(|t| *t == 0) {
                 channels.remove(channel);
             }
         }
@@ -152,7 +207,7 @@ mod tests {
 
     #[test]
     fn new_channels_go_to_the_least_loaded_worker() {
-        let p = Placement::new(3, 100);
+        let p = Placement::new(3, 100, usize::MAX, 0);
         let a = p.place("a").unwrap();
         let a2 = p.place("a").unwrap();
         let b = p.place("b").unwrap();
@@ -168,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_channel_stays_until_its_last_ticket_is_dropped() {
-        let p = Placement::new(2, 100);
+        let p = Placement::new(2, 100, usize::MAX, 0);
         let busy = p.place("busy").unwrap();
         let first = p.place("room").unwrap();
         assert_eq!(first.worker(), 1);
@@ -187,7 +242,7 @@ mod tests {
 
     #[test]
     fn max_channels_counts_the_node_and_refuses_only_new_channels() {
-        let p = Placement::new(2, 2);
+        let p = Placement::new(2, 2, usize::MAX, 0);
         let _a = p.place("a").unwrap();
         let b = p.place("b").unwrap();
         assert!(matches!(p.place("c"), Err(RoomRefusal::TooManyChannels(2))));
@@ -200,7 +255,7 @@ mod tests {
     /// once: each channel ends on exactly one worker.
     #[test]
     fn racing_first_joins_land_on_one_worker() {
-        let p = Placement::new(4, 1000);
+        let p = Placement::new(4, 1000, usize::MAX, 0);
         let tickets: Vec<Ticket> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
@@ -232,5 +287,34 @@ mod tests {
         drop(tickets);
         assert_eq!(p.load(), [0; 4]);
         assert_eq!(p.worker_of("channel-0"), None);
+    }
+
+    #[test]
+    fn a_big_channel_spreads_to_the_least_loaded_workers() {
+        let p = Placement::new(3, 100, usize::MAX, 2);
+        let other = p.place("other").unwrap();
+        let first: Vec<Ticket> = (0..2).map(|_| p.place("hall").unwrap()).collect();
+        assert_eq!(first[0].worker(), 1, "the least loaded, the origin");
+        assert!(first.iter().all(|t| (t.worker(), t.origin()) == (1, 1)));
+        // Two on the origin: the next go to the least-loaded worker.
+        let more: Vec<Ticket> = (0..4).map(|_| p.place("hall").unwrap()).collect();
+        let placed: Vec<usize> = more.iter().map(Ticket::worker).collect();
+        assert_eq!(placed, [2, 0, 2, 0], "worker 0 carries \"other\" too");
+        assert!(more.iter().all(|t| t.origin() == 1));
+        assert_eq!(p.spread_of("hall"), [2, 2, 2]);
+        assert_eq!(p.load(), [3, 2, 2]);
+        // The origin's members leave: the channel keeps its origin while
+        // any member holds a ticket; joins go there again (under the bar).
+        drop(first);
+        assert_eq!(p.worker_of("hall"), Some(1));
+        assert_eq!(p.place("hall").unwrap().worker(), 1);
+        drop(more);
+        assert_eq!(
+            p.spread_of("hall"),
+            Vec::<usize>::new(),
+            "the last ticket frees it"
+        );
+        drop(other);
+        assert_eq!(p.load(), [0, 0, 0]);
     }
 }

@@ -113,12 +113,21 @@ impl RelayInput {
 /// The worker's end of one link's outbound queues. Dropping it ends the
 /// link's send task, which closes the link.
 #[derive(Debug)]
-pub struct LinkSender {
-    media: mpsc::Sender<RelayMsg>,
-    control: mpsc::Sender<RelayMsg>,
-    // Dropped with this sender: the send task stops even while it waits
-    // for a stalled link.
-    _alive: oneshot::Sender<()>,
+pub struct LinkSender(Target);
+
+#[derive(Debug)]
+enum Target {
+    /// A link's queues, read by its send task.
+    Queues {
+        media: mpsc::Sender<RelayMsg>,
+        control: mpsc::Sender<RelayMsg>,
+        // Dropped with this sender: the send task stops even while it
+        // waits for a stalled link.
+        _alive: oneshot::Sender<()>,
+    },
+    /// Another worker of the node, straight into its relay input, where
+    /// the messages arrive as from link `link` (no task in between).
+    Worker { input: RelayInput, link: LinkId },
 }
 
 /// The send task's end of one link's outbound queues.
@@ -144,11 +153,11 @@ pub fn link_queues() -> (LinkSender, LinkQueue) {
     let (control_tx, control) = mpsc::channel(LINK_CONTROL_QUEUE);
     let (alive, dropped) = oneshot::channel();
     (
-        LinkSender {
+        LinkSender(Target::Queues {
             media: media_tx,
             control: control_tx,
             _alive: alive,
-        },
+        }),
         LinkQueue {
             messages: LinkMessages { media, control },
             dropped,
@@ -165,20 +174,42 @@ pub(super) enum Queued {
     MediaDropped,
     /// Control, not queued: the link's queue was full. Drop the link.
     ControlOverflow,
+    /// Control for another worker of the node, lost: its relay input was
+    /// full (a worker that stalled). The link stays.
+    ControlLost,
     /// The link's send task is gone. Drop the link.
     Gone,
 }
 
 impl LinkSender {
+    /// A link to another worker of the node: what is pushed arrives in
+    /// `input` as from link `link` (the link's id on that worker).
+    pub(super) fn to_worker(input: RelayInput, link: LinkId) -> LinkSender {
+        LinkSender(Target::Worker { input, link })
+    }
+
     /// Queues `msg` for the link without waiting.
     pub(super) fn push(&self, msg: RelayMsg) -> Queued {
+        use mpsc::error::TrySendError::{Closed, Full};
         let media = matches!(msg, RelayMsg::Media { .. });
-        let queue = if media { &self.media } else { &self.control };
-        match queue.try_send(msg) {
-            Ok(()) => Queued::Yes,
-            Err(mpsc::error::TrySendError::Full(_)) if media => Queued::MediaDropped,
-            Err(mpsc::error::TrySendError::Full(_)) => Queued::ControlOverflow,
-            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
+        match &self.0 {
+            Target::Queues {
+                media: m, control, ..
+            } => match (if media { m } else { control }).try_send(msg) {
+                Ok(()) => Queued::Yes,
+                Err(Full(_)) if media => Queued::MediaDropped,
+                Err(Full(_)) => Queued::ControlOverflow,
+                Err(Closed(_)) => Queued::Gone,
+            },
+            Target::Worker { input, link } => {
+                let queue = if media { &input.media } else { &input.control };
+                match queue.try_send((*link, msg)) {
+                    Ok(()) => Queued::Yes,
+                    Err(Full(_)) if media => Queued::MediaDropped,
+                    Err(Full(_)) => Queued::ControlLost,
+                    Err(Closed(_)) => Queued::Gone,
+                }
+            }
         }
     }
 }

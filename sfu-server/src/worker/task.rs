@@ -300,6 +300,13 @@ impl Task {
                 // Its send task closes the link when this sender is gone.
                 self.links.remove(&link);
             }
+            Queued::ControlLost => {
+                tracing::error!(
+                    ?link,
+                    "relay control for another worker found its queue full: lost"
+                );
+                self.snapshot.relay_out_overflows += 1;
+            }
             Queued::Gone => {
                 self.links.remove(&link);
             }
