@@ -18,12 +18,18 @@
 #   STEPS="100 200" BENCH_SECONDS=5 scripts/bench-node.sh
 #   PATTERN=conversation scripts/bench-node.sh   # talk spurts and pauses with DTX
 #   scripts/bench-node.sh --smoke          # 20 and 60 listeners, 3 s each; < 2 min once built
+#   HALL=1 scripts/bench-node.sh           # hall mode: listeners get 40 ms packets
+#   WORKERS=2 SERVER_CPU=0-1 LOADGEN_CPUS=0-1 scripts/bench-node.sh
+#                                          # the channel spread over 2 workers (all sharing the cores)
 #
 # Environment: STEPS, BENCH_SECONDS, SPEAKERS (3), PATTERN (continuous: 50
 # packets/s per speaker), THREADS (load generator pool threads, 1),
 # SERVER_CPU (0), LOADGEN_CPUS (1; a taskset list such as 1-3), PORT,
 # STOP_LOSS, STOP_CPU, DECODE_EVERY (every Nth listener decodes and is
-# checked to hear the right speakers; 0 for none), NO_BUILD=1, KEEP_LOGS=1.
+# checked to hear the right speakers; 0 for none), WORKERS (1), SPREAD_AFTER
+# (the server's spread_after, 200), HALL (1: --hall-mode), NO_BUILD=1,
+# KEEP_LOGS=1. SERVER_CPU may be a list ("0-1"): its first CPU is the one
+# whose saturation ends the ramp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +53,14 @@ fi
 SPEAKERS=${SPEAKERS:-3}
 THREADS=${THREADS:-1}
 SERVER_CPU=${SERVER_CPU:-0}
+WORKERS=${WORKERS:-1}
+SPREAD_AFTER=${SPREAD_AFTER:-200}
+HALL=${HALL:-0}
+for v in WORKERS SPREAD_AFTER HALL; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench-node: $v must be a number" >&2; exit 2; }
+done
+server_flags=(--workers "$WORKERS" --spread-after "$SPREAD_AFTER")
+[ "$HALL" = 1 ] && server_flags+=(--hall-mode)
 LOADGEN_CPUS=${LOADGEN_CPUS:-1}
 PORT=${PORT:-18480}
 STOP_LOSS=${STOP_LOSS:-0.001}
@@ -80,6 +94,7 @@ trap 'exit 130' INT TERM
 # Every member joins from 127.0.0.1: the per-address join rate would
 # refuse most of them.
 SFU_JOINS_PER_IP_PER_MINUTE=0 taskset -c "$SERVER_CPU" target/release/sfu-server --http "127.0.0.1:$PORT" --log warn \
+  "${server_flags[@]}" \
   >"$logs/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do
@@ -88,7 +103,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-echo "bench-node: server on CPU $SERVER_CPU, load generator on CPU $LOADGEN_CPUS ($THREADS pool thread(s)), $SPEAKERS $PATTERN speakers, steps $steps, ${SECONDS_PER_STEP} s each" >&2
+echo "bench-node: server (${server_flags[*]}) on CPU $SERVER_CPU, load generator on CPU $LOADGEN_CPUS ($THREADS pool thread(s)), $SPEAKERS $PATTERN speakers, steps $steps, ${SECONDS_PER_STEP} s each" >&2
 # Joins get slower as the room grows (every member hears of every join), so
 # the bound is generous; the load generator bounds itself too.
 limit=$(( NSTEPS * (SECONDS_PER_STEP + 240) + 60 ))
@@ -104,7 +119,7 @@ import json, os, sys
 smoke = os.environ.get("SMOKE") == "1"
 ncpus = float(os.environ.get("NLOADGEN", "1"))
 stop_cpu = float(os.environ["STOP_CPU"])
-server_cpu = int(os.environ["SERVER_CPU"])
+server_cpu = int(os.environ["SERVER_CPU"].replace(",", "-").split("-")[0])
 fmt = "{:>9} {:>9} {:>8} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9} {:>11} {:>9}  {}"
 print(fmt.format("listeners", "pkt/s", "loss", "jitter", "join_p95", "server", "its core", "us/pkt", "l/core", "KiB/listen", "loadgen", "note"))
 rows = []
