@@ -71,7 +71,8 @@ fn tone_counts(c: &Client, from: Instant, to: Instant) -> BTreeMap<usize, usize>
     for p in c.streams.values().flat_map(|s| &s.packets) {
         if p.at >= from && p.at < to {
             if let Some(t) = p.tone {
-                *counts.entry(t).or_default() += 1;
+                // A 40 ms packet (hall mode) carries two frames.
+                *counts.entry(t).or_default() += usize::from(p.frames);
             }
         }
     }

@@ -60,6 +60,9 @@ pub struct Received {
     pub level: Option<u8>,
     /// The tone the decoded frame carries (index into the sim's tones).
     pub tone: Option<usize>,
+    /// The 20 ms frames it carried, as decoded (2 in a 40 ms packet); 1
+    /// when it was not decoded.
+    pub frames: u8,
     /// The stream's sender has sent an RTCP sender report by now.
     pub after_sender_report: bool,
     /// One-way latency from the packet's `abs-capture-time` to its
@@ -684,6 +687,7 @@ impl Client {
                         csrc: h.csrc,
                         level: h.audio_level.map(|(l, _)| l),
                         tone: None,
+                        frames: 1,
                         after_sender_report: false,
                         latency: None,
                     };
@@ -750,6 +754,8 @@ impl Client {
                 }
             }
             r.tone = d.decode(payload.opus).ok().flatten();
+            let frames = d.last_pcm().len() / crate::audio::FRAME_SAMPLES;
+            r.frames = u8::try_from(frames.max(1)).unwrap_or(u8::MAX);
         }
         if self.log_packets {
             log.packets.push(r);
@@ -806,6 +812,7 @@ impl Client {
                         .audio_level
                         .map(|l| (-(l as i16)).clamp(0, 127) as u8),
                     tone: None,
+                    frames: 1,
                     after_sender_report: p.last_sender_info.is_some(),
                     latency: None,
                 };
@@ -844,7 +851,7 @@ impl Client {
             for p in &s.packets {
                 if p.at >= from && p.at < to {
                     if let Some(t) = p.tone {
-                        *counts.entry(t).or_default() += 1;
+                        *counts.entry(t).or_default() += usize::from(p.frames);
                     }
                 }
             }
