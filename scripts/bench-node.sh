@@ -54,7 +54,7 @@ SPEAKERS=${SPEAKERS:-3}
 THREADS=${THREADS:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 WORKERS=${WORKERS:-1}
-SPREAD_AFTER=${SPREAD_AFTER:-200}
+SPREAD_AFTER=${SPREAD_AFTER:-200}  # matters only with WORKERS > 1
 HALL=${HALL:-0}
 for v in WORKERS SPREAD_AFTER HALL; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench-node: $v must be a number" >&2; exit 2; }

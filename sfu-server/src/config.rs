@@ -45,8 +45,10 @@ pub struct Config {
     /// (several workers) A channel spreads over the workers once its first
     /// worker carries this many of its members: new members go to the
     /// least-loaded worker, where the channel follows the first one over an
-    /// in-process link (speaker selection stays on the first). Default 200;
-    /// 0: a channel stays on one worker.
+    /// in-process link (speaker selection stays on the first). 0 (the
+    /// default): a channel stays on one worker. Off by default because a
+    /// member's room (member list, raised hands, moderation) reaches only
+    /// the members of its own worker in a spread channel.
     pub spread_after: usize,
     /// Hall mode: members who join as listeners receive each voice in
     /// 40 ms packets (two 20 ms Opus frames joined, nothing decoded): half
@@ -215,7 +217,7 @@ impl Default for Config {
             insecure: false,
             slots: 3,
             hall_mode: false,
-            spread_after: 200,
+            spread_after: 0,
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
             turn_secret: None,

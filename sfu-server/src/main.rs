@@ -81,7 +81,7 @@ struct RunArgs {
     #[arg(long)]
     hall_mode: bool,
     /// A channel spreads over the workers once its first worker carries
-    /// this many of its members (default 200; 0: never).
+    /// this many of its members (0, the default: never).
     #[arg(long, value_name = "N")]
     spread_after: Option<usize>,
     /// Log filter (tracing EnvFilter directive, default "info"); RUST_LOG
