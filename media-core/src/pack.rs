@@ -30,6 +30,10 @@ const MAX_FRAME_BYTES: usize = 1275;
 /// Samples (48 kHz) an Opus packet carries at most (120 ms).
 const MAX_PACKET_SAMPLES: u32 = 5760;
 
+/// A voice's sequence number this far behind the last one is a new
+/// numbering (its sender started a new stream), not a late packet.
+const RENUMBERED: u64 = 100;
+
 /// `a` and `b`, two single-frame Opus packets (code 0) of the same
 /// configuration, as one two-frame packet: code 1 when the frames are the
 /// same size, code 2 otherwise (RFC 6716 §3.2.2, §3.2.3). `None` when they
@@ -86,10 +90,18 @@ pub(crate) struct Packer {
 
 impl Packer {
     /// Takes the voice's next frame (in arrival order; a frame older than
-    /// the last one is dropped): what leaves now.
+    /// the last one is dropped, unless it is far behind: the voice started
+    /// a new numbering, which the packer follows): what leaves now.
     pub(crate) fn push(&mut self, frame: &VoiceFrame, now: Instant) -> Packed {
-        if self.last_in.is_some_and(|l| frame.seq <= l) {
-            return [None, None];
+        if let Some(l) = self.last_in.filter(|l| frame.seq <= *l) {
+            if l - frame.seq < RENUMBERED {
+                return [None, None];
+            }
+            // A new numbering: the frame held (of the old one) leaves
+            // alone, and the new one starts afresh.
+            self.last_in = None;
+            let held = self.held.take().map(|(f, _)| self.number(f));
+            return [held, self.hold_or_send(frame, now)];
         }
         // Packets lost before this one: about half as many packed ones.
         let missing = self.last_in.map_or(0, |l| frame.seq - l - 1);
@@ -302,5 +314,26 @@ mod tests {
             panic!("a pair")
         };
         assert_eq!(pair.seq, 1 + 19_u64.div_ceil(2));
+    }
+
+    #[test]
+    fn a_voice_that_starts_a_new_numbering_is_followed() {
+        let t0 = Instant::now();
+        let mut p = Packer::default();
+        p.push(&frame(5000, &[TOC, 1]), t0);
+        p.push(&frame(5001, &[TOC, 2]), t0);
+        p.push(&frame(5002, &[TOC, 3]), t0);
+        // A late frame: dropped.
+        assert!(matches!(p.push(&frame(4990, &[TOC, 9]), t0), [None, None]));
+        // Far behind: the sender numbers anew. The held frame leaves
+        // alone, the new one waits for its successor.
+        let [Some(held), None] = p.push(&frame(7, &[TOC, 4]), t0) else {
+            panic!("the held frame alone")
+        };
+        assert_eq!((held.seq, &held.payload[..]), (1, &[TOC, 3][..]));
+        let [Some(pair), None] = p.push(&frame(8, &[TOC, 5]), t0) else {
+            panic!("a pair of the new numbering")
+        };
+        assert_eq!((pair.seq, &pair.payload[..]), (2, &[TOC | 1, 4, 5][..]));
     }
 }
