@@ -435,6 +435,17 @@ async fn a_big_channel_spreads_over_the_workers() {
         [ports[0], ports[0], ports[1], ports[1]],
         "two on each worker"
     );
+    // Peer ids carry the worker's engine number (bit 40 up): members of
+    // one channel on two workers never share one.
+    let peers: Vec<u64> = [&joined_a, &joined_b, &joined_c, &joined_d]
+        .iter()
+        .map(|j| j["peer"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        peers.iter().map(|p| p >> 40).collect::<Vec<_>>(),
+        [0, 0, 1, 1]
+    );
+    assert!(peers.windows(2).all(|w| w[0] != w[1]), "{peers:?}");
     let placement = server.state().workers.placement();
     assert_eq!(placement.spread_of("hall"), [2, 2]);
     assert_eq!(placement.worker_of("hall"), Some(0), "worker 0 selects");

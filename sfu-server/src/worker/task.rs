@@ -90,6 +90,9 @@ pub(super) struct Task {
     pub(super) own_thread: bool,
 }
 
+/// Where a worker's engine number sits in the peer ids it gives out.
+const PEER_ID_ENGINE_SHIFT: u32 = 40;
+
 impl Task {
     pub(super) fn new(
         engine: Engine,
@@ -100,6 +103,7 @@ impl Task {
         input: &RelayInput,
         upstream: Option<LinkId>,
     ) -> Task {
+        let next_peer = (u64::from(engine.config().engine_id.get()) << PEER_ID_ENGINE_SHIFT) + 1;
         Task {
             engine,
             rooms: Rooms::with_limits(limits),
@@ -113,7 +117,10 @@ impl Task {
             pending: HashMap::new(),
             restarts: HashMap::new(),
             connecting: HashMap::new(),
-            next_peer: 1,
+            // Peer ids carry the engine's number above bit 40 (below
+            // 2^53: exact in JSON numbers), so that the members of a node's
+            // workers, which may share a spread channel, never share an id.
+            next_peer,
             upstream,
             following: HashMap::new(),
             engine_deadline: Instant::now(),
