@@ -146,6 +146,14 @@ impl Engine {
         self.channel_keys.keys().map(AsRef::as_ref)
     }
 
+    /// The link a channel follows its origin over (`None`: it selects here,
+    /// or does not exist).
+    pub fn channel_upstream(&self, channel: &str) -> Option<LinkId> {
+        self.channels
+            .get(*self.channel_keys.get(channel)?)?
+            .upstream
+    }
+
     /// The members of a channel, or `None` if it does not exist.
     pub fn channel_members(&self, channel: &str) -> Option<Vec<PeerId>> {
         let ch = self.channels.get(*self.channel_keys.get(channel)?)?;
@@ -794,10 +802,13 @@ impl Engine {
         if let Some(targets) = ch.fanout.get(&frame.source) {
             let mut packing = false;
             for &(key, slot) in targets {
-                if peers.get(key).is_some_and(|p| p.packs) {
+                let Some(peer) = peers.get_mut(key) else {
+                    continue;
+                };
+                if peer.packs {
                     packing = true;
                 } else {
-                    send_slot(peers, fx, key, slot, frame, now);
+                    send_slot(peer, fx, key, slot, frame, now);
                 }
             }
             // Hall mode: the members that take 40 ms packets get what the
@@ -833,18 +844,16 @@ impl Engine {
     }
 }
 
-/// Forwards `frame` into slot `slot` of peer `key`, once it is connected.
+/// Forwards `frame` into slot `slot` of `peer` (key `key`), once it is
+/// connected.
 fn send_slot(
-    peers: &mut Slab<Box<Peer>>,
+    peer: &mut Peer,
     fx: &mut Effects,
     key: PeerKey,
     slot: u8,
     frame: &VoiceFrame,
     now: Instant,
 ) {
-    let Some(peer) = peers.get_mut(key) else {
-        return;
-    };
     if !peer.connected {
         return;
     }
@@ -869,8 +878,8 @@ fn send_packed(
     now: Instant,
 ) {
     for &(key, slot) in targets {
-        if peers.get(key).is_some_and(|p| p.packs) {
-            send_slot(peers, fx, key, slot, frame, now);
+        if let Some(peer) = peers.get_mut(key).filter(|p| p.packs) {
+            send_slot(peer, fx, key, slot, frame, now);
         }
     }
 }

@@ -73,9 +73,6 @@ pub(super) struct Task {
     next_peer: u64,
     /// (static edge) The link every channel follows.
     upstream: Option<LinkId>,
-    /// The link each channel following an origin follows (a static edge's
-    /// channels, a fleet edge's relayed channels).
-    following: HashMap<String, LinkId>,
     /// The engine's next timeout (its last `Output::Timeout`).
     engine_deadline: Instant,
     snapshot: Snapshot,
@@ -122,7 +119,6 @@ impl Task {
             // workers, which may share a spread channel, never share an id.
             next_peer,
             upstream,
-            following: HashMap::new(),
             engine_deadline: Instant::now(),
             snapshot: Snapshot::default(),
             outbox: udp::Outbox::default(),
@@ -439,12 +435,11 @@ impl Task {
                 }
             }
             Request::Resubscribe(link) => {
-                self.forget_followed();
-                let channels: Vec<String> = self
-                    .following
-                    .iter()
-                    .filter(|(_, l)| **l == link)
-                    .map(|(c, _)| c.clone())
+                let engine = &self.engine;
+                let channels: Vec<String> = engine
+                    .channel_names()
+                    .filter(|c| engine.channel_upstream(c) == Some(link))
+                    .map(str::to_owned)
                     .collect();
                 for channel in channels {
                     self.follow(channel, Some(link));
@@ -458,14 +453,13 @@ impl Task {
                 }
             }
             Request::Channels(reply) => {
-                self.forget_followed();
                 let loads = self
                     .engine
                     .channel_names()
                     .map(|c| ChannelLoad {
                         channel: c.to_owned(),
                         members: self.rooms.member_count(c),
-                        upstream: self.following.get(c).copied(),
+                        upstream: self.engine.channel_upstream(c),
                     })
                     .collect();
                 let _ = reply.send(loads);
@@ -579,20 +573,9 @@ impl Task {
     /// Makes `channel` follow the origin over `link`, or select itself
     /// (`None`).
     fn follow(&mut self, channel: String, link: Option<LinkId>) {
-        match link {
-            Some(l) => self.following.insert(channel.clone(), l),
-            None => self.following.remove(&channel),
-        };
         if let Err(e) = self.command(Command::SetUpstream { channel, link }) {
             tracing::warn!(error = %e, "upstream not set");
         }
-    }
-
-    /// Forgets the upstream of channels nobody is in any more (the engine
-    /// dropped them).
-    fn forget_followed(&mut self) {
-        let rooms = &self.rooms;
-        self.following.retain(|c, _| rooms.has_members(c));
     }
 
     fn moderate(
