@@ -140,7 +140,7 @@ wait_url() {
 core_url=""
 for attempt in 1 2 3 4 5; do
   port=$((20000 + RANDOM % 40000))
-  if ss -Hlun 2>/dev/null | awk '{print $4}' | grep -q ":$port\$"; then
+  if ss -Hlun 2>/dev/null | awk '{print $4}' | grep ":$port\$" >/dev/null; then
     continue
   fi
   start_node core --role core --node-id 0 --cluster-listen "127.0.0.1:$port"

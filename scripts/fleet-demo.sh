@@ -98,7 +98,7 @@ BR=sfbr$tag
 net=""
 for _ in $(seq 1 50); do
   candidate="10.213.$((RANDOM % 250 + 1))"
-  if ! ip -4 addr | grep -q "inet $candidate\."; then
+  if ! ip -4 addr | grep "inet $candidate\." >/dev/null; then
     net=$candidate
     break
   fi
