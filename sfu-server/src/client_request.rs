@@ -8,8 +8,15 @@ use media_core::{PeerId, Role};
 
 use crate::auth::MAX_TOKEN_LEN;
 use crate::names;
-use crate::protocol::{AskFields, ClientMsg};
+use crate::protocol::{AskFields, ClientMsg, SignalData};
+use crate::rooms::mode::{MeshFailure, Mode};
 use crate::rooms::Moderation;
+
+/// Longest SDP a `signal` may carry (an audio offer is about 1 KiB).
+pub const MAX_SIGNAL_SDP: usize = 8 * 1024;
+
+/// Longest ICE candidate a `signal` may carry.
+pub const MAX_SIGNAL_CANDIDATE: usize = 512;
 
 /// Who asks for which channel, how (`authorize` and `join`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +42,40 @@ pub enum ClientRequest {
         ask: Ask,
         /// The SDP offer.
         offer: String,
+        /// (hybrid) The client can take part in a mesh.
+        p2p: bool,
+    },
+    /// (hybrid) This member's SFU session during a switch to the SFU.
+    SfuJoin {
+        /// The SDP offer.
+        offer: String,
+        /// The switch's epoch.
+        epoch: u64,
+    },
+    /// (hybrid) Signaling for another member (sizes checked).
+    Signal {
+        /// The addressee.
+        to: PeerId,
+        /// The sender's epoch.
+        epoch: u64,
+        /// What it carries.
+        data: SignalData,
+    },
+    /// (hybrid) A mesh link failed.
+    P2pFailed {
+        /// The other end.
+        peer: PeerId,
+        /// Why.
+        failure: MeshFailure,
+        /// The link's epoch.
+        epoch: u64,
+    },
+    /// (hybrid) This member swapped playback.
+    Switched {
+        /// To this mode.
+        mode: Mode,
+        /// For this epoch.
+        epoch: u64,
     },
     /// Leave the channel.
     Leave,
@@ -109,10 +150,73 @@ impl ClientRequest {
             ClientMsg::Ping => ClientRequest::Ping,
             ClientMsg::Leave => ClientRequest::Leave,
             ClientMsg::Authorize(fields) => ClientRequest::Authorize(ask("authorize", fields)?),
-            ClientMsg::Join { ask: fields, offer } => ClientRequest::Join {
+            ClientMsg::Join {
+                ask: fields,
+                offer,
+                p2p,
+            } => ClientRequest::Join {
                 ask: ask("join", fields)?,
                 offer,
+                p2p,
             },
+            ClientMsg::SfuJoin { offer, epoch } => {
+                if offer.is_empty() {
+                    return Err(RequestError::new(
+                        "bad_request",
+                        "sfu_join needs an offer",
+                        Some("sfu_join"),
+                    ));
+                }
+                ClientRequest::SfuJoin { offer, epoch }
+            }
+            ClientMsg::Signal { to, epoch, data } => {
+                let (len, max) = match &data {
+                    SignalData::Offer { sdp } | SignalData::Answer { sdp } => {
+                        (sdp.len(), MAX_SIGNAL_SDP)
+                    }
+                    SignalData::Candidate {
+                        candidate, sdp_mid, ..
+                    } => (
+                        candidate.len() + sdp_mid.as_ref().map_or(0, String::len),
+                        MAX_SIGNAL_CANDIDATE,
+                    ),
+                };
+                if len > max {
+                    return Err(RequestError::new(
+                        "too_large",
+                        format!("a signal's {} is limited to {max} bytes", data.kind()),
+                        Some("signal"),
+                    ));
+                }
+                ClientRequest::Signal {
+                    to: PeerId(to),
+                    epoch,
+                    data,
+                }
+            }
+            ClientMsg::P2pFailed {
+                peer,
+                reason,
+                epoch,
+            } => ClientRequest::P2pFailed {
+                peer: PeerId(peer),
+                failure: MeshFailure::parse(&reason),
+                epoch,
+            },
+            ClientMsg::Switched { mode, epoch } => {
+                let mode = match mode.as_str() {
+                    "p2p" => Mode::P2p,
+                    "sfu" => Mode::Sfu,
+                    _ => {
+                        return Err(RequestError::new(
+                            "bad_request",
+                            "mode must be \"p2p\" or \"sfu\"",
+                            Some("switched"),
+                        ))
+                    }
+                };
+                ClientRequest::Switched { mode, epoch }
+            }
             ClientMsg::Moderate {
                 action,
                 peer,
@@ -161,6 +265,10 @@ impl ClientRequest {
             ClientRequest::Hand { raised: true } => "raise_hand",
             ClientRequest::Hand { raised: false } => "lower_hand",
             ClientRequest::Restart { .. } => "restart",
+            ClientRequest::SfuJoin { .. } => "sfu_join",
+            ClientRequest::Signal { .. } => "signal",
+            ClientRequest::P2pFailed { .. } => "p2p_failed",
+            ClientRequest::Switched { .. } => "switched",
             ClientRequest::Resume { .. } => "resume",
             ClientRequest::Ping => "ping",
         }
@@ -270,6 +378,7 @@ mod tests {
                     identity: None,
                 },
                 offer: "v=0".into(),
+                p2p: false,
             })
         );
         assert_eq!(

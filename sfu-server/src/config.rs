@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use media_core::{EngineId, MAX_SLOTS};
 
+mod hybrid;
+
 /// Server configuration: built-in defaults, then a TOML file, then `SFU_*`
 /// environment variables, then command-line flags (each overrides the
 /// previous).
@@ -112,6 +114,28 @@ pub struct Config {
     /// `cluster_secret`, and runs one worker). 0 (the default): a channel
     /// is served by its core alone.
     pub edge_after: usize,
+    /// Hybrid channels (docs/HYBRID.md): small channels whose members'
+    /// clients can do it talk peer-to-peer (the server relays signaling
+    /// only) and move onto the SFU as they grow. Default false. A
+    /// standalone node only, without `spread_after`.
+    pub hybrid: bool,
+    /// (hybrid) Most members of a peer-to-peer channel (1 to 16); default 7.
+    pub p2p_max: usize,
+    /// (hybrid) A channel on the SFU returns to P2P at this many members
+    /// or fewer (at most `p2p_max`)...; default 5.
+    pub p2p_return_at: usize,
+    /// (hybrid) ...after this many seconds without interruption; default 10.
+    pub p2p_return_after_secs: u64,
+    /// (hybrid) The share of channels that may use P2P, in percent (0 to
+    /// 100, steps of 0.01; a stable hash of the channel name decides);
+    /// default 100.
+    pub p2p_rollout_percent: f64,
+    /// (hybrid) A switch not every member completed in this many seconds
+    /// completes anyway (to the SFU) or falls back (to P2P); 1 to 60,
+    /// default 10.
+    pub p2p_switch_timeout_secs: u64,
+    /// (hybrid) Channels that never use P2P; default none.
+    pub p2p_disabled_channels: Vec<String>,
     /// PEM certificate chain: with `tls_key`, the HTTP address serves HTTPS
     /// and WSS (re-read on SIGHUP); default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
@@ -233,6 +257,13 @@ impl Default for Config {
             public_url: None,
             region_header: None,
             edge_after: 0,
+            hybrid: false,
+            p2p_max: 7,
+            p2p_return_at: 5,
+            p2p_return_after_secs: 10,
+            p2p_rollout_percent: 100.0,
+            p2p_switch_timeout_secs: 10,
+            p2p_disabled_channels: Vec::new(),
             max_body_bytes: 65_536,
             log: "info,str0m=error".to_owned(),
             tls_cert: None,
@@ -299,6 +330,13 @@ impl fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("region_header", &self.region_header)
             .field("edge_after", &self.edge_after)
+            .field("hybrid", &self.hybrid)
+            .field("p2p_max", &self.p2p_max)
+            .field("p2p_return_at", &self.p2p_return_at)
+            .field("p2p_return_after_secs", &self.p2p_return_after_secs)
+            .field("p2p_rollout_percent", &self.p2p_rollout_percent)
+            .field("p2p_switch_timeout_secs", &self.p2p_switch_timeout_secs)
+            .field("p2p_disabled_channels", &self.p2p_disabled_channels)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log_format", &self.log_format)
@@ -364,6 +402,10 @@ pub struct Overrides {
     pub region: Option<String>,
     /// `--edge-after N`.
     pub edge_after: Option<usize>,
+    /// `--hybrid` (can only turn the setting on).
+    pub hybrid: bool,
+    /// `--p2p-max N`.
+    pub p2p_max: Option<usize>,
     /// `--region-header NAME`.
     pub region_header: Option<String>,
     /// `--tls-cert FILE`.
@@ -452,7 +494,7 @@ impl Config {
     /// `SFU_STUN_URLS` (comma separated), `SFU_TURN_URLS` (comma separated),
     /// `SFU_TURN_SECRET`, `SFU_TURN_TTL_SECS`, `SFU_DRAIN_TIMEOUT_SECS`,
     /// `SFU_MAX_BODY_BYTES`, `SFU_LOG`, `SFU_LOG_FORMAT`, `SFU_ROLE`,
-    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_REDIS_URL`, `SFU_REGION`, `SFU_PUBLIC_URL`, `SFU_REGION_HEADER`, `SFU_EDGE_AFTER`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
+    /// `SFU_NODE_ID`, `SFU_CLUSTER_*`, `SFU_REDIS_URL`, `SFU_REGION`, `SFU_PUBLIC_URL`, `SFU_REGION_HEADER`, `SFU_EDGE_AFTER`, `SFU_HYBRID`, `SFU_P2P_*`, `SFU_TLS_CERT`, `SFU_TLS_KEY`, and the limits and
     /// origin rules: `SFU_MAX_MEMBERS_PER_CHANNEL`, `SFU_MAX_CHANNELS`,
     /// `SFU_JOINS_PER_TOKEN_PER_MINUTE`, `SFU_JOINS_PER_IP_PER_MINUTE`,
     /// `SFU_MAX_HTTP_CONNECTIONS`, `SFU_MAX_WS_CONNECTIONS`,
@@ -577,6 +619,7 @@ impl Config {
         if let Some(v) = env("SFU_EDGE_AFTER") {
             self.edge_after = parse_env("SFU_EDGE_AFTER", v)?;
         }
+        self.apply_hybrid_env(env)?;
         if let Some(v) = env("SFU_TLS_CERT") {
             self.tls_cert = Some(v.into());
         }
@@ -697,6 +740,12 @@ impl Config {
         if let Some(n) = o.edge_after {
             self.edge_after = n;
         }
+        if o.hybrid {
+            self.hybrid = true;
+        }
+        if let Some(n) = o.p2p_max {
+            self.p2p_max = n;
+        }
         if let Some(h) = &o.region_header {
             self.region_header = Some(h.clone());
         }
@@ -749,6 +798,7 @@ impl Config {
         }
         self.validate_workers()?;
         self.validate_fleet()?;
+        self.validate_hybrid()?;
         if self.role == NodeRole::Edge && self.cluster_cores.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "cluster_cores",

@@ -265,6 +265,7 @@ async fn media_session(
             can_moderate: false,
             events: Some(events),
             upstream: upstream.or(worker.upstream),
+            capability: crate::rooms::mode::Capability::SfuOnly(crate::rooms::mode::SfuOnly::Http),
         })
         .await;
     let joined = match joined {

@@ -133,6 +133,13 @@ struct RunArgs {
     /// region (e.g. X-Region).
     #[arg(long, value_name = "NAME")]
     region_header: Option<String>,
+    /// Hybrid channels: small groups talk peer-to-peer, larger ones
+    /// through the SFU (docs/HYBRID.md).
+    #[arg(long)]
+    hybrid: bool,
+    /// (hybrid) Most members of a peer-to-peer channel (default 7).
+    #[arg(long, value_name = "N")]
+    p2p_max: Option<usize>,
 }
 
 #[derive(Args)]
@@ -323,6 +330,8 @@ fn run(args: RunArgs) -> ExitCode {
         region: args.region,
         edge_after: args.edge_after,
         region_header: args.region_header,
+        hybrid: args.hybrid,
+        p2p_max: args.p2p_max,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         log_format: args.log_format,

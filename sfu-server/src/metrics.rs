@@ -11,6 +11,9 @@ use std::time::Duration;
 use media_core::EngineStats;
 
 use crate::process::ProcessStats;
+use crate::rooms::HybridCounters;
+
+mod hybrid;
 use crate::tls::TlsStats;
 
 /// The bucket bounds of a kind of histogram, in seconds.
@@ -156,6 +159,8 @@ pub struct Snapshot {
     /// CPU time of the worker's thread in seconds (`None`: the worker runs
     /// as a task on a shared thread, or there is no `/proc`).
     pub cpu_seconds: Option<f64>,
+    /// Hybrid channels: modes, switches, signals.
+    pub hybrid: HybridCounters,
 }
 
 impl AddAssign<&Snapshot> for Snapshot {
@@ -187,7 +192,9 @@ impl AddAssign<&Snapshot> for Snapshot {
             relay_out_overflows,
             members_dropped_slow,
             cpu_seconds,
+            hybrid,
         } = rhs;
+        self.hybrid += hybrid;
         self.stats += stats;
         self.channels += channels;
         self.speakers += speakers;
@@ -452,6 +459,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "sfu_join_seconds",
         "From a join request to the member's media connected (ICE and DTLS done).",
     );
+    hybrid::render(&mut o, &s.hybrid);
     o
 }
 

@@ -59,6 +59,43 @@ pub enum ClientMsg {
         ask: AskFields,
         /// SDP offer.
         offer: String,
+        /// (hybrid) The client can take part in a peer-to-peer mesh
+        /// (docs/HYBRID.md); default false.
+        #[serde(default)]
+        p2p: bool,
+    },
+    /// (hybrid) Join the SFU during a switch to it: this member's SFU
+    /// session, under its member id.
+    SfuJoin {
+        /// SDP offer.
+        offer: String,
+        /// The switch's epoch.
+        epoch: u64,
+    },
+    /// (hybrid) Signaling for another member of a peer-to-peer channel.
+    Signal {
+        /// The member it is for.
+        to: u64,
+        /// The channel's epoch the sender is in.
+        epoch: u64,
+        /// Offer, answer or candidate.
+        data: SignalData,
+    },
+    /// (hybrid) The mesh link with `peer` failed.
+    P2pFailed {
+        /// The other end of the link.
+        peer: u64,
+        /// `timeout`, `ice_failed`, `disconnected` (others count as `other`).
+        reason: String,
+        /// The channel's epoch the link belongs to.
+        epoch: u64,
+    },
+    /// (hybrid) This member swapped its playback to `mode` for `epoch`.
+    Switched {
+        /// `"p2p"` or `"sfu"`.
+        mode: String,
+        /// The switch's epoch.
+        epoch: u64,
     },
     /// Leave the channel.
     Leave,
@@ -94,6 +131,45 @@ pub enum ClientMsg {
     },
     /// Keep-alive.
     Ping,
+}
+
+/// What one member of a peer-to-peer channel signals another (relayed
+/// as is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SignalData {
+    /// An SDP offer (from the lower member id to the higher).
+    Offer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// The SDP answer (from the higher id to the lower).
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        /// The `candidate` attribute's value.
+        candidate: String,
+        /// Its m-line's mid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        /// Its m-line's index.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mline_index: Option<u32>,
+    },
+}
+
+impl SignalData {
+    /// `"offer"`, `"answer"` or `"candidate"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SignalData::Offer { .. } => "offer",
+            SignalData::Answer { .. } => "answer",
+            SignalData::Candidate { .. } => "candidate",
+        }
+    }
 }
 
 /// A raised hand as moderators see it.
@@ -168,6 +244,55 @@ pub enum ServerMsg {
         resume_token: Option<String>,
         /// How long after a drop the member waits for `resume` (0: off).
         resume_grace_secs: u64,
+        /// (hybrid) `"p2p"`: build mesh links with the other members (the
+        /// answer is empty, the source 0); `"sfu"`: play the SFU session.
+        mode: &'static str,
+        /// (hybrid) The channel's epoch (its count of mode changes).
+        epoch: u64,
+        /// (hybrid) How long a mesh link may take to connect before the
+        /// member reports it with `p2p_failed`.
+        mesh_connect_timeout_ms: u64,
+    },
+    /// (hybrid) A switch of the channel's mode began: build the `mode`
+    /// path while the current one plays, swap when it delivers, report
+    /// `switched`.
+    Mode {
+        /// `"p2p"` or `"sfu"`.
+        mode: &'static str,
+        /// Why (`size`, `p2p_failed`, `small`, ...).
+        reason: &'static str,
+        /// The switch's epoch.
+        epoch: u64,
+    },
+    /// (hybrid) The switch of `epoch` is over: swap now if not done yet and
+    /// release the old path.
+    Switched {
+        /// The mode now.
+        mode: &'static str,
+        /// The switch's epoch.
+        epoch: u64,
+        /// Members that had not swapped when the switch timed out.
+        stragglers: Vec<u64>,
+    },
+    /// (hybrid) Signaling from another member.
+    Signal {
+        /// Who sends it.
+        from: u64,
+        /// The epoch it was sent in.
+        epoch: u64,
+        /// What it carries.
+        data: SignalData,
+    },
+    /// (hybrid) The answer to `sfu_join`.
+    SfuJoined {
+        /// SDP answer.
+        answer: String,
+        /// This member's voice (CSRC) on the SFU.
+        source: u32,
+        /// Receive slots granted.
+        slots: usize,
+        /// The epoch it joined in.
+        epoch: u64,
     },
     /// (fleet) The channel is served by another node: connect to `url` and
     /// send the same request there (the same token works on every node of

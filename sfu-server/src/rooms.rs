@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use media_core::{Command, Event, LeaveReason, PeerId, Role, SourceId};
 
 use crate::protocol::{HandInfo, MemberInfo, ServerMsg, Voice};
+use mode::{Capability, Mode, ModePolicy};
 
 mod hands;
+mod hybrid;
 mod member;
 pub mod mode;
 mod moderation;
@@ -33,6 +35,10 @@ mod moderation;
 mod tests;
 
 pub use hands::{HandError, Hands, HANDS_INTERVAL, MAX_RAISED_HANDS};
+pub use hybrid::{
+    HybridCounters, SfuJoinError, SignalError, MESH_CONNECT_TIMEOUT, SIGNALS_BURST,
+    SIGNALS_PER_SECOND,
+};
 pub use member::{role_name, Member, Rights};
 pub use moderation::{ModerateError, Moderation};
 
@@ -72,6 +78,11 @@ pub struct Joined {
     pub dominant_speaker: Option<u64>,
     /// Dominant speaker's voice.
     pub dominant_source: Option<u32>,
+    /// (hybrid) The mode the member starts in: P2P (no engine session: the
+    /// answer is empty, the source 0) or the SFU.
+    pub mode: Mode,
+    /// (hybrid) The channel's epoch.
+    pub epoch: u64,
 }
 
 /// What clients may create on this node at most.
@@ -161,6 +172,16 @@ pub struct Rooms {
     limits: RoomLimits,
     /// Messages to members, in the order they were produced.
     messages: Vec<(PeerId, ServerMsg)>,
+    /// (hybrid) Each channel's mode.
+    policy: ModePolicy,
+    /// (hybrid) Engine commands the rules asked for (SFU sessions to end
+    /// after a switch to P2P), for the worker to carry out.
+    commands: Vec<Command>,
+    /// (hybrid) Members whose SFU session the room layer is ending: the
+    /// engine's `PeerLeft` for them ends the session, not the membership.
+    closing: HashSet<PeerId>,
+    /// (hybrid) Signal rate buckets and counters.
+    hybrid: hybrid::HybridState,
 }
 
 impl Rooms {
@@ -250,6 +271,10 @@ impl Rooms {
     /// The engine accepted `peer`'s join of `channel`. Nobody is told yet:
     /// that waits for the engine's answer ([`Event::Answer`]), when the
     /// member has a voice.
+    ///
+    /// `capability` says whether the member can take part in a mesh
+    /// (hybrid); a member that joins a P2P channel is completed at once
+    /// with [`Rooms::answer_p2p`] instead of by the engine's answer.
     pub fn handle_join(
         &mut self,
         peer: PeerId,
@@ -257,6 +282,7 @@ impl Rooms {
         identity: String,
         role: Role,
         rights: Rights,
+        capability: Capability,
     ) {
         tracing::info!(%peer, %channel, %identity, role = role_name(role), "member joined");
         let room = self.rooms.entry(channel.clone()).or_default();
@@ -275,25 +301,34 @@ impl Rooms {
                 source: None,
                 listed: false,
                 kicked: None,
+                capability,
+                answered: false,
+                // The worker joins the engine first (SFU) or completes the
+                // join with `answer_p2p` at once (P2P).
+                in_engine: true,
             },
         );
     }
 
     /// An event of the engine. Returns the answer of a join when the event
     /// completes one (the worker hands it to whoever asked to join).
-    pub fn handle_event(&mut self, event: Event) -> Option<Joined> {
+    pub fn handle_event(&mut self, event: Event, now: Instant) -> Option<Joined> {
         match event {
             Event::Answer {
                 peer,
                 source,
                 slots,
                 sdp,
-            } => return self.answered(peer, source, slots, sdp),
+            } => return self.answered(peer, source, slots, sdp, now),
             Event::PeerConnected { peer } => {
                 tracing::debug!(%peer, "media connected");
                 self.send(peer, ServerMsg::Connected);
             }
-            Event::PeerLeft { peer, reason } => self.left(peer, reason),
+            Event::PeerLeft { peer, reason } => {
+                if !self.session_ended(peer) {
+                    self.left(peer, reason, now);
+                }
+            }
             Event::SlotChanged {
                 peer,
                 slot,
@@ -531,21 +566,44 @@ impl Rooms {
     }
 
     /// The engine answered `peer`'s join: the member is listed (or not),
-    /// announced to the others, and told the state of its channel.
+    /// announced to the others, and told the state of its channel. For a
+    /// member already in (a P2P member's `sfu_join`), the answer is its SFU
+    /// session's ([`Rooms::session_answered`]).
     fn answered(
         &mut self,
         peer: PeerId,
         source: SourceId,
         slots: usize,
         answer: String,
+        now: Instant,
+    ) -> Option<Joined> {
+        let m = self.members.get_mut(&peer)?;
+        if m.answered {
+            self.session_answered(peer, source, slots, answer);
+            return None;
+        }
+        m.source = Some(source);
+        self.sources.insert(source, peer);
+        self.complete_join(peer, slots, answer, now)
+    }
+
+    /// A join is complete (the engine answered it, or it is P2P): the
+    /// member is listed (or not), announced to the others, told the state
+    /// of its channel, and its channel's mode policy counts it.
+    fn complete_join(
+        &mut self,
+        peer: PeerId,
+        slots: usize,
+        answer: String,
+        now: Instant,
     ) -> Option<Joined> {
         let m = self.members.get_mut(&peer)?;
         let room = self.rooms.get(&m.channel)?;
-        m.source = Some(source);
+        m.answered = true;
         let member_count = room.members.len();
         m.listed = m.role == Role::Speaker || member_count <= LISTED_LISTENERS_UP_TO;
-        let (member, listed, channel) = (m.info(peer), m.listed, m.channel.clone());
-        self.sources.insert(source, peer);
+        let (member, listed, channel, capability) =
+            (m.info(peer), m.listed, m.channel.clone(), m.capability);
         let members = room
             .members
             .iter()
@@ -554,9 +612,10 @@ impl Rooms {
                 (m.listed || *p == peer).then(|| m.info(*p))
             })
             .collect();
+        let assignment = self.policy.handle_join(&channel, peer, capability, now);
         let joined = Joined {
             peer,
-            source,
+            source: self.members[&peer].source.unwrap_or(SourceId(0)),
             slots,
             answer,
             members,
@@ -576,6 +635,8 @@ impl Rooms {
                 .collect(),
             dominant_speaker: room.dominant.and_then(|s| self.peer_of(s)),
             dominant_source: room.dominant.map(|s| s.0),
+            mode: assignment.mode,
+            epoch: assignment.epoch,
         };
         if listed {
             let msg = ServerMsg::MemberJoined { member };
@@ -587,13 +648,26 @@ impl Rooms {
             self.messages.push((peer, msg));
         }
         self.counts_changed.insert(channel);
+        self.apply_decisions();
         Some(joined)
     }
 
     /// `peer` left: it is told (so that its session ends), the others are
     /// told if it was listed, and the channel's count changes. The last
     /// member out forgets the room.
-    fn left(&mut self, peer: PeerId, reason: LeaveReason) {
+    fn left(&mut self, peer: PeerId, reason: LeaveReason, now: Instant) {
+        if self.members.contains_key(&peer) {
+            self.closing.remove(&peer);
+            self.hybrid.forget(peer);
+            self.leave_room(peer, reason);
+            // After the room forgot it: a switch its leaving completes is
+            // told to the others only.
+            self.policy.handle_leave(peer, now);
+            self.apply_decisions();
+        }
+    }
+
+    fn leave_room(&mut self, peer: PeerId, reason: LeaveReason) {
         let Some(m) = self.members.remove(&peer) else {
             return;
         };

@@ -68,6 +68,19 @@ impl Server {
             workers.push(worker);
         }
         tracing::info!(workers = count, "media workers started");
+        let hybrid = config
+            .hybrid_settings()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if hybrid.enabled {
+            for w in &workers {
+                w.set_hybrid(hybrid.clone()).await;
+            }
+            tracing::info!(
+                p2p_max = hybrid.p2p_max,
+                rollout_percent = hybrid.rollout.percent(),
+                "hybrid channels: small groups talk peer-to-peer"
+            );
+        }
         // A cluster node, and a fleet node with edges, has one worker
         // (`Config::validate`).
         let cluster = crate::cluster::start(&config, workers[0].clone(), &health).await?;

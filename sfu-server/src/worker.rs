@@ -26,7 +26,12 @@ use tokio::task::JoinHandle;
 
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
-use crate::rooms::{HandError, Joined, ModerateError, Moderation, RoomLimits, RoomRefusal};
+use crate::protocol::SignalData;
+use crate::rooms::mode::{Capability, HybridSettings, MeshFailure, Mode, ReportError};
+use crate::rooms::{
+    HandError, Joined, ModerateError, Moderation, RoomLimits, RoomRefusal, SfuJoinError,
+    SignalError,
+};
 
 mod events;
 mod placement;
@@ -79,6 +84,8 @@ pub struct JoinRequest {
     /// opens the channel here as a relay of it; `None`: the worker's own
     /// upstream (a static edge), else the channel selects here.
     pub upstream: Option<LinkId>,
+    /// (hybrid) Whether the member can take part in a peer-to-peer mesh.
+    pub capability: Capability,
 }
 
 /// Why a join was refused.
@@ -147,6 +154,31 @@ enum Request {
         raised: bool,
         reply: oneshot::Sender<Result<(), HandError>>,
     },
+    /// (hybrid) A P2P member's SFU session; its answer comes as an event
+    /// (`sfu_joined`).
+    SfuJoin {
+        peer: PeerId,
+        offer: String,
+        epoch: u64,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    /// (hybrid) Signaling for another member.
+    Signal {
+        from: PeerId,
+        to: PeerId,
+        epoch: u64,
+        data: SignalData,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
+    /// (hybrid) A member's report: it swapped playback, or a mesh link
+    /// failed.
+    Report {
+        peer: PeerId,
+        report: Report,
+        reply: oneshot::Sender<Result<(), ReportError>>,
+    },
+    /// (hybrid) New settings.
+    Hybrid(HybridSettings),
     Snapshot(oneshot::Sender<Snapshot>),
     /// Graceful shutdown: refuse joins, tell members to move by then.
     Drain(Duration),
@@ -172,6 +204,41 @@ enum Request {
     /// Debug builds: panic on purpose (the dead-worker tests).
     #[cfg(debug_assertions)]
     Crash,
+}
+
+/// (hybrid) A member's report about its channel's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// It swapped its playback to `mode` for `epoch`.
+    Switched {
+        /// The mode.
+        mode: Mode,
+        /// The switch's epoch.
+        epoch: u64,
+    },
+    /// Its mesh link with `peer` failed.
+    P2pFailed {
+        /// The other end.
+        peer: PeerId,
+        /// Why.
+        failure: MeshFailure,
+        /// The link's epoch.
+        epoch: u64,
+    },
+}
+
+/// Why an `sfu_join` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    /// The room layer refused it.
+    #[error("{0}")]
+    Refused(SfuJoinError),
+    /// The engine refused the offer.
+    #[error("{0}")]
+    Offer(media_core::Error),
+    /// The worker is gone.
+    #[error("the media worker stopped")]
+    WorkerGone,
 }
 
 /// The media workers of the node and the placement of its channels on them.
@@ -418,6 +485,60 @@ impl Worker {
             .await
             .map_err(|_| HandError::WorkerGone)?;
         rx.await.map_err(|_| HandError::WorkerGone)?
+    }
+
+    /// (hybrid) Joins `peer`, a member without an SFU session, to the SFU
+    /// with `offer` during the switch of `epoch`; the answer comes as its
+    /// `sfu_joined` event.
+    pub async fn sfu_join(&self, peer: PeerId, offer: String, epoch: u64) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::SfuJoin {
+            peer,
+            offer,
+            epoch,
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| SfuError::WorkerGone)?;
+        rx.await.map_err(|_| SfuError::WorkerGone)?
+    }
+
+    /// (hybrid) Relays `from`'s signal to `to` (checked by the room layer).
+    /// `None`: the worker is gone.
+    pub async fn signal(
+        &self,
+        from: PeerId,
+        to: PeerId,
+        epoch: u64,
+        data: SignalData,
+    ) -> Option<Result<(), SignalError>> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Signal {
+            from,
+            to,
+            epoch,
+            data,
+            reply,
+        };
+        self.tx.send(req).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// (hybrid) `peer`'s report about its channel's mode. `None`: the
+    /// worker is gone.
+    pub async fn report(&self, peer: PeerId, report: Report) -> Option<Result<(), ReportError>> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Report {
+            peer,
+            report,
+            reply,
+        };
+        self.tx.send(req).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// (hybrid) New settings, applied to every channel of the worker.
+    pub async fn set_hybrid(&self, settings: HybridSettings) {
+        let _ = self.tx.send(Request::Hybrid(settings)).await;
     }
 
     /// Counters for `/metrics`.

@@ -28,11 +28,14 @@ use crate::client_request::{Ask, ClientRequest};
 use crate::ice_restart::RestartBudget;
 use crate::metrics::Refusal;
 use crate::protocol::ServerMsg;
+use crate::protocol::SignalData;
 use crate::resume::{Away, Membership};
-use crate::rooms::{HandError, ModerateError, Moderation};
+use crate::rooms::mode::{Capability, SfuOnly};
+use crate::rooms::{HandError, ModerateError, Moderation, MESH_CONNECT_TIMEOUT};
 use crate::state::{secret_id, unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
 use crate::worker::{
-    member_events, EventSink, JoinError, JoinRequest, MemberEvents, RestartError, Signaling,
+    member_events, EventSink, JoinError, JoinRequest, MemberEvents, Report, RestartError, SfuError,
+    Signaling,
 };
 
 /// WebSocket close code: the session broke a rule (RFC 6455 §7.4.1).
@@ -184,6 +187,10 @@ impl Session {
                             self.left_channel();
                         }
                     }
+                    // (hybrid) A new SFU session is a new voice.
+                    if let (ServerMsg::SfuJoined { source, .. }, Some(j)) = (&ev, &mut self.membership) {
+                        j.source = *source;
+                    }
                     if send(&mut socket, &ev).await.is_err() {
                         break Ending::Dropped;
                     }
@@ -320,7 +327,25 @@ impl Session {
                 None
             }
             ClientRequest::Authorize(ask) => Some(self.authorize(ask)),
-            ClientRequest::Join { ask, offer } => Some(self.join(ask, offer).await),
+            ClientRequest::Join { ask, offer, p2p } => Some(self.join(ask, offer, p2p).await),
+            ClientRequest::SfuJoin { offer, epoch } => self.sfu_join(offer, epoch).await,
+            ClientRequest::Signal { to, epoch, data } => self.signal(to, epoch, data).await,
+            ClientRequest::Switched { mode, epoch } => {
+                self.report(Report::Switched { mode, epoch }, "switched")
+                    .await
+            }
+            ClientRequest::P2pFailed {
+                peer,
+                failure,
+                epoch,
+            } => {
+                let report = Report::P2pFailed {
+                    peer,
+                    failure,
+                    epoch,
+                };
+                self.report(report, "p2p_failed").await
+            }
             ClientRequest::Moderate { peer, action } => self.moderate(peer, action).await,
             ClientRequest::Hand { raised } => self.hand(raised).await,
             ClientRequest::Restart { offer } => Some(self.restart(offer).await),
@@ -374,7 +399,7 @@ impl Session {
         msg
     }
 
-    async fn join(&mut self, ask: Ask, offer: String) -> ServerMsg {
+    async fn join(&mut self, ask: Ask, offer: String, p2p: bool) -> ServerMsg {
         let req = "join";
         if let Some((code, message)) = self.refused_before_ask() {
             return ServerMsg::error(code, message, Some(req));
@@ -439,6 +464,11 @@ impl Session {
                 can_moderate: grants.can_moderate,
                 events: Some(self.events_tx.clone()),
                 upstream: upstream.or(worker.upstream),
+                capability: if p2p {
+                    Capability::P2p
+                } else {
+                    Capability::SfuOnly(SfuOnly::Client)
+                },
             })
             .await;
         match res {
@@ -467,6 +497,9 @@ impl Session {
                     dominant_source: j.dominant_source,
                     resume_token: self.resume_token.clone(),
                     resume_grace_secs: self.resume_grace_secs(),
+                    mode: j.mode.name(),
+                    epoch: j.epoch,
+                    mesh_connect_timeout_ms: MESH_CONNECT_TIMEOUT.as_millis() as u64,
                 }
             }
             Err(JoinError::Full(full)) => refusal(self.state.room_full(full), req),
@@ -602,6 +635,62 @@ impl Session {
                 req,
             )),
             Err(e) => Some(ServerMsg::error("bad_request", e.to_string(), req)),
+        }
+    }
+
+    /// (hybrid) `sfu_join`: this member's SFU session during a switch up;
+    /// the answer comes as `sfu_joined`.
+    async fn sfu_join(&mut self, offer: String, epoch: u64) -> Option<ServerMsg> {
+        let req = Some("sfu_join");
+        let Some(j) = &self.membership else {
+            return Some(ServerMsg::error("not_joined", "join a channel first", req));
+        };
+        match j.worker.sfu_join(j.peer, offer, epoch).await {
+            Ok(()) => None,
+            Err(SfuError::Refused(e)) => Some(ServerMsg::error(e.code(), e.to_string(), req)),
+            Err(e @ SfuError::Offer(_)) => {
+                Some(ServerMsg::error("invalid_offer", e.to_string(), req))
+            }
+            Err(e @ SfuError::WorkerGone) => Some(ServerMsg::error("internal", e.to_string(), req)),
+        }
+    }
+
+    /// (hybrid) `signal`: relayed to the other member, or refused.
+    async fn signal(&mut self, to: PeerId, epoch: u64, data: SignalData) -> Option<ServerMsg> {
+        let req = Some("signal");
+        let Some(j) = &self.membership else {
+            return Some(ServerMsg::error("not_joined", "join a channel first", req));
+        };
+        match j.worker.signal(j.peer, to, epoch, data).await {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(ServerMsg::error(e.code(), e.to_string(), req)),
+            None => Some(ServerMsg::error(
+                "internal",
+                "the media worker stopped",
+                req,
+            )),
+        }
+    }
+
+    /// (hybrid) `switched` and `p2p_failed`: a report the policy takes or
+    /// ignores (stale, wrong mode); an ignored one is answered with an
+    /// error, which a client may also ignore.
+    async fn report(&mut self, report: Report, req: &'static str) -> Option<ServerMsg> {
+        let Some(j) = &self.membership else {
+            return Some(ServerMsg::error(
+                "not_joined",
+                "join a channel first",
+                Some(req),
+            ));
+        };
+        match j.worker.report(j.peer, report).await {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(ServerMsg::error("ignored", e.to_string(), Some(req))),
+            None => Some(ServerMsg::error(
+                "internal",
+                "the media worker stopped",
+                Some(req),
+            )),
         }
     }
 

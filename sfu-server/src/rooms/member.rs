@@ -3,6 +3,7 @@
 
 use media_core::{PeerId, Role, SourceId};
 
+use super::mode::Capability;
 use crate::protocol::MemberInfo;
 
 /// A person in a channel. A member is addressed by the [`PeerId`] of its
@@ -28,6 +29,14 @@ pub struct Member {
     /// A moderator removed it, with these words: its departure is announced
     /// as `kicked`, and the words told to it.
     pub kicked: Option<String>,
+    /// (hybrid) Whether it can take part in a peer-to-peer mesh.
+    pub capability: Capability,
+    /// Its join was answered (by the engine, or at once in a P2P channel):
+    /// it is a member as the others see it.
+    pub answered: bool,
+    /// It has an SFU session (an engine peer under its id); a member of a
+    /// P2P channel has none.
+    pub in_engine: bool,
 }
 
 /// The grants of a member's token that room rules look at.

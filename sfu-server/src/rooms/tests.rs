@@ -5,9 +5,15 @@ use std::time::{Duration, Instant};
 
 use media_core::{Command, Event, LeaveReason, PeerId, Role, SourceId};
 
+use super::mode::SfuOnly;
 use super::*;
 
 mod hall;
+
+/// The time every event of these tests happens at.
+fn t0() -> Instant {
+    testkit::epoch()
+}
 
 /// Every member's voice in these tests: 1000 + its peer id.
 fn voice_of(peer: u64) -> SourceId {
@@ -34,24 +40,37 @@ fn join_with(
     rights: Rights,
 ) -> Joined {
     let p = PeerId(peer);
-    rooms.handle_join(p, channel.into(), identity.into(), role, rights);
+    rooms.handle_join(
+        p,
+        channel.into(),
+        identity.into(),
+        role,
+        rights,
+        Capability::SfuOnly(SfuOnly::Client),
+    );
     let joined = rooms
-        .handle_event(Event::Answer {
-            peer: p,
-            source: voice_of(peer),
-            slots: 3,
-            sdp: format!("answer {peer}"),
-        })
+        .handle_event(
+            Event::Answer {
+                peer: p,
+                source: voice_of(peer),
+                slots: 3,
+                sdp: format!("answer {peer}"),
+            },
+            t0(),
+        )
         .expect("the answer completes the join");
     assert_eq!((joined.peer, joined.source), (p, voice_of(peer)));
     joined
 }
 
 fn leave(rooms: &mut Rooms, peer: u64, reason: LeaveReason) {
-    rooms.handle_event(Event::PeerLeft {
-        peer: PeerId(peer),
-        reason,
-    });
+    rooms.handle_event(
+        Event::PeerLeft {
+            peer: PeerId(peer),
+            reason,
+        },
+        t0(),
+    );
 }
 
 /// The messages queued since the last call.
@@ -306,20 +325,29 @@ fn late_joiners_learn_who_speaks_and_the_voices_of_other_nodes() {
     sent(&mut rooms);
     let remote = SourceId(77);
     let channel: std::sync::Arc<str> = "town".into();
-    rooms.handle_event(Event::ActiveSpeakers {
-        channel: channel.clone(),
-        speakers: vec![voice_of(2), remote, voice_of(1)],
-    });
-    rooms.handle_event(Event::DominantSpeaker {
-        channel: channel.clone(),
-        speaker: Some(voice_of(2)),
-    });
-    for (source, identity) in [(77, "carol"), (78, "dave"), (78, "")] {
-        rooms.handle_event(Event::RemoteSource {
+    rooms.handle_event(
+        Event::ActiveSpeakers {
             channel: channel.clone(),
-            source: SourceId(source),
-            identity: identity.into(),
-        });
+            speakers: vec![voice_of(2), remote, voice_of(1)],
+        },
+        t0(),
+    );
+    rooms.handle_event(
+        Event::DominantSpeaker {
+            channel: channel.clone(),
+            speaker: Some(voice_of(2)),
+        },
+        t0(),
+    );
+    for (source, identity) in [(77, "carol"), (78, "dave"), (78, "")] {
+        rooms.handle_event(
+            Event::RemoteSource {
+                channel: channel.clone(),
+                source: SourceId(source),
+                identity: identity.into(),
+            },
+            t0(),
+        );
     }
     let told = to(&sent(&mut rooms), 1);
     assert_eq!(
@@ -354,10 +382,13 @@ fn late_joiners_learn_who_speaks_and_the_voices_of_other_nodes() {
     assert_eq!(late.slots, 3);
 
     // A dominant speaker on another node: a voice, no peer.
-    rooms.handle_event(Event::DominantSpeaker {
-        channel,
-        speaker: Some(remote),
-    });
+    rooms.handle_event(
+        Event::DominantSpeaker {
+            channel,
+            speaker: Some(remote),
+        },
+        t0(),
+    );
     assert_eq!(
         to(&sent(&mut rooms), 3),
         [ServerMsg::DominantSpeaker {
@@ -464,10 +495,13 @@ fn joins_are_refused_past_the_member_and_channel_limits() {
     assert_eq!(rooms.admit("b"), Ok(()));
     // A channel known only from engine events (a voice of another node) is
     // not one of the node's channels until someone joins it here.
-    rooms.handle_event(Event::ActiveSpeakers {
-        channel: "c".into(),
-        speakers: vec![],
-    });
+    rooms.handle_event(
+        Event::ActiveSpeakers {
+            channel: "c".into(),
+            speakers: vec![],
+        },
+        t0(),
+    );
     assert_eq!(rooms.admit("c"), Err(RoomRefusal::TooManyChannels(2)));
     leave(&mut rooms, 3, LeaveReason::Left);
     assert_eq!(rooms.admit("c"), Ok(()));
@@ -480,6 +514,7 @@ fn joins_are_refused_past_the_member_and_channel_limits() {
         "w".into(),
         Role::Listener,
         Rights::default(),
+        Capability::SfuOnly(SfuOnly::Client),
     );
     assert_eq!(rooms.admit("a"), Err(RoomRefusal::ChannelFull(2)));
 }
@@ -490,17 +525,20 @@ fn slots_and_connections_are_told_to_their_member_alone() {
     join(&mut rooms, 1, "c", "a", Role::Speaker);
     join(&mut rooms, 2, "c", "l", Role::Listener);
     sent(&mut rooms);
-    rooms.handle_event(Event::PeerConnected { peer: PeerId(2) });
+    rooms.handle_event(Event::PeerConnected { peer: PeerId(2) }, t0());
     for source in [Some(voice_of(1)), Some(SourceId(77)), None] {
-        rooms.handle_event(Event::SlotChanged {
-            peer: PeerId(2),
-            slot: 1,
-            mid: "2".into(),
-            source,
-        });
+        rooms.handle_event(
+            Event::SlotChanged {
+                peer: PeerId(2),
+                slot: 1,
+                mid: "2".into(),
+                source,
+            },
+            t0(),
+        );
     }
     // Events about peers that are not members go nowhere.
-    rooms.handle_event(Event::PeerConnected { peer: PeerId(9) });
+    rooms.handle_event(Event::PeerConnected { peer: PeerId(9) }, t0());
     let sent = sent(&mut rooms);
     assert!(to(&sent, 1).is_empty());
     let slot = |peer, source| ServerMsg::Slot {
@@ -554,10 +592,13 @@ fn the_last_member_out_forgets_the_room() {
             listeners: 1
         }
     );
-    rooms.handle_event(Event::ActiveSpeakers {
-        channel: "a".into(),
-        speakers: vec![voice_of(1)],
-    });
+    rooms.handle_event(
+        Event::ActiveSpeakers {
+            channel: "a".into(),
+            speakers: vec![voice_of(1)],
+        },
+        t0(),
+    );
     leave(&mut rooms, 1, LeaveReason::Left);
     assert!(!rooms.has_members("a"));
     assert_eq!(rooms.channels().collect::<Vec<_>>(), ["b"]);

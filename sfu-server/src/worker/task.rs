@@ -33,11 +33,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::{EventSink, NotQueued, Signaling};
 use super::relay::{LinkSender, Queued, RelayInCounters, RelayInbox, RelayInput};
-use super::{udp, ChannelLoad, JoinError, JoinRequest, Request, RestartError};
+use super::{udp, ChannelLoad, JoinError, JoinRequest, Report, Request, RestartError, SfuError};
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
+use crate::rooms::mode::Mode;
 use crate::rooms::{HandError, Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms};
+use media_core::LeaveReason;
 
 /// `recvmmsg` calls per wake-up at most (each up to [`udp::BATCH`]
 /// datagrams) before requests and timers get their turn.
@@ -241,6 +243,8 @@ impl Task {
         let now = Instant::now();
         let counts_due = self.rooms.poll_member_counts(now);
         let hands_due = self.rooms.poll_hands(now);
+        let mode_due = self.rooms.poll_mode(now);
+        self.room_commands();
         self.deliver();
         // A dropped member's departure is news for the others, whose queues
         // may be full too: until nobody else is dropped.
@@ -261,7 +265,7 @@ impl Task {
         self.snapshot.send_drops = self.outbox.drops;
         self.snapshot.send_calls = self.outbox.calls;
         self.snapshot.stats = self.engine.stats().clone();
-        [counts_due, hands_due]
+        [counts_due, hands_due, mode_due]
             .into_iter()
             .flatten()
             .fold(self.engine_deadline, Instant::min)
@@ -333,22 +337,60 @@ impl Task {
             }
             _ => None,
         };
-        if let Some(joined) = self.rooms.handle_event(e) {
+        if let Some(joined) = self.rooms.handle_event(e, Instant::now()) {
             if let Some(reply) = self.pending.remove(&joined.peer) {
                 let _ = reply.send(Ok(joined));
             }
         }
+        self.room_commands();
         self.deliver();
-        // After its own `member_left` went out: nothing more is addressed
-        // to a member that left.
+        // (hybrid) A member whose SFU session ended after a switch to P2P
+        // stays; any other departure ends the member.
         if let Some(peer) = left {
-            self.sinks.remove(&peer);
-            self.pending.remove(&peer);
             self.connecting.remove(&peer);
             if let Some(reply) = self.restarts.remove(&peer) {
                 let _ = reply.send(Err(RestartError::Left));
             }
+            if self.rooms.member(peer).is_none() {
+                self.forget(peer);
+            }
         }
+    }
+
+    /// After its own `member_left` went out: nothing more is addressed to a
+    /// member that left.
+    fn forget(&mut self, peer: PeerId) {
+        self.sinks.remove(&peer);
+        self.pending.remove(&peer);
+        self.connecting.remove(&peer);
+    }
+
+    /// Carries out the engine commands the room rules asked for.
+    fn room_commands(&mut self) {
+        let commands: Vec<Command> = self.rooms.take_commands().collect();
+        for c in commands {
+            if let Err(e) = self.command(c) {
+                tracing::warn!(error = %e, "room command refused by the engine");
+            }
+        }
+    }
+
+    /// Ends `peer`'s membership now (its messages go out first) and its SFU
+    /// session if it has one. False when it was not a member.
+    fn remove_member(&mut self, peer: PeerId) -> bool {
+        let Some(in_engine) = self.rooms.remove(peer, LeaveReason::Left, Instant::now()) else {
+            return false;
+        };
+        if in_engine {
+            let _ = self.command(Command::Leave { peer });
+        }
+        self.room_commands();
+        self.deliver();
+        self.forget(peer);
+        if let Some(reply) = self.restarts.remove(&peer) {
+            let _ = reply.send(Err(RestartError::Left));
+        }
+        true
     }
 
     /// Hands the room messages to their members' event queues; a member
@@ -380,7 +422,7 @@ impl Task {
                 None,
             ));
             self.snapshot.members_dropped_slow += 1;
-            let _ = self.command(Command::Leave { peer });
+            self.remove_member(peer);
         }
     }
 
@@ -388,8 +430,56 @@ impl Task {
         match req {
             Request::Join(j, reply) => self.join(j, reply),
             Request::Leave(peer, reply) => {
-                let ok = self.command(Command::Leave { peer }).is_ok();
+                let ok = self.remove_member(peer);
                 let _ = reply.send(ok);
+            }
+            Request::SfuJoin {
+                peer,
+                offer,
+                epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.sfu_join(peer, offer, epoch));
+            }
+            Request::Signal {
+                from,
+                to,
+                epoch,
+                data,
+                reply,
+            } => {
+                let res = self
+                    .rooms
+                    .handle_signal(from, to, epoch, data, Instant::now());
+                self.deliver();
+                let _ = reply.send(res);
+            }
+            Request::Report {
+                peer,
+                report,
+                reply,
+            } => {
+                let now = Instant::now();
+                let res = match report {
+                    Report::Switched { mode, epoch } => {
+                        self.rooms.handle_switched(peer, mode, epoch, now)
+                    }
+                    Report::P2pFailed {
+                        peer: other,
+                        failure,
+                        epoch,
+                    } => self
+                        .rooms
+                        .handle_p2p_failed(peer, other, failure, epoch, now),
+                };
+                self.room_commands();
+                self.deliver();
+                let _ = reply.send(res);
+            }
+            Request::Hybrid(settings) => {
+                self.rooms.set_hybrid(settings, Instant::now());
+                self.room_commands();
+                self.deliver();
             }
             Request::Restart { peer, offer, reply } => {
                 match self.command(Command::Restart { peer, offer }) {
@@ -471,7 +561,7 @@ impl Task {
             Request::LeaveAll => {
                 let peers: Vec<PeerId> = self.rooms.peers().collect();
                 for peer in peers {
-                    let _ = self.command(Command::Leave { peer });
+                    self.remove_member(peer);
                 }
             }
             Request::Move(channel, msg) => {
@@ -484,7 +574,7 @@ impl Task {
                     if let Some(sink) = self.sinks.remove(&peer) {
                         sink.end(msg.clone());
                     }
-                    let _ = self.command(Command::Leave { peer });
+                    self.remove_member(peer);
                 }
             }
             #[cfg(debug_assertions)]
@@ -506,6 +596,7 @@ impl Task {
             .filter(|sink| sink.signaling() == Signaling::WebSocket)
             .count();
         s.links = self.links.len();
+        s.hybrid = self.rooms.hybrid_counters();
         s.relay_in_dropped = self.relay_counters.media_dropped.load(Ordering::Relaxed);
         s.relay_in_overflows = self.relay_counters.overflows.load(Ordering::Relaxed);
         // On a thread of its own, the thread's CPU time is the worker's.
@@ -536,6 +627,24 @@ impl Task {
         let first = !self.rooms.has_members(&j.channel);
         let peer = PeerId(self.next_peer);
         self.next_peer += 1;
+        let rights = Rights {
+            can_publish: j.can_publish,
+            can_moderate: j.can_moderate,
+        };
+        // (hybrid) A member of a peer-to-peer channel has no engine session.
+        if self.rooms.preview_mode(&j.channel, j.capability, asked) == Mode::P2p {
+            self.rooms
+                .handle_join(peer, j.channel, j.identity, j.role, rights, j.capability);
+            if let Some(sink) = j.events {
+                self.sinks.insert(peer, sink);
+            }
+            if let Some(joined) = self.rooms.answer_p2p(peer, asked) {
+                let _ = reply.send(Ok(joined));
+            }
+            self.room_commands();
+            self.deliver();
+            return;
+        }
         let res = self.command(Command::Join {
             peer,
             channel: j.channel.clone(),
@@ -556,18 +665,41 @@ impl Task {
                 self.follow(j.channel.clone(), Some(link));
             }
         }
-        let rights = Rights {
-            can_publish: j.can_publish,
-            can_moderate: j.can_moderate,
-        };
         self.rooms
-            .handle_join(peer, j.channel, j.identity, j.role, rights);
+            .handle_join(peer, j.channel, j.identity, j.role, rights, j.capability);
         if let Some(sink) = j.events {
             self.sinks.insert(peer, sink);
         }
         self.connecting.insert(peer, asked);
         // The answer comes out of poll_output (Event::Answer) right after.
         self.pending.insert(peer, reply);
+    }
+
+    /// (hybrid) `peer`'s SFU session during a switch up: the engine join
+    /// under its member id; the answer goes out as `sfu_joined`.
+    fn sfu_join(&mut self, peer: PeerId, offer: String, epoch: u64) -> Result<(), SfuError> {
+        let (channel, identity, role) = self
+            .rooms
+            .sfu_join(peer, epoch)
+            .map_err(SfuError::Refused)?;
+        let muted = self.rooms.member(peer).is_some_and(|m| m.muted);
+        self.command(Command::Join {
+            peer,
+            channel,
+            identity,
+            role,
+            offer,
+        })
+        .map_err(SfuError::Offer)?;
+        self.rooms.sfu_joining(peer);
+        if muted {
+            let _ = self.command(Command::SetMuted { peer, muted });
+        }
+        self.connecting.insert(peer, Instant::now());
+        // The answer came out of the engine with the join.
+        self.poll_engine();
+        self.deliver();
+        Ok(())
     }
 
     /// Makes `channel` follow the origin over `link`, or select itself
@@ -585,10 +717,22 @@ impl Task {
         action: Moderation,
     ) -> Result<(), ModerateError> {
         let command = self.rooms.moderation(by, target, &action)?;
-        self.command(command).map_err(|e| match e {
-            media_core::Error::CannotSpeak(_) => ModerateError::CannotSpeak,
-            e => ModerateError::Refused(e.to_string()),
-        })?;
+        if let Command::Leave { peer } = command {
+            // A kick: recorded first, so that the departure says so.
+            self.rooms.handle_moderated(target, action);
+            self.remove_member(peer);
+            return Ok(());
+        }
+        // (hybrid) A member without an SFU session (a P2P channel's) has its
+        // state recorded and announced; its clients enforce it, and its SFU
+        // session gets it when it joins.
+        let in_engine = self.rooms.member(target).is_some_and(|m| m.in_engine);
+        if in_engine {
+            self.command(command).map_err(|e| match e {
+                media_core::Error::CannotSpeak(_) => ModerateError::CannotSpeak,
+                e => ModerateError::Refused(e.to_string()),
+            })?;
+        }
         self.rooms.handle_moderated(target, action);
         self.deliver();
         Ok(())
