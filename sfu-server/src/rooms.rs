@@ -324,10 +324,9 @@ impl Rooms {
                 tracing::debug!(%peer, "media connected");
                 self.send(peer, ServerMsg::Connected);
             }
-            Event::PeerLeft { peer, reason } => {
-                if !self.session_ended(peer) {
-                    self.left(peer, reason, now);
-                }
+            // (hybrid) A session the room layer ended leaves the member in.
+            Event::PeerLeft { peer, reason } if !self.session_ended(peer) => {
+                self.left(peer, reason, now);
             }
             Event::SlotChanged {
                 peer,

@@ -1,0 +1,480 @@
+//! Hybrid channels end to end (docs/HYBRID.md): members are real WebRTC
+//! clients on 127.0.0.1 (str0m with ICE, DTLS, SRTP and Opus between the
+//! members themselves in P2P, and with the server on the SFU); the server
+//! relays their signaling over its WebSocket. What each member plays is
+//! judged at its decoders: which tones, the longest gap of each tone
+//! across a switch, and whether a tone was heard twice.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use sfu_server::{Config, Server};
+use testkit::client::ClientSpec;
+use testkit::mesh::{MeshMember, Signal, SignalData};
+use testkit::playback::Path;
+use testkit::udp::UdpPeer;
+
+/// Each member hears every other on the SFU: the server selects this many
+/// voices of a channel, every one of the eight talkers here.
+const SLOTS: usize = 8;
+
+/// How long a member's mesh link may take to connect before it reports it.
+const MESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn hybrid_config() -> Config {
+    let mut c = config();
+    c.hybrid = true;
+    c.slots = SLOTS;
+    c.p2p_max = 7;
+    c.p2p_return_at = 5;
+    c.p2p_return_after_secs = 1;
+    c.workers = 1;
+    c
+}
+
+/// A member of a hybrid channel: its WebSocket, its mesh links and SFU
+/// session ([`MeshMember`]), and what the server told it.
+struct Member {
+    ws: Ws,
+    mesh: MeshMember,
+    id: u64,
+    tone: usize,
+    /// The channel's epoch as last told.
+    epoch: u64,
+    /// The mode the channel is in or switching to.
+    target: Path,
+    /// The path this member plays.
+    playing: Path,
+    /// The others, by id.
+    others: BTreeSet<u64>,
+    /// Its SFU session between `sfu_join` and `sfu_joined`.
+    joining: Option<UdpPeer>,
+    /// When the switch it takes part in began (it swaps when the new path
+    /// delivers the others' tones from then on).
+    switch_since: Option<Instant>,
+    /// When it swapped last.
+    swapped_at: Option<Instant>,
+    /// `switched` messages from the server, by epoch.
+    completed: BTreeMap<u64, Value>,
+    /// `mode` messages from the server.
+    modes: Vec<Value>,
+    /// Links reported as failed.
+    reported: BTreeSet<u64>,
+    /// Drop every datagram of its mesh links (a pair that cannot connect).
+    blackhole: bool,
+    /// Error messages from the server.
+    errors: Vec<Value>,
+}
+
+fn path(mode: &str) -> Path {
+    match mode {
+        "p2p" => Path::Mesh,
+        "sfu" => Path::Sfu,
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn mode_name(p: Path) -> &'static str {
+    match p {
+        Path::Mesh => "p2p",
+        Path::Sfu => "sfu",
+    }
+}
+
+fn sfu_spec(tone: usize) -> ClientSpec {
+    ClientSpec {
+        slots: SLOTS,
+        ..ClientSpec::speaker(tone)
+    }
+}
+
+impl Member {
+    /// Joins `channel` as a P2P-capable client talking tone `tone`.
+    async fn join(server: &Server, channel: &str, tone: usize) -> Member {
+        let mut ws = Ws::connect(server).await;
+        let name = format!("m{tone}");
+        let (mut session, offer) = UdpPeer::new(&name, &sfu_spec(tone)).expect("peer");
+        ws.send(json!({"type": "join", "channel": channel, "identity": name, "offer": offer, "p2p": true}))
+            .await;
+        let joined = ws.recv().await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        let id = joined["peer"].as_u64().unwrap();
+        let mode = path(joined["mode"].as_str().unwrap());
+        let mut mesh = MeshMember::new(id, Some(tone));
+        mesh.set_talking(true);
+        let others: BTreeSet<u64> = joined["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["peer"].as_u64().unwrap())
+            .filter(|p| *p != id)
+            .collect();
+        if mode == Path::Sfu {
+            session.start(joined["answer"].as_str().unwrap());
+            mesh.attach_sfu(session);
+            mesh.switch_playback(Path::Sfu);
+        } else {
+            assert_eq!(joined["answer"], "", "no SFU answer in P2P");
+            assert_eq!(joined["source"], 0);
+            mesh.connect_all(others.iter().copied()).unwrap();
+        }
+        Member {
+            ws,
+            mesh,
+            id,
+            tone,
+            epoch: joined["epoch"].as_u64().unwrap(),
+            target: mode,
+            playing: mode,
+            others,
+            joining: None,
+            switch_since: None,
+            swapped_at: None,
+            completed: BTreeMap::new(),
+            modes: Vec::new(),
+            reported: BTreeSet::new(),
+            blackhole: false,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Moves signals both ways, handles the server's messages, swaps
+    /// playback when the new path delivers, reports failed links.
+    async fn pump(&mut self, tones: &BTreeMap<u64, usize>) {
+        // Signals of links still connecting after a switch up are moot.
+        let signals = self.mesh.take_signals();
+        for s in signals.into_iter().filter(|_| self.target == Path::Mesh) {
+            let data = match &s.data {
+                SignalData::Offer(sdp) => json!({"kind": "offer", "sdp": sdp}),
+                SignalData::Answer(sdp) => json!({"kind": "answer", "sdp": sdp}),
+                SignalData::Candidate(c) => json!({"kind": "candidate", "candidate": c}),
+            };
+            self.ws
+                .send(json!({"type": "signal", "to": s.to, "epoch": self.epoch, "data": data}))
+                .await;
+        }
+        let (msgs, open) = self.ws.pending(Duration::from_millis(1)).await;
+        assert!(open, "member {} lost its socket", self.id);
+        for m in msgs {
+            self.handle(m).await;
+        }
+        if self.blackhole {
+            for o in self.mesh.links().collect::<Vec<_>>() {
+                self.mesh.set_link_blackhole(o, true);
+            }
+        }
+        if self.target == Path::Mesh {
+            let failed = self.mesh.failed_links(MESH_TIMEOUT, Instant::now());
+            for peer in failed {
+                if self.reported.insert(peer) {
+                    self.ws
+                        .send(json!({"type": "p2p_failed", "peer": peer, "reason": "timeout", "epoch": self.epoch}))
+                        .await;
+                }
+            }
+        }
+        // Make before break: swap when the new path delivers every other
+        // member's tone.
+        if let Some(since) = self.switch_since {
+            let want: Vec<usize> = self
+                .others
+                .iter()
+                .filter_map(|o| tones.get(o).copied())
+                .collect();
+            if self.playing != self.target && self.mesh.delivers(self.target, &want, since) {
+                self.swapped_at = Some(self.mesh.switch_playback(self.target));
+                self.playing = self.target;
+                self.switch_since = None;
+                let mode = mode_name(self.target);
+                self.ws
+                    .send(json!({"type": "switched", "mode": mode, "epoch": self.epoch}))
+                    .await;
+            }
+        }
+    }
+
+    async fn handle(&mut self, m: Value) {
+        let peer = |m: &Value, k: &str| m[k].as_u64().unwrap();
+        match m["type"].as_str().unwrap() {
+            "signal" => {
+                let d = &m["data"];
+                let data = match d["kind"].as_str().unwrap() {
+                    "offer" => SignalData::Offer(d["sdp"].as_str().unwrap().into()),
+                    "answer" => SignalData::Answer(d["sdp"].as_str().unwrap().into()),
+                    _ => SignalData::Candidate(d["candidate"].as_str().unwrap().into()),
+                };
+                let signal = Signal {
+                    from: peer(&m, "from"),
+                    to: self.id,
+                    data,
+                };
+                self.mesh.handle_signal(signal).expect("a good signal");
+            }
+            "member_joined" => {
+                let p = peer(&m["member"], "peer");
+                self.others.insert(p);
+                if self.target == Path::Mesh {
+                    self.mesh.connect(p).unwrap();
+                }
+            }
+            "member_left" => {
+                let p = peer(&m, "peer");
+                self.others.remove(&p);
+                self.mesh.disconnect(p);
+            }
+            "mode" => {
+                self.epoch = m["epoch"].as_u64().unwrap();
+                self.target = path(m["mode"].as_str().unwrap());
+                self.modes.push(m.clone());
+                self.reported.clear();
+                self.switch_since = Some(Instant::now());
+                if self.target == Path::Sfu && self.mesh.sfu().is_none() {
+                    let name = format!("m{}-sfu", self.tone);
+                    let (session, offer) = UdpPeer::new(&name, &sfu_spec(self.tone)).unwrap();
+                    self.joining = Some(session);
+                    self.ws
+                        .send(json!({"type": "sfu_join", "offer": offer, "epoch": self.epoch}))
+                        .await;
+                } else if self.target == Path::Mesh {
+                    self.mesh.connect_all(self.others.iter().copied()).unwrap();
+                }
+            }
+            "sfu_joined" => {
+                let mut session = self.joining.take().expect("an sfu_join waits");
+                session.start(m["answer"].as_str().unwrap());
+                self.mesh.attach_sfu(session);
+            }
+            "switched" => {
+                let mode = path(m["mode"].as_str().unwrap());
+                if self.playing != mode {
+                    self.swapped_at = Some(self.mesh.switch_playback(mode));
+                    self.playing = mode;
+                }
+                self.switch_since = None;
+                match mode {
+                    Path::Sfu => self.mesh.close_mesh(),
+                    Path::Mesh => self.mesh.detach_sfu(),
+                }
+                self.completed.insert(m["epoch"].as_u64().unwrap(), m);
+            }
+            "error" => self.errors.push(m),
+            _ => {}
+        }
+    }
+}
+
+/// Pumps every member until `cond` holds (true) or `limit` passed.
+async fn pump_until(
+    members: &mut [Member],
+    limit: Duration,
+    mut cond: impl FnMut(&[Member]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let tones: BTreeMap<u64, usize> = members.iter().map(|m| (m.id, m.tone)).collect();
+        for m in members.iter_mut() {
+            m.pump(&tones).await;
+        }
+        if cond(members) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+    }
+}
+
+/// Pumps every member for `d`.
+async fn pump_for(members: &mut [Member], d: Duration) {
+    pump_until(members, d, |_| false).await;
+}
+
+/// Whether every member plays every other's tone in at least 10 frames of
+/// the last 0.5 s.
+fn all_hear_all(members: &[Member]) -> bool {
+    let now = Instant::now();
+    let from = now - Duration::from_millis(500);
+    members.iter().all(|m| {
+        let heard = m.mesh.tones_played(from, now, 10);
+        members
+            .iter()
+            .filter(|o| o.id != m.id)
+            .all(|o| heard.contains(&o.tone))
+    })
+}
+
+async fn metric(server: &Server, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let base = format!("http://{}", server.http_addr());
+    value(&scrape(&base).await, name, label)
+}
+
+/// The switch's measures for every member that was there before it: the
+/// longest gap of each other member's tone in `[from, to]`, and the 20 ms
+/// windows in which a tone was heard twice since its swap.
+fn judge(members: &[Member], from: Instant, to: Instant) -> (Duration, usize) {
+    let mut worst = Duration::ZERO;
+    let mut twice = 0;
+    for m in members {
+        for o in members.iter().filter(|o| o.id != m.id) {
+            let gap = m.mesh.longest_gap(o.tone, from, to);
+            if gap > worst {
+                eprintln!("member {} tone {}: gap {gap:?}", m.id, o.tone);
+                worst = gap;
+            }
+            let swap = m.swapped_at.unwrap_or(from);
+            twice += m.mesh.heard_twice(o.tone, swap, to);
+        }
+    }
+    (worst, twice)
+}
+
+/// Seven members talk peer-to-peer: the server carries none of their
+/// media. The eighth joins: every member joins the SFU, swaps when it
+/// delivers, and nobody's audio stops for 100 ms or doubles. Three leave:
+/// a second later the five are peer-to-peer again, as seamlessly, and the
+/// engine has no session left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_talk_p2p_the_eighth_moves_them_to_the_sfu_and_five_return() {
+    let server = server(hybrid_config()).await;
+    let mut members = Vec::new();
+    for tone in 0..7 {
+        let m = Member::join(&server, "huddle", tone).await;
+        assert_eq!(m.target, Path::Mesh, "member {tone} starts in P2P");
+        members.push(m);
+    }
+    assert!(
+        pump_until(&mut members, LIMIT, all_hear_all).await,
+        "the seven hear each other over their mesh"
+    );
+    // The server carried none of it.
+    assert_eq!(metric(&server, "sfu_rtp_received_total", None).await, 0.0);
+    assert_eq!(metric(&server, "sfu_hybrid_p2p_sessions", None).await, 0.0);
+    assert_eq!(
+        metric(&server, "sfu_hybrid_channels", Some(("state", "p2p"))).await,
+        1.0
+    );
+    assert!(metric(&server, "sfu_hybrid_signals_total", Some(("kind", "offer"))).await >= 21.0);
+
+    pump_for(&mut members, Duration::from_millis(1000)).await;
+    let (gap, _) = judge(
+        &members,
+        Instant::now() - Duration::from_millis(1000),
+        Instant::now(),
+    );
+    eprintln!("steady P2P: longest gap {gap:?}");
+    // The eighth.
+    let before = Instant::now() - Duration::from_millis(500);
+    let eighth = Member::join(&server, "huddle", 7).await;
+    assert_eq!(eighth.target, Path::Sfu, "the eighth starts on the SFU");
+    let up = eighth.epoch;
+    members.push(eighth);
+    let done = pump_until(&mut members, LIMIT, |ms| {
+        ms.iter().all(|m| m.completed.contains_key(&up))
+    })
+    .await;
+    assert!(done, "every member is told the switch up completed");
+    for m in &members[..7] {
+        assert_eq!(m.modes.last().unwrap()["reason"], "size", "{:?}", m.modes);
+        let c = &m.completed[&up];
+        assert!(
+            c["stragglers"].as_array().unwrap().is_empty(),
+            "{c} {:?} {:?}",
+            m.modes,
+            m.errors
+        );
+    }
+    pump_for(&mut members, Duration::from_millis(800)).await;
+    let after = Instant::now();
+    assert!(
+        all_hear_all(&members),
+        "all eight hear each other on the SFU"
+    );
+    let (gap, twice) = judge(&members[..7], before, after);
+    assert!(gap < Duration::from_millis(100), "longest gap {gap:?}");
+    assert_eq!(twice, 0, "windows heard twice");
+    assert_eq!(
+        metric(
+            &server,
+            "sfu_hybrid_switches_total",
+            Some(("reason", "size"))
+        )
+        .await,
+        1.0
+    );
+    assert!(metric(&server, "sfu_rtp_forwarded_total", None).await > 0.0);
+
+    // Three leave (the eighth among them): five, and after a second P2P.
+    for mut m in members.drain(5..) {
+        m.ws.send(json!({"type": "leave"})).await;
+    }
+    let before = Instant::now() - Duration::from_millis(500);
+    let down = pump_until(&mut members, LIMIT, |ms| {
+        ms.iter()
+            .all(|m| m.completed.values().any(|c| c["mode"] == "p2p"))
+    })
+    .await;
+    assert!(down, "the five return to P2P");
+    for m in &members {
+        assert_eq!(m.modes.last().unwrap()["reason"], "small");
+    }
+    pump_for(&mut members, Duration::from_millis(800)).await;
+    let after = Instant::now();
+    assert!(
+        all_hear_all(&members),
+        "the five hear each other over their mesh"
+    );
+    let (gap, twice) = judge(&members, before, after);
+    assert!(gap < Duration::from_millis(100), "longest gap {gap:?}");
+    assert_eq!(twice, 0);
+    // The server ended every SFU session and carries nothing now.
+    assert_eq!(metric(&server, "sfu_hybrid_p2p_sessions", None).await, 0.0);
+    let received = metric(&server, "sfu_rtp_received_total", None).await;
+    pump_for(&mut members, Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&server, "sfu_rtp_received_total", None).await,
+        received
+    );
+    for m in &members {
+        assert!(m.errors.is_empty(), "member {}: {:?}", m.id, m.errors);
+        assert_eq!(m.mesh.decode_errors(), 0);
+    }
+}
+
+/// A pair whose mesh link cannot connect (every datagram dropped): both
+/// report it, the channel moves to the SFU with reason `p2p_failed`, and
+/// they hear each other there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_link_that_cannot_connect_moves_the_channel_to_the_sfu() {
+    let server = server(hybrid_config()).await;
+    let mut a = Member::join(&server, "blocked", 0).await;
+    a.blackhole = true;
+    let mut b = Member::join(&server, "blocked", 1).await;
+    b.blackhole = true;
+    let mut members = vec![a, b];
+    let up = pump_until(&mut members, LIMIT, |ms| {
+        ms.iter()
+            .all(|m| m.completed.values().any(|c| c["mode"] == "sfu"))
+    })
+    .await;
+    assert!(up, "the channel moves to the SFU");
+    for m in &members {
+        assert_eq!(m.modes.last().unwrap()["reason"], "p2p_failed");
+    }
+    assert!(
+        pump_until(&mut members, LIMIT, all_hear_all).await,
+        "the pair hears each other on the SFU"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "sfu_hybrid_fallbacks_total",
+            Some(("reason", "timeout"))
+        )
+        .await,
+        1.0
+    );
+}
