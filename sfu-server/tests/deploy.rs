@@ -55,7 +55,10 @@ fn key_of(line: &str) -> Option<(&str, bool)> {
         None => (false, line),
     };
     let (key, _) = rest.split_once(" = ")?;
-    let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    let is_key = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     is_key.then_some((key, commented))
 }
 

@@ -9,10 +9,15 @@ use super::mode::SfuOnly;
 use super::*;
 
 mod hall;
+mod hybrid;
 
-/// The time every event of these tests happens at.
+/// The time every event of these tests happens at: one clock reading per
+/// test thread, kept.
 fn t0() -> Instant {
-    testkit::epoch()
+    thread_local! {
+        static T0: Instant = testkit::epoch();
+    }
+    T0.with(|t| *t)
 }
 
 /// Every member's voice in these tests: 1000 + its peer id.
