@@ -18,7 +18,7 @@ mod hybrid;
 /// `slots = 3`, `stun_urls = ["stun:stun.example.org:3478"]`, ...); unknown
 /// keys are an error.
 ///
-/// `Debug` redacts `auth_secret` and `turn_secret`, so a configuration can be
+/// `Debug` redacts `auth_secret`, `turn_secret` and `admin_token`, so a configuration can be
 /// logged.
 #[derive(Clone, serde::Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -136,6 +136,10 @@ pub struct Config {
     pub p2p_switch_timeout_secs: u64,
     /// (hybrid) Channels that never use P2P; default none.
     pub p2p_disabled_channels: Vec<String>,
+    /// Bearer token of the admin endpoints (`/admin/hybrid`: the hybrid
+    /// settings at runtime); at least 32 bytes. Unset (the default): the
+    /// endpoints answer 404.
+    pub admin_token: Option<String>,
     /// PEM certificate chain: with `tls_key`, the HTTP address serves HTTPS
     /// and WSS (re-read on SIGHUP); default none (plain HTTP).
     pub tls_cert: Option<PathBuf>,
@@ -264,6 +268,7 @@ impl Default for Config {
             p2p_rollout_percent: 100.0,
             p2p_switch_timeout_secs: 10,
             p2p_disabled_channels: Vec::new(),
+            admin_token: None,
             max_body_bytes: 65_536,
             log: "info,str0m=error".to_owned(),
             tls_cert: None,
@@ -316,6 +321,7 @@ impl fmt::Debug for Config {
             .field("stun_urls", &self.stun_urls)
             .field("turn_urls", &self.turn_urls)
             .field("turn_secret", &redact(&self.turn_secret))
+            .field("admin_token", &redact(&self.admin_token))
             .field("turn_ttl_secs", &self.turn_ttl_secs)
             .field("drain_timeout_secs", &self.drain_timeout_secs)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -815,6 +821,7 @@ impl Config {
         }
         check_secret("auth_secret", self.auth_secret.as_deref())?;
         check_secret("turn_secret", self.turn_secret.as_deref())?;
+        check_secret("admin_token", self.admin_token.as_deref())?;
         check_secret("cluster_secret", self.cluster_secret.as_deref())?;
         if self.auth_secret.is_none() && !self.insecure {
             for (what, addr) in [("HTTP", self.http), ("UDP", self.udp)] {

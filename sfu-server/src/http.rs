@@ -59,6 +59,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ws", get(crate::ws::upgrade))
+        .route(
+            "/admin/hybrid",
+            get(crate::admin::get_hybrid).put(crate::admin::put_hybrid),
+        )
         .merge(media)
         .with_state(state)
 }

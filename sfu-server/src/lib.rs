@@ -8,7 +8,7 @@
 //! | [`config_check`] | `--check-config FILE`: the key at fault and why |
 //! | [`auth`] | JWT (HS256) grants |
 //! | [`turn`] | ICE servers, ephemeral TURN credentials |
-//! | [`rooms`] | the room layer: members, listing, member counts, moderation rules (sans-IO) |
+//! | [`rooms`] | the room layer: members, listing, member counts, moderation rules, hybrid P2P ⇄ SFU (sans-IO) |
 //! | [`worker`] | one engine + its UDP socket on a task, carrying the rooms' messages |
 //! | [`cluster`] | core/edge: cascade links ⇄ the worker's relay messages |
 //! | [`fleet`] | nodes coordinated through Redis: registry, channel leases with fencing, choice of a core |
@@ -20,6 +20,7 @@
 //! | [`health`] | the node's essential tasks watched: a dead worker fails the node |
 //! | [`connections`] | HTTP/1.1 connections: limit with `503`, header-read timeout, `ConnectInfo` |
 //! | [`http`] | WHIP/WHEP, demo page, metrics, health |
+//! | [`admin`] | `/admin/hybrid`: the hybrid settings at runtime, behind `admin_token` |
 //! | [`media_request`] | a WHIP/WHEP `POST` checked (body, type, channel, `Authorization`), pure |
 //! | [`ws`] | the WebSocket room protocol |
 //! | [`protocol`] | its JSON messages |
@@ -31,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod client_request;
 pub mod cluster;

@@ -84,6 +84,9 @@ pub struct AppState {
     /// (a fleet with edges) this node's links to the cores of the channels
     /// it serves as an edge.
     pub uplinks: std::sync::OnceLock<Arc<crate::cluster::Uplinks>>,
+    /// The hybrid settings in force (the configuration's, then the admin
+    /// endpoint's).
+    hybrid: std::sync::Mutex<crate::rooms::mode::HybridSettings>,
 }
 
 /// Why a request is refused.
@@ -198,7 +201,10 @@ impl AppState {
             config.joins_per_ip_per_minute,
             config.joins_per_token_per_minute,
         );
+        // `Server::start` validated the configuration.
+        let hybrid = config.hybrid_settings().unwrap_or_default();
         AppState {
+            hybrid: std::sync::Mutex::new(hybrid),
             ws_slots: Arc::new(Semaphore::new(config.max_ws_connections)),
             config,
             workers,
@@ -212,6 +218,25 @@ impl AppState {
             fleet: std::sync::OnceLock::new(),
             placer: std::sync::OnceLock::new(),
             uplinks: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The hybrid settings in force.
+    pub fn hybrid_settings(&self) -> crate::rooms::mode::HybridSettings {
+        self.hybrid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// New hybrid settings (checked), applied to every worker.
+    pub async fn set_hybrid(&self, settings: crate::rooms::mode::HybridSettings) {
+        *self
+            .hybrid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings.clone();
+        for w in self.workers.all() {
+            w.set_hybrid(settings.clone()).await;
         }
     }
 

@@ -25,6 +25,11 @@ const SLOTS: usize = 8;
 /// How long a member's mesh link may take to connect before it reports it.
 const MESH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The tests of this file judge audio timing at the decoders of dozens of
+/// real clients: they run one at a time, so that one's clients do not
+/// starve another's of CPU on a small machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn hybrid_config() -> Config {
     let mut c = config();
     c.hybrid = true;
@@ -339,6 +344,7 @@ fn judge(members: &[Member], from: Instant, to: Instant) -> (Duration, usize) {
 /// engine has no session left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seven_talk_p2p_the_eighth_moves_them_to_the_sfu_and_five_return() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = server(hybrid_config()).await;
     let mut members = Vec::new();
     for tone in 0..7 {
@@ -449,6 +455,7 @@ async fn seven_talk_p2p_the_eighth_moves_them_to_the_sfu_and_five_return() {
 /// they hear each other there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_link_that_cannot_connect_moves_the_channel_to_the_sfu() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = server(hybrid_config()).await;
     let mut a = Member::join(&server, "blocked", 0).await;
     a.blackhole = true;
@@ -477,4 +484,102 @@ async fn a_mesh_link_that_cannot_connect_moves_the_channel_to_the_sfu() {
         .await,
         1.0
     );
+}
+
+const ADMIN: &str = "an-admin-token-of-at-least-32-bytes-of-random";
+
+/// `PUT /admin/hybrid` with `body` and `token`; the status and the JSON.
+async fn put_hybrid(server: &Server, token: &str, body: Value) -> (u16, Value) {
+    let url = format!("http://{}/admin/hybrid", server.http_addr());
+    let auth = format!("Bearer {token}");
+    let res = http(
+        reqwest::Method::PUT,
+        url,
+        &[("authorization", auth.as_str())],
+        body.to_string(),
+    )
+    .await;
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// P2P turned off at runtime (the admin endpoint) moves a talking P2P
+/// channel onto the SFU with the usual switch; turned on again, the
+/// channel returns after the hysteresis. Nobody is dropped; the endpoint
+/// wants its token and checks what it is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_turned_off_and_on_at_runtime_moves_channels_both_ways() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cfg = hybrid_config();
+    cfg.admin_token = Some(ADMIN.into());
+    let server = server(cfg).await;
+    let mut members = vec![
+        Member::join(&server, "rollout", 0).await,
+        Member::join(&server, "rollout", 1).await,
+    ];
+    assert!(pump_until(&mut members, LIMIT, all_hear_all).await);
+    // Past the burst a link delivers as it connects: a steady flow.
+    pump_for(&mut members, Duration::from_millis(500)).await;
+
+    let (status, _) = put_hybrid(&server, "wrong", json!({"enabled": false})).await;
+    assert_eq!(status, 401);
+    let (status, body) = put_hybrid(&server, ADMIN, json!({"p2p_max": 40})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("p2p_max"),
+        "{body}"
+    );
+    let (status, body) = put_hybrid(&server, ADMIN, json!({"enable": false})).await;
+    assert_eq!(status, 400, "an unknown key: {body}");
+
+    let (status, body) = put_hybrid(&server, ADMIN, json!({"enabled": false})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["settings"]["enabled"], false);
+    let before = Instant::now() - Duration::from_millis(500);
+    let up = pump_until(&mut members, LIMIT, |ms| {
+        ms.iter()
+            .all(|m| m.completed.values().any(|c| c["mode"] == "sfu"))
+    })
+    .await;
+    assert!(up, "the channel moves to the SFU");
+    for m in &members {
+        assert_eq!(m.modes.last().unwrap()["reason"], "disabled");
+    }
+    pump_for(&mut members, Duration::from_millis(500)).await;
+    let (gap, twice) = judge(&members, before, Instant::now());
+    assert!(gap < Duration::from_millis(100), "longest gap {gap:?}");
+    assert_eq!(twice, 0);
+
+    let (status, _) = put_hybrid(&server, ADMIN, json!({"enabled": true})).await;
+    assert_eq!(status, 200);
+    let down = pump_until(&mut members, LIMIT, |ms| {
+        ms.iter()
+            .all(|m| m.completed.values().any(|c| c["mode"] == "p2p"))
+    })
+    .await;
+    assert!(down, "the channel returns to P2P");
+    let url = format!("http://{}/admin/hybrid", server.http_addr());
+    let auth = format!("Bearer {ADMIN}");
+    let got = http(
+        reqwest::Method::GET,
+        url,
+        &[("authorization", auth.as_str())],
+        String::new(),
+    )
+    .await;
+    let got: Value = serde_json::from_str(&got.text().await.unwrap()).unwrap();
+    assert_eq!(got["channels"]["p2p"], 1, "{got}");
+    for m in &members {
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+    }
+}
+
+/// Without an admin token the endpoint does not exist.
+#[tokio::test]
+async fn the_admin_endpoint_needs_a_configured_token() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = server(hybrid_config()).await;
+    let (status, _) = put_hybrid(&server, ADMIN, json!({"enabled": false})).await;
+    assert_eq!(status, 404);
 }

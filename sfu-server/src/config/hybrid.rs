@@ -11,7 +11,7 @@ impl Config {
     /// `SFU_HYBRID`, `SFU_P2P_MAX`, `SFU_P2P_RETURN_AT`,
     /// `SFU_P2P_RETURN_AFTER_SECS`, `SFU_P2P_ROLLOUT_PERCENT`,
     /// `SFU_P2P_SWITCH_TIMEOUT_SECS`, `SFU_P2P_DISABLED_CHANNELS` (comma
-    /// separated).
+    /// separated), `SFU_ADMIN_TOKEN`.
     pub(super) fn apply_hybrid_env(
         &mut self,
         env: &dyn Fn(&str) -> Option<String>,
@@ -36,6 +36,9 @@ impl Config {
         }
         if let Some(v) = env("SFU_P2P_DISABLED_CHANNELS") {
             self.p2p_disabled_channels = split_list(&v);
+        }
+        if let Some(v) = env("SFU_ADMIN_TOKEN") {
+            self.admin_token = Some(v);
         }
         Ok(())
     }
@@ -78,10 +81,22 @@ impl Config {
         Ok(settings)
     }
 
+    /// These keys set from `settings` (the admin endpoint's changes are
+    /// checked as the configuration's are).
+    pub fn set_hybrid_keys(&mut self, settings: &HybridSettings) {
+        self.hybrid = settings.enabled;
+        self.p2p_max = settings.p2p_max;
+        self.p2p_return_at = settings.p2p_return_at;
+        self.p2p_return_after_secs = settings.p2p_return_after.as_secs();
+        self.p2p_rollout_percent = settings.rollout.percent();
+        self.p2p_switch_timeout_secs = settings.switch_timeout.as_secs();
+        self.p2p_disabled_channels = settings.disabled_channels.iter().cloned().collect();
+    }
+
     /// Refuses bad hybrid settings, and hybrid channels where a channel's
     /// members may be on several workers or nodes (each would build a mesh
     /// of its own members only).
-    pub(super) fn validate_hybrid(&self) -> Result<(), ConfigError> {
+    pub fn validate_hybrid(&self) -> Result<(), ConfigError> {
         self.hybrid_settings()?;
         if !self.hybrid {
             return Ok(());
