@@ -53,7 +53,7 @@ pub async fn get_hybrid(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&state, remote, &headers) {
-        return r;
+        return *r;
     }
     let settings = state.hybrid_settings();
     let workers = state.worker_snapshots().await;
@@ -75,7 +75,7 @@ pub async fn put_hybrid(
     body: String,
 ) -> Response {
     if let Err(r) = authorize(&state, remote, &headers) {
-        return r;
+        return *r;
     }
     let change: HybridChange = match serde_json::from_str(&body) {
         Ok(c) => c,
@@ -134,16 +134,20 @@ fn view(s: &HybridSettings) -> Value {
 
 /// 404 without an admin token; 403 from beyond loopback in development
 /// mode; 401 without the right bearer token.
-fn authorize(state: &AppState, remote: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(
+    state: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response>> {
     let Some(token) = state.config.admin_token.as_deref() else {
-        return Err(StatusCode::NOT_FOUND.into_response());
+        return Err(Box::new(StatusCode::NOT_FOUND.into_response()));
     };
     if state.config.dev_mode() && !remote.ip().is_loopback() {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "development mode: the admin endpoints answer loopback clients only",
-        ));
+        )));
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -151,11 +155,11 @@ fn authorize(state: &AppState, remote: SocketAddr, headers: &HeaderMap) -> Resul
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "give Authorization: Bearer <admin_token>",
-        ));
+        )));
     }
     Ok(())
 }
