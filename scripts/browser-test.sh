@@ -7,7 +7,10 @@
 # WebSocket is cut resumes, and a page restarts ICE; and in a fleet of two
 # servers on a Redis, a page that joins through the node that does not
 # serve the channel follows the redirect; and a listener page of a server in
-# hall mode plays 40 ms packets (sfu-server/tests/browser/test.mjs).
+# hall mode plays 40 ms packets; and on a server with hybrid channels two
+# pages talk peer-to-peer, a third moves them onto the SFU and its leaving
+# brings them back, each page measuring the gap in what it hears
+# (sfu-server/tests/browser/test.mjs, hybrid.mjs).
 #
 # Everything runs in a fresh network namespace whose only addresses are
 # loopback ones (scripts/lib/netns.sh): browsers gather ICE candidates on
@@ -125,17 +128,22 @@ done
 # Hall mode: listeners get 40 ms packets.
 $SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$((PORT + 3)) --udp 127.0.0.1:0 --workers 1 \
   --hall-mode --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
-for n in 1 2 3; do
+# Hybrid channels: P2P up to 2 members, back to P2P a second after the
+# channel is down to 2.
+$SUDO ip netns exec "$NS" env SFU_P2P_RETURN_AT=2 SFU_P2P_RETURN_AFTER_SECS=1 "$SERVER" \
+  --http 127.0.0.1:$((PORT + 4)) --udp 127.0.0.1:0 --workers 1 --hybrid --p2p-max 2 \
+  --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
+for n in 1 2 3 4; do
   for _ in $(seq 1 100); do
     netns_healthy "$NS" $((PORT + n)) && break
     sleep 0.1
   done
-  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: server $n (fleet, hall mode) did not become healthy"; cat "$FLEET_LOG"; exit 1; }
+  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: server $n (fleet, hall mode, hybrid) did not become healthy"; cat "$FLEET_LOG"; exit 1; }
 done
 
 netns_run_test "$NS" 180 "$SERVER_LOG" browser-test env SFU_URL="http://127.0.0.1:$PORT" \
   SFU_FLEET="http://127.0.0.1:$((PORT + 1)) http://127.0.0.1:$((PORT + 2))" \
-  SFU_HALL="http://127.0.0.1:$((PORT + 3))" \
+  SFU_HALL="http://127.0.0.1:$((PORT + 3))" SFU_HYBRID="http://127.0.0.1:$((PORT + 4))" \
   SCREENSHOT="$ROOT/target/browser-test.png" VERBOSE="${VERBOSE:-0}" node "$TEST_DIR/test.mjs"
 echo "browser-test: done in $(($(date +%s) - started)) s, exit $rc"
 exit "$rc"

@@ -293,6 +293,16 @@ async fn pump_until(
     }
 }
 
+/// Pumps every member until each was told that a switch to `mode` is
+/// complete (`switched`); false past `LIMIT`.
+async fn until_switched(members: &mut [Member], mode: &str) -> bool {
+    pump_until(members, LIMIT, |ms| {
+        ms.iter()
+            .all(|m| m.completed.values().any(|c| c["mode"] == mode))
+    })
+    .await
+}
+
 /// Pumps every member for `d`.
 async fn pump_for(members: &mut [Member], d: Duration) {
     pump_until(members, d, |_| false).await;
@@ -418,11 +428,7 @@ async fn seven_talk_p2p_the_eighth_moves_them_to_the_sfu_and_five_return() {
         m.ws.send(json!({"type": "leave"})).await;
     }
     let before = Instant::now() - Duration::from_millis(500);
-    let down = pump_until(&mut members, LIMIT, |ms| {
-        ms.iter()
-            .all(|m| m.completed.values().any(|c| c["mode"] == "p2p"))
-    })
-    .await;
+    let down = until_switched(&mut members, "p2p").await;
     assert!(down, "the five return to P2P");
     for m in &members {
         assert_eq!(m.modes.last().unwrap()["reason"], "small");
@@ -462,11 +468,7 @@ async fn a_mesh_link_that_cannot_connect_moves_the_channel_to_the_sfu() {
     let mut b = Member::join(&server, "blocked", 1).await;
     b.blackhole = true;
     let mut members = vec![a, b];
-    let up = pump_until(&mut members, LIMIT, |ms| {
-        ms.iter()
-            .all(|m| m.completed.values().any(|c| c["mode"] == "sfu"))
-    })
-    .await;
+    let up = until_switched(&mut members, "sfu").await;
     assert!(up, "the channel moves to the SFU");
     for m in &members {
         assert_eq!(m.modes.last().unwrap()["reason"], "p2p_failed");
@@ -537,11 +539,7 @@ async fn p2p_turned_off_and_on_at_runtime_moves_channels_both_ways() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["settings"]["enabled"], false);
     let before = Instant::now() - Duration::from_millis(500);
-    let up = pump_until(&mut members, LIMIT, |ms| {
-        ms.iter()
-            .all(|m| m.completed.values().any(|c| c["mode"] == "sfu"))
-    })
-    .await;
+    let up = until_switched(&mut members, "sfu").await;
     assert!(up, "the channel moves to the SFU");
     for m in &members {
         assert_eq!(m.modes.last().unwrap()["reason"], "disabled");
@@ -553,11 +551,7 @@ async fn p2p_turned_off_and_on_at_runtime_moves_channels_both_ways() {
 
     let (status, _) = put_hybrid(&server, ADMIN, json!({"enabled": true})).await;
     assert_eq!(status, 200);
-    let down = pump_until(&mut members, LIMIT, |ms| {
-        ms.iter()
-            .all(|m| m.completed.values().any(|c| c["mode"] == "p2p"))
-    })
-    .await;
+    let down = until_switched(&mut members, "p2p").await;
     assert!(down, "the channel returns to P2P");
     let url = format!("http://{}/admin/hybrid", server.http_addr());
     let auth = format!("Bearer {ADMIN}");
@@ -582,4 +576,118 @@ async fn the_admin_endpoint_needs_a_configured_token() {
     let server = server(hybrid_config()).await;
     let (status, _) = put_hybrid(&server, ADMIN, json!({"enabled": false})).await;
     assert_eq!(status, 404);
+}
+
+/// The median and the largest of `xs`.
+fn p50_max(mut xs: Vec<Duration>) -> (Duration, Duration) {
+    xs.sort();
+    (xs[xs.len() / 2], xs[xs.len() - 1])
+}
+
+/// The media worker's CPU seconds and the bytes in and out of the server.
+async fn cost(server: &Server) -> (f64, f64) {
+    let base = format!("http://{}", server.http_addr());
+    let s = scrape(&base).await;
+    let cpu = value(&s, "sfu_worker_cpu_seconds_total", Some(("worker", "0")));
+    let bytes = value(&s, "sfu_bytes_total", Some(("direction", "in")))
+        + value(&s, "sfu_bytes_total", Some(("direction", "out")));
+    (cpu, bytes)
+}
+
+/// BENCHMARKS.md, "Hybrid channels": the longest gap at the members'
+/// decoders across 20 switches each way (three members; a fourth joins and
+/// leaves), the time from the mode change to the switch complete, and the
+/// server's CPU and bandwidth for a seven-member channel in P2P and on the
+/// SFU. `cargo test --release -p sfu-server --test hybrid -- --ignored
+/// --nocapture` (scripts/hybrid-bench.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by scripts/hybrid-bench.sh"]
+async fn bench_switch_gaps_and_server_cost() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cfg = hybrid_config();
+    cfg.p2p_max = 3;
+    cfg.p2p_return_at = 3;
+    cfg.admin_token = Some(ADMIN.into());
+    let server = server(cfg).await;
+    let mut members = Vec::new();
+    for tone in 0..3 {
+        members.push(Member::join(&server, "bench", tone).await);
+    }
+    assert!(pump_until(&mut members, LIMIT, all_hear_all).await);
+    pump_for(&mut members, Duration::from_millis(500)).await;
+    let (mut up_gaps, mut down_gaps, mut up_times, mut down_times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..20 {
+        let before = Instant::now() - Duration::from_millis(500);
+        let fourth = Member::join(&server, "bench", 3).await;
+        let up = fourth.epoch;
+        members.push(fourth);
+        let t = Instant::now();
+        let done = pump_until(&mut members, LIMIT, |ms| {
+            ms.iter().all(|m| m.completed.contains_key(&up))
+        })
+        .await;
+        assert!(done, "round {round}: up");
+        up_times.push(t.elapsed());
+        pump_for(&mut members, Duration::from_millis(500)).await;
+        let (gap, twice) = judge(&members[..3], before, Instant::now());
+        assert_eq!(twice, 0);
+        up_gaps.push(gap);
+
+        let mut gone = members.pop().unwrap();
+        gone.ws.send(json!({"type": "leave"})).await;
+        let before = Instant::now() - Duration::from_millis(500);
+        let down = up + 1;
+        // The mode change comes p2p_return_after (1 s) after the leave.
+        let changed =
+            pump_until(&mut members, LIMIT, |ms| ms.iter().all(|m| m.epoch == down)).await;
+        assert!(changed, "round {round}: the mode change down");
+        let t = Instant::now();
+        let done = pump_until(&mut members, LIMIT, |ms| {
+            ms.iter().all(|m| m.completed.contains_key(&down))
+        })
+        .await;
+        assert!(done, "round {round}: down");
+        down_times.push(t.elapsed());
+        pump_for(&mut members, Duration::from_millis(500)).await;
+        let (gap, twice) = judge(&members, before, Instant::now());
+        assert_eq!(twice, 0);
+        down_gaps.push(gap);
+    }
+    let (g50, gmax) = p50_max(up_gaps);
+    let (t50, tmax) = p50_max(up_times);
+    println!("switch up (20): longest gap p50 {g50:?} max {gmax:?}; mode change to complete p50 {t50:?} max {tmax:?}");
+    let (g50, gmax) = p50_max(down_gaps);
+    let (t50, tmax) = p50_max(down_times);
+    println!("switch down (20): longest gap p50 {g50:?} max {gmax:?}; mode change to complete p50 {t50:?} max {tmax:?}");
+    drop(members);
+
+    // Seven members, 10 s in P2P, then 10 s on the SFU (P2P turned off).
+    let (status, _) = put_hybrid(&server, ADMIN, json!({"p2p_max": 7, "p2p_return_at": 5})).await;
+    assert_eq!(status, 200);
+    let mut seven = Vec::new();
+    for tone in 0..7 {
+        seven.push(Member::join(&server, "seven", tone).await);
+    }
+    assert!(pump_until(&mut seven, LIMIT, all_hear_all).await);
+    let window = Duration::from_secs(10);
+    let (c0, b0) = cost(&server).await;
+    pump_for(&mut seven, window).await;
+    let (c1, b1) = cost(&server).await;
+    let (status, _) = put_hybrid(&server, ADMIN, json!({"enabled": false})).await;
+    assert_eq!(status, 200);
+    assert!(until_switched(&mut seven, "sfu").await);
+    pump_for(&mut seven, Duration::from_millis(500)).await;
+    let (c2, b2) = cost(&server).await;
+    pump_for(&mut seven, window).await;
+    let (c3, b3) = cost(&server).await;
+    assert!(all_hear_all(&seven));
+    let secs = window.as_secs_f64();
+    println!(
+        "seven members, P2P: server media CPU {:.4} cores, {:.0} kbit/s; SFU: {:.4} cores, {:.0} kbit/s",
+        (c1 - c0) / secs,
+        (b1 - b0) * 8.0 / secs / 1000.0,
+        (c3 - c2) / secs,
+        (b3 - b2) * 8.0 / secs / 1000.0
+    );
 }

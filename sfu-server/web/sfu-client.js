@@ -37,6 +37,13 @@
 //                                              (moderators only)
 //   error    {code, message, request}          a refusal from the server
 //   shutdown {reason, deadline_ms}             the server drains; we leave
+//   mode     {mode, reason, epoch}             (hybrid) the channel moves to "p2p"
+//                                              (a mesh between the members) or
+//                                              "sfu"; the demo page shows
+//                                              "Upgrading connection…" towards the SFU
+//   switched {mode, epoch, complete}           (hybrid) this member plays `mode`
+//                                              now; complete: the server says every
+//                                              member did, the old path is released
 //   left     {reason, message}                 no longer in the channel: "left"
 //            (leave()), "shutdown", "expired" (the token expired),
 //            "disconnected" (socket lost and not resumed within the grace
@@ -44,6 +51,15 @@
 //            the server's member_left
 //            reason ("timeout", "failed", "kicked" with the moderator's
 //            words in `message`, ...)
+//
+// Hybrid channels (docs/PROTOCOL.md, "Hybrid channels"): with `p2p: true`
+// in join(), a small channel's members talk peer-to-peer, one
+// RTCPeerConnection per other member (the lower peer id offers, the server
+// relays the signaling); when the server says `mode`, the client builds the
+// other path while the current one plays, swaps playback in one step when
+// the new path delivers (muting one set of <audio> elements and unmuting
+// the other), reports `switched`, and releases the old path at the
+// server's `switched`.
 //
 // Surviving the network (docs/PROTOCOL.md, "Surviving the network"): when
 // the socket drops while in a channel, the client reconnects with backoff
@@ -87,6 +103,25 @@ function wsUrlOf(base) {
   return `${base.replace(/^http/, "ws").replace(/\/+$/, "")}/ws`;
 }
 
+/** How often a switch looks whether the new path delivers (ms). */
+const SWAP_CHECK_MS = 20;
+
+/** A voice played out in this long counts as audible (ms). */
+const FLOWING_MS = 500;
+
+/** A voice played out in this long is flowing now (three 20 ms frames, ms). */
+const FRESH_MS = 60;
+
+/** The new path must have played every voice without a break this long before the swap (ms). */
+const STEADY_MS = 200;
+
+/**
+ * At most this long after the new path connected a member swaps anyway: the
+ * SFU forwards the loudest voices only, and a voice it does not select never
+ * shows there (ms).
+ */
+const SWITCH_WAIT_MS = 3000;
+
 /** Close codes of a server that ended the session (policy, too large). */
 const CLOSE_ENDING = new Set([1008, 1009]);
 
@@ -123,6 +158,14 @@ export class VoiceClient extends EventTarget {
     this.restarting = null; // the ICE restart in flight (a promise)
     this.iceTimer = null; // the next automatic ICE restart
     this.ending = false; // the server said it ends the session: no resume
+    // Hybrid channels.
+    this.iceServers = []; // from `authorized`: for the mesh links too
+    this.mode = "sfu"; // the mode the channel is in or switching to
+    this.playing = "sfu"; // the path this member plays
+    this.epoch = 0; // the channel's count of mode changes
+    this.meshTimeoutMs = 5000; // a mesh link connects within this or is reported
+    this.mesh = new Map(); // peer id -> {pc, audio, candidates, timer, connected}
+    this.switching = null; // {to, since, connectedAt, timer} while a switch runs
   }
 
   /** Whether we offered a microphone line (and so may be promoted). */
@@ -138,7 +181,7 @@ export class VoiceClient extends EventTarget {
    * Joins a channel. Resolves with the `joined` message; rejects on refusal
    * (the error's `code` is the server's).
    */
-  async join({ channel, token, identity, role = "speaker", mic = role !== "listener" }) {
+  async join({ channel, token, identity, role = "speaker", mic = role !== "listener", p2p = false }) {
     if (this.ws || this.joining || this.reconnecting) throw new Error("already joined or joining: leave first");
     this.joining = true;
     this.ending = false;
@@ -151,7 +194,7 @@ export class VoiceClient extends EventTarget {
       if (mic) {
         this.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
       }
-      this.joinArgs = { channel, token, identity, role };
+      this.joinArgs = { channel, token, identity, role, p2p };
       // In a fleet a node may send the join to the channel's node
       // (`redirect`): the same join there, with the same token.
       for (let hop = 0; ; hop++) {
@@ -207,7 +250,7 @@ export class VoiceClient extends EventTarget {
    * included, for token holders only), the offer made with those servers,
    * then `join`. Resolves with the `joined` message.
    */
-  async #enter({ channel, token, identity, role }) {
+  async #enter({ channel, token, identity, role, p2p }) {
     const ask = { type: "authorize", channel };
     if (token) ask.token = token;
     if (role) ask.role = role;
@@ -219,8 +262,35 @@ export class VoiceClient extends EventTarget {
       can_moderate: authorized.can_moderate,
     };
     this.#emit("grants", this.grants);
+    this.iceServers = authorized.ice_servers ?? [];
 
-    const pc = (this.pc = new RTCPeerConnection({ iceServers: authorized.ice_servers ?? [] }));
+    const pc = await this.#sfuSession();
+    // The token was shown with `authorize`; the join refers to it.
+    const msg = { type: "join", channel, offer: pc.localDescription.sdp };
+    if (role) msg.role = role;
+    if (p2p) msg.p2p = true;
+
+    const reply = await this.#request(msg, "joined", "join");
+    clearInterval(this.levelTimer);
+    this.levelTimer = setInterval(() => this.#readLevels(), LEVEL_INTERVAL_MS);
+    if (reply.mode === "p2p") {
+      // A peer-to-peer channel: no SFU session; a link to every member.
+      this.#closeMedia();
+      this.#emit("state", "connected");
+      for (const m of reply.members) this.#meshConnect(m.peer);
+      return reply;
+    }
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+    return reply;
+  }
+
+  /**
+   * A new SFU session (`this.pc`): our microphone on the first m-line, one
+   * receive m-line per slot, the local offer set. The caller sends it
+   * (`join`, or `sfu_join` during a switch) and applies the answer.
+   */
+  async #sfuSession() {
+    const pc = (this.pc = new RTCPeerConnection({ iceServers: this.iceServers }));
     this.#emit("state", "connecting");
     pc.onconnectionstatechange = () => {
       // While the socket comes back the page shows that instead; the
@@ -249,15 +319,7 @@ export class VoiceClient extends EventTarget {
     // our address from our connectivity checks, so the offer may carry no
     // candidates at all (and trickled ones are simply not sent).
     await pc.setLocalDescription(await pc.createOffer());
-    // The token was shown with `authorize`; the join refers to it.
-    const msg = { type: "join", channel, offer: pc.localDescription.sdp };
-    if (role) msg.role = role;
-
-    const reply = await this.#request(msg, "joined", "join");
-    await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
-    clearInterval(this.levelTimer);
-    this.levelTimer = setInterval(() => this.#readLevels(), LEVEL_INTERVAL_MS);
-    return reply;
+    return pc;
   }
 
   /** Leaves the channel and releases the microphone. */
@@ -509,14 +571,22 @@ export class VoiceClient extends EventTarget {
    * the server names each voice by its CSRC (a member's `source`).
    */
   #readLevels() {
-    if (!this.pc) return;
     const bySource = new Map([...this.members.values()].map((m) => [m.source, m.peer]));
     const now = performance.timeOrigin + performance.now();
     const levels = [];
-    for (const rx of this.pc.getReceivers()) {
+    for (const rx of this.playing === "sfu" ? (this.pc?.getReceivers() ?? []) : []) {
       for (const c of rx.getContributingSources?.() ?? []) {
         if (now - c.timestamp > 1000) continue;
         levels.push({ peer: bySource.get(c.source) ?? null, source: c.source, level: c.audioLevel ?? 0 });
+      }
+    }
+    // (hybrid) A mesh link carries one member's voice.
+    for (const [peer, link] of this.playing === "p2p" ? this.mesh : []) {
+      for (const rx of link.pc?.getReceivers() ?? []) {
+        for (const c of rx.getSynchronizationSources()) {
+          if (now - c.timestamp > 1000) continue;
+          levels.push({ peer, source: this.members.get(peer)?.source ?? 0, level: c.audioLevel ?? 0 });
+        }
       }
     }
     this.#emit("levels", levels);
@@ -581,6 +651,10 @@ export class VoiceClient extends EventTarget {
         this.resumeGraceSecs = m.resume_grace_secs ?? 0;
         this.members = new Map(m.members.map((x) => [x.peer, x]));
         this.memberCount = m.member_count ?? m.members.length;
+        this.mode = this.playing = m.mode ?? "sfu";
+        this.epoch = m.epoch ?? 0;
+        this.meshTimeoutMs = m.mesh_connect_timeout_ms ?? this.meshTimeoutMs;
+        this.#emit("mode", { mode: this.mode, reason: null, epoch: this.epoch });
         this.#emit("joined", { peer: m.peer, source: m.source, slots: m.slots, members: m.members });
         this.#emit("member_count", this.memberCount);
         this.#emitMembers();
@@ -597,14 +671,29 @@ export class VoiceClient extends EventTarget {
         this.#emit("member_count", m.count);
         break;
       case "member_joined":
+        this.members.set(m.member.peer, m.member);
+        // A peer-to-peer channel: a link with the newcomer.
+        if (this.mode === "p2p") this.#meshConnect(m.member.peer);
+        this.#emitMembers();
+        break;
       case "member_updated":
         this.members.set(m.member.peer, m.member);
         this.#emitMembers();
+        break;
+      case "signal":
+        this.#onSignal(m).catch((err) => this.#emit("error", { code: "p2p", message: err.message, request: "signal" }));
+        break;
+      case "mode":
+        this.#onMode(m);
+        break;
+      case "switched":
+        this.#onSwitched(m);
         break;
       case "member_left":
         // Our own departure (ICE lost, timeout, kicked) ends the membership too.
         if (m.peer === this.peer) return this.#teardown(m.reason, m.message);
         this.members.delete(m.peer);
+        this.#meshClose(m.peer);
         this.speakers = this.speakers.filter((p) => p !== m.peer);
         this.#emitMembers();
         break;
@@ -656,9 +745,231 @@ export class VoiceClient extends EventTarget {
     // Chrome only pulls (and measures) remote audio that is rendered, so the
     // element must exist even if the page shows nothing for it.
     el.hidden = true;
+    // (hybrid) Heard only while this member plays the SFU.
+    el.muted = this.playing !== "sfu";
     document.body.append(el);
     el.play().catch(() => {}); // autoplay may need a gesture; Join was one
     this.audio.push(el);
+  }
+
+  // --- Hybrid channels: the mesh and the switches ---------------------------
+
+  /** A link with `peer` (not ourselves, not twice): we offer when our id is the lower. */
+  #meshConnect(peer) {
+    if (peer === this.peer || this.mesh.has(peer) || this.peer === null) return;
+    const link = { pc: null, audio: [], candidates: [], connected: false, timer: null };
+    this.mesh.set(peer, link);
+    // Not connected in time: the server moves the channel to the SFU.
+    link.timer = setTimeout(() => {
+      if (!link.connected && this.mesh.get(peer) === link) this.#meshFailed(peer, "timeout");
+    }, this.meshTimeoutMs);
+    if (this.peer < peer) {
+      this.#meshOffer(peer, link).catch((err) => this.#emit("error", { code: "p2p", message: err.message, request: "signal" }));
+    }
+  }
+
+  async #meshOffer(peer, link) {
+    const pc = this.#meshPc(peer, link);
+    if (this.mic) {
+      pc.addTransceiver(this.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [this.mic] });
+    } else {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    this.#signal(peer, { kind: "offer", sdp: pc.localDescription.sdp });
+  }
+
+  /** The RTCPeerConnection of a link: candidates trickle through the server. */
+  #meshPc(peer, link) {
+    const pc = (link.pc = new RTCPeerConnection({ iceServers: this.iceServers }));
+    pc.onicecandidate = (e) => {
+      if (!e.candidate?.candidate) return;
+      this.#signal(peer, {
+        kind: "candidate",
+        candidate: e.candidate.candidate,
+        sdp_mid: e.candidate.sdpMid ?? undefined,
+        sdp_mline_index: e.candidate.sdpMLineIndex ?? undefined,
+      });
+    };
+    pc.ontrack = (e) => {
+      const el = document.createElement("audio");
+      el.autoplay = true;
+      el.srcObject = new MediaStream([e.track]);
+      el.hidden = true;
+      el.muted = this.playing !== "p2p";
+      document.body.append(el);
+      el.play().catch(() => {});
+      link.audio.push(el);
+    };
+    pc.oniceconnectionstatechange = () => {
+      const state = pc.iceConnectionState;
+      if (state === "connected" || state === "completed") {
+        link.connected = true;
+        clearTimeout(link.timer);
+      } else if (state === "failed") {
+        this.#meshFailed(peer, "ice_failed");
+      }
+    };
+    return pc;
+  }
+
+  #signal(to, data) {
+    try {
+      this.#send({ type: "signal", to, epoch: this.epoch, data });
+    } catch {
+      // The socket is down: the resume brings the member back; a link
+      // that misses its signals then times out and is reported.
+    }
+  }
+
+  async #onSignal(m) {
+    const d = m.data;
+    let link = this.mesh.get(m.from);
+    if (d.kind === "offer") {
+      if (!link) {
+        this.#meshConnect(m.from);
+        link = this.mesh.get(m.from);
+      }
+      if (!link) return;
+      const pc = link.pc ?? this.#meshPc(m.from, link);
+      await pc.setRemoteDescription({ type: "offer", sdp: d.sdp });
+      if (this.mic) pc.addTrack(this.mic.getAudioTracks()[0], this.mic);
+      await pc.setLocalDescription(await pc.createAnswer());
+      this.#signal(m.from, { kind: "answer", sdp: pc.localDescription.sdp });
+    } else if (d.kind === "answer") {
+      if (!link?.pc) return;
+      await link.pc.setRemoteDescription({ type: "answer", sdp: d.sdp });
+    } else if (d.kind === "candidate") {
+      if (!link) return;
+      link.candidates.push({ candidate: d.candidate, sdpMid: d.sdp_mid ?? null, sdpMLineIndex: d.sdp_mline_index ?? 0 });
+    }
+    // Candidates wait for the other side's description.
+    if (link?.pc?.remoteDescription) {
+      for (const c of link.candidates.splice(0)) await link.pc.addIceCandidate(c).catch(() => {});
+    }
+  }
+
+  /** A link failed: the server hears of it once (the channel then moves to the SFU). */
+  #meshFailed(peer, reason) {
+    const link = this.mesh.get(peer);
+    if (!link || link.reported || this.mode !== "p2p") return;
+    link.reported = true;
+    try {
+      this.#send({ type: "p2p_failed", peer, reason, epoch: this.epoch });
+    } catch {
+      // The socket is down: the link's timeout is seen again after a resume.
+    }
+  }
+
+  #meshClose(peer) {
+    const link = this.mesh.get(peer);
+    if (!link) return;
+    this.mesh.delete(peer);
+    clearTimeout(link.timer);
+    link.pc?.close();
+    for (const el of link.audio) el.remove();
+  }
+
+  #closeMesh() {
+    for (const peer of [...this.mesh.keys()]) this.#meshClose(peer);
+  }
+
+  /** The server began a switch: build the new path while the old one plays. */
+  #onMode(m) {
+    this.mode = m.mode;
+    this.epoch = m.epoch;
+    clearInterval(this.switching?.timer);
+    this.switching = { to: m.mode, since: Date.now(), connectedAt: null, timer: null, flowSince: new Map() };
+    this.#emit("mode", { mode: m.mode, reason: m.reason, epoch: m.epoch });
+    if (m.mode === "sfu" && !this.pc) {
+      this.#sfuJoin(m.epoch).catch((err) => this.#emit("error", { code: err.code ?? "sfu_join", message: err.message, request: "sfu_join" }));
+    } else if (m.mode === "p2p") {
+      for (const peer of this.members.keys()) this.#meshConnect(peer);
+    }
+    if (this.playing === m.mode) this.#swap(m.mode); // turned back: the old path still plays
+    else this.switching.timer = setInterval(() => this.#checkSwap(), SWAP_CHECK_MS);
+  }
+
+  /** Our SFU session during a switch up. */
+  async #sfuJoin(epoch) {
+    const pc = await this.#sfuSession();
+    const reply = await this.#request({ type: "sfu_join", offer: pc.localDescription.sdp, epoch }, "sfu_joined", "sfu_join");
+    if (pc === this.pc) await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+  }
+
+  /**
+   * Whether `path` plays every voice that matters without a break for
+   * STEADY_MS now: each other member audible on the path we play (or, towards
+   * the mesh, on either) must have been fresh on `path` at every look since.
+   */
+  #flowing(path, sw) {
+    const now = performance.timeOrigin + performance.now();
+    const fresh = (c) => now - c.timestamp < FRESH_MS;
+    const heard = new Set();
+    if (path === "sfu") {
+      for (const rx of this.pc?.getReceivers() ?? []) {
+        for (const c of rx.getContributingSources?.() ?? []) if (fresh(c)) heard.add(c.source);
+      }
+    }
+    let steady = true;
+    for (const m of this.members.values()) {
+      if (m.peer === this.peer) continue;
+      const audible = path === "sfu" ? this.#meshSpeaks(m.peer, now) : this.#sfuSpeaks(m.source, now) || this.#meshSpeaks(m.peer, now);
+      const link = this.mesh.get(m.peer);
+      const flows =
+        path === "sfu"
+          ? !!m.source && heard.has(m.source)
+          : !!link?.connected && link.pc.getReceivers().some((rx) => rx.getSynchronizationSources().some(fresh));
+      if (!flows) sw.flowSince.delete(m.peer);
+      else if (!sw.flowSince.has(m.peer)) sw.flowSince.set(m.peer, now);
+      if (audible && !(now - (sw.flowSince.get(m.peer) ?? now) >= STEADY_MS)) steady = false;
+    }
+    return steady;
+  }
+
+  #meshSpeaks(peer, now) {
+    const link = this.mesh.get(peer);
+    return !!link?.pc?.getReceivers().some((rx) => rx.getSynchronizationSources().some((c) => now - c.timestamp < FLOWING_MS && (c.audioLevel ?? 1) > 0.001));
+  }
+
+  #sfuSpeaks(source, now) {
+    if (!source) return false;
+    return !!this.pc?.getReceivers().some((rx) => (rx.getContributingSources?.() ?? []).some((c) => c.source === source && now - c.timestamp < FLOWING_MS));
+  }
+
+  /** During a switch: swap when the new path delivers (or SWITCH_WAIT_MS after it connected). */
+  #checkSwap() {
+    const sw = this.switching;
+    if (!sw || this.playing === sw.to) return;
+    const connected = sw.to === "sfu" ? this.pc?.connectionState === "connected" : [...this.mesh.values()].every((l) => l.connected);
+    if (!connected) return;
+    sw.connectedAt ??= Date.now();
+    if (this.#flowing(sw.to, sw) || Date.now() - sw.connectedAt > SWITCH_WAIT_MS) this.#swap(sw.to);
+  }
+
+  /** Plays `to` from now on, the other path muted, in one step; tells the server. */
+  #swap(to) {
+    this.playing = to;
+    for (const el of this.audio) el.muted = to !== "sfu";
+    for (const link of this.mesh.values()) for (const el of link.audio) el.muted = to !== "p2p";
+    clearInterval(this.switching?.timer);
+    try {
+      this.#send({ type: "switched", mode: to, epoch: this.epoch });
+    } catch {
+      // The server's `switched` (timeout) completes it.
+    }
+    this.#emit("switched", { mode: to, epoch: this.epoch, complete: false });
+  }
+
+  /** The switch is over for everyone: release the old path. */
+  #onSwitched(m) {
+    if (m.epoch !== this.epoch) return;
+    if (this.playing !== m.mode) this.#swap(m.mode);
+    clearInterval(this.switching?.timer);
+    this.switching = null;
+    if (m.mode === "sfu") this.#closeMesh();
+    else this.#closeMedia(); // the server ended our SFU session
+    this.#emit("switched", { mode: m.mode, epoch: m.epoch, complete: true });
   }
 
   /** Releases everything; emits `left` when we were in a channel (reason set). */
@@ -698,6 +1009,10 @@ export class VoiceClient extends EventTarget {
     this.ws = null;
     this.#failWaiters(new Error("left the channel"));
     this.#closeMedia();
+    this.#closeMesh();
+    clearInterval(this.switching?.timer);
+    this.switching = null;
+    this.mode = this.playing = "sfu";
     for (const t of this.mic?.getTracks() ?? []) t.stop();
     this.mic = null;
     this.resumeToken = null;

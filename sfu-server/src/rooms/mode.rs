@@ -593,9 +593,11 @@ impl ChannelMode {
     /// Starts or stops the return timer: it runs while P2P would be allowed
     /// with at most `p2p_return_at` members.
     fn track_return(&mut self, now: Instant) {
-        let could = self.sfu_reason().is_none()
-            && !self.members.is_empty()
-            && self.members.len() <= self.limits.return_at;
+        // The size first: a hall's every join looks, and `sfu_reason` goes
+        // through the members.
+        let could = !self.members.is_empty()
+            && self.members.len() <= self.limits.return_at
+            && self.sfu_reason().is_none();
         if !could {
             self.return_since = None;
         } else if self.return_since.is_none() {
