@@ -43,6 +43,12 @@ pub struct Grants {
     /// `-`, `_`, `.`, at most 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// (hybrid) `p2p: false` keeps the member on the SFU: its channel is
+    /// never peer-to-peer while it is in it (an operator who must enforce
+    /// moderation on the server, or hide members' addresses from each
+    /// other). Absent or true: as the client says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<bool>,
 }
 
 impl Grants {
@@ -64,6 +70,7 @@ impl Grants {
             exp: u64::MAX,
             jti: None,
             region: None,
+            p2p: None,
         }
     }
 }
@@ -236,6 +243,7 @@ mod tests {
             exp: 2_000_000_000,
             jti: None,
             region: None,
+            p2p: None,
         }
     }
 
@@ -286,6 +294,7 @@ mod tests {
                 exp: NOW,
                 jti: None,
                 region: None,
+                p2p: None,
             }
         );
         assert!(g.admits("anything"));

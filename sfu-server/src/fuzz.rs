@@ -219,6 +219,7 @@ mod tests {
                 exp: NOW + 1,
                 jti: None,
                 region: None,
+                p2p: None,
             },
         );
         let mut whole = vec![0u8];

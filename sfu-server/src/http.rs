@@ -91,6 +91,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     crate::metrics::render_refusals(&mut body, &state.refusals);
     crate::metrics::render_resumes(&mut body, &state.resumes.stats);
     crate::metrics::render_health(&mut body, state.health.workers_up());
+    crate::metrics::render_config_reloads(&mut body, &state.config_reloads);
     if let Some(fleet) = state.fleet.get() {
         crate::metrics::render_fleet(
             &mut body,

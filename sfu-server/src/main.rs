@@ -174,6 +174,10 @@ struct TokenArgs {
     /// balancer's header).
     #[arg(long, value_name = "R")]
     region: Option<String>,
+    /// (hybrid) Keep the member on the SFU: its channel is never
+    /// peer-to-peer while it is in it (the claim `p2p: false`).
+    #[arg(long)]
+    no_p2p: bool,
 }
 
 fn main() -> ExitCode {
@@ -288,6 +292,7 @@ fn token(args: TokenArgs) -> ExitCode {
         exp: now.saturating_add(args.ttl),
         jti: None,
         region: args.region,
+        p2p: args.no_p2p.then_some(false),
     };
     if grants
         .region
@@ -364,7 +369,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(sfu_server::serve(config));
+    // SIGHUP: the same file, environment and flags, loaded again.
+    let file = args.config.clone();
+    let reload: sfu_server::server::Reload =
+        Box::new(move || Config::load(file.as_deref(), &|k| std::env::var(k).ok(), &overrides));
+    let result = runtime.block_on(sfu_server::server::serve_with_reload(config, Some(reload)));
     // The drain has finished: nothing left is worth waiting for (idle HTTP
     // keep-alive connections would otherwise hold the exit).
     runtime.shutdown_background();

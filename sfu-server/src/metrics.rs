@@ -82,14 +82,26 @@ impl<B: Buckets> Histogram<B> {
     /// Writes the histogram as `name_bucket`, `name_sum`, `name_count`.
     fn render(&self, o: &mut String, name: &str, help: &str) {
         metric(o, name, "histogram", help);
+        self.render_series(o, name, "");
+    }
+
+    /// Writes the histogram's series, each with `labels` (`k="v",` each,
+    /// or empty) before `le`.
+    fn render_series(&self, o: &mut String, name: &str, labels: &str) {
         let mut cum = 0;
         for (b, c) in B::BOUNDS.iter().zip(self.counts.iter()) {
             cum += c;
-            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{b}\"}} {cum}");
         }
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(o, "{name}_sum {}", self.sum);
-        let _ = writeln!(o, "{name}_count {}", self.count);
+        let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(o, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(o, "{name}_count{braces} {}", self.count);
     }
 }
 
@@ -161,6 +173,9 @@ pub struct Snapshot {
     pub cpu_seconds: Option<f64>,
     /// Hybrid channels: modes, switches, signals.
     pub hybrid: HybridCounters,
+    /// Hybrid switches completed, from the mode change to every member
+    /// switched: [to the SFU, to P2P].
+    pub switch_time: [Histogram<JoinBuckets>; 2],
 }
 
 impl AddAssign<&Snapshot> for Snapshot {
@@ -193,8 +208,11 @@ impl AddAssign<&Snapshot> for Snapshot {
             members_dropped_slow,
             cpu_seconds,
             hybrid,
+            switch_time: [up, down],
         } = rhs;
         self.hybrid += hybrid;
+        self.switch_time[0] += up;
+        self.switch_time[1] += down;
         self.stats += stats;
         self.channels += channels;
         self.speakers += speakers;
@@ -460,6 +478,7 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "From a join request to the member's media connected (ICE and DTLS done).",
     );
     hybrid::render(&mut o, &s.hybrid);
+    hybrid::render_switch_time(&mut o, &s.switch_time);
     o
 }
 
@@ -626,6 +645,27 @@ pub fn render_process(o: &mut String, p: Option<&ProcessStats>) {
         "gauge",
         "Start time of the process since the Unix epoch, in seconds.",
         &p.start_time_seconds,
+    );
+}
+
+/// Appends `sfu_config_reloads_total{outcome}`: [applied, refused].
+pub fn render_config_reloads(o: &mut String, reloads: &[std::sync::atomic::AtomicU64; 2]) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        o,
+        "sfu_config_reloads_total",
+        "counter",
+        "Configuration reloads on SIGHUP (the hybrid keys), by outcome; a failed one keeps the settings in force.",
+    );
+    let _ = writeln!(
+        o,
+        "sfu_config_reloads_total{{outcome=\"ok\"}} {}",
+        get(&reloads[0])
+    );
+    let _ = writeln!(
+        o,
+        "sfu_config_reloads_total{{outcome=\"failed\"}} {}",
+        get(&reloads[1])
     );
 }
 

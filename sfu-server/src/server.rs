@@ -467,8 +467,21 @@ pub fn engine_config(config: &Config, w: usize) -> io::Result<EngineConfig> {
     })
 }
 
+/// Loads the configuration again (the file, the environment, the flags),
+/// for SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
 /// Runs the server until Ctrl-C or SIGTERM, then drains.
 pub async fn serve(config: Config) -> io::Result<()> {
+    serve_with_reload(config, None).await
+}
+
+/// [`serve`], and on SIGHUP (Unix) the hybrid keys of the configuration
+/// `reload` loads are applied at runtime (the other keys need a restart;
+/// the TLS certificate is re-read on SIGHUP anyway). A configuration that
+/// does not load or is refused keeps the settings in force, logged and
+/// counted (`sfu_config_reloads_total{outcome="failed"}`).
+pub async fn serve_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()> {
     let dev = config.auth_secret.is_none();
     let scheme = if config.tls_cert.is_some() {
         "https"
@@ -482,6 +495,9 @@ pub async fn serve(config: Config) -> io::Result<()> {
     // Before the server says it listens, as the shutdown handlers.
     #[cfg(all(unix, debug_assertions))]
     crash_worker_on_sigusr2(server.state().workers.all()[0].clone())?;
+    if let Some(reload) = reload {
+        reload_hybrid_on_hangup(server.state().clone(), reload)?;
+    }
     let http = server.http_addr();
     let udp = server.udp_addrs();
     tracing::info!(%http, udp = ?udp, tls = scheme == "https", dev_mode = dev, "sfu-server listening");
@@ -513,6 +529,45 @@ pub async fn serve(config: Config) -> io::Result<()> {
             Err(io::Error::other(format!("the node failed: {reason}")))
         }
     }
+}
+
+/// On every SIGHUP: the hybrid settings of the configuration as it loads
+/// now, checked, applied to every worker.
+#[cfg(unix)]
+fn reload_hybrid_on_hangup(state: Arc<AppState>, reload: Reload) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let settings = reload().and_then(|c| {
+                c.validate()?;
+                c.hybrid_settings()
+            });
+            match settings {
+                Ok(settings) => {
+                    tracing::info!(
+                        enabled = settings.enabled,
+                        p2p_max = settings.p2p_max,
+                        rollout_percent = settings.rollout.percent(),
+                        "SIGHUP: hybrid settings reloaded"
+                    );
+                    state.set_hybrid(settings).await;
+                    state.config_reloads[0].fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the configuration was refused; the settings in force stay");
+                    state.config_reloads[1].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_hybrid_on_hangup(_state: Arc<AppState>, _reload: Reload) -> io::Result<()> {
+    Ok(())
 }
 
 /// Debug builds: SIGUSR2 makes the media worker panic, so that the tests can

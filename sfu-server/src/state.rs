@@ -87,6 +87,8 @@ pub struct AppState {
     /// The hybrid settings in force (the configuration's, then the admin
     /// endpoint's).
     hybrid: std::sync::Mutex<crate::rooms::mode::HybridSettings>,
+    /// Configuration reloads on SIGHUP: [applied, refused].
+    pub config_reloads: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// Why a request is refused.
@@ -205,6 +207,7 @@ impl AppState {
         let hybrid = config.hybrid_settings().unwrap_or_default();
         AppState {
             hybrid: std::sync::Mutex::new(hybrid),
+            config_reloads: Default::default(),
             ws_slots: Arc::new(Semaphore::new(config.max_ws_connections)),
             config,
             workers,

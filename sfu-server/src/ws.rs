@@ -464,10 +464,10 @@ impl Session {
                 can_moderate: grants.can_moderate,
                 events: Some(self.events_tx.clone()),
                 upstream: upstream.or(worker.upstream),
-                capability: if p2p {
-                    Capability::P2p
-                } else {
-                    Capability::SfuOnly(SfuOnly::Client)
+                capability: match (p2p, grants.p2p) {
+                    (_, Some(false)) => Capability::SfuOnly(SfuOnly::Token),
+                    (true, _) => Capability::P2p,
+                    (false, _) => Capability::SfuOnly(SfuOnly::Client),
                 },
             })
             .await;

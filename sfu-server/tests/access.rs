@@ -70,6 +70,7 @@ fn token(sub: &str, channel: &str, publish: bool, moderate: bool, exp: u64) -> S
             exp,
             jti: None,
             region: None,
+            p2p: None,
         },
     )
 }

@@ -52,6 +52,7 @@ fn token_prints_a_verifiable_token() {
             exp,
             jti: None,
             region: None,
+            p2p: None,
         }
     );
     assert!(exp > before + 500 && exp <= before + 600, "exp {exp}");

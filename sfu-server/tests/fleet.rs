@@ -1069,6 +1069,7 @@ async fn a_token_s_region_claim_places_the_channel() {
                 exp: 4_000_000_000,
                 jti: None,
                 region: Some(region.into()),
+                p2p: None,
             },
         )
     };

@@ -30,6 +30,7 @@ fn token(sub: &str, publish: bool, moderate: bool) -> String {
             exp: unix_now() + 600,
             jti: None,
             region: None,
+            p2p: None,
         },
     )
 }

@@ -5,6 +5,7 @@
 //! judged at its decoders: which tones, the longest gap of each tone
 //! across a switch, and whether a tone was heard twice.
 
+mod binary;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,11 +101,19 @@ fn sfu_spec(tone: usize) -> ClientSpec {
 impl Member {
     /// Joins `channel` as a P2P-capable client talking tone `tone`.
     async fn join(server: &Server, channel: &str, tone: usize) -> Member {
+        Member::join_with(server, channel, tone, None).await
+    }
+
+    /// [`Member::join`] with `token`, if given.
+    async fn join_with(server: &Server, channel: &str, tone: usize, token: Option<&str>) -> Member {
         let mut ws = Ws::connect(server).await;
         let name = format!("m{tone}");
         let (mut session, offer) = UdpPeer::new(&name, &sfu_spec(tone)).expect("peer");
-        ws.send(json!({"type": "join", "channel": channel, "identity": name, "offer": offer, "p2p": true}))
-            .await;
+        let mut join = json!({"type": "join", "channel": channel, "identity": name, "offer": offer, "p2p": true});
+        if let Some(t) = token {
+            join["token"] = json!(t);
+        }
+        ws.send(join).await;
         let joined = ws.recv().await;
         assert_eq!(joined["type"], "joined", "{joined}");
         let id = joined["peer"].as_u64().unwrap();
@@ -567,6 +576,119 @@ async fn p2p_turned_off_and_on_at_runtime_moves_channels_both_ways() {
     for m in &members {
         assert!(m.errors.is_empty(), "{:?}", m.errors);
     }
+}
+
+/// `GET /admin/hybrid` of the server at `base`: its `settings`.
+async fn settings_at(base: &str) -> Value {
+    let auth = format!("Bearer {ADMIN}");
+    let res = http(
+        reqwest::Method::GET,
+        format!("{base}/admin/hybrid"),
+        &[("authorization", auth.as_str())],
+        String::new(),
+    )
+    .await;
+    let got: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    got["settings"].clone()
+}
+
+/// The running binary applies the hybrid keys of its configuration file on
+/// SIGHUP; a file it refuses leaves the settings in force, counted.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_configuration_file_s_hybrid_keys() {
+    use std::io::BufRead;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = std::env::temp_dir().join(format!("sfu-hybrid-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sfu-server.toml");
+    let write = |body: &str| {
+        // Aside, then renamed: a reload never reads half a file.
+        let aside = dir.join("next.toml");
+        std::fs::write(&aside, format!("admin_token = \"{ADMIN}\"\n{body}")).unwrap();
+        std::fs::rename(&aside, &file).unwrap();
+    };
+    write("hybrid = false\n");
+    let mut child = binary::sfu_server_on_free_ports()
+        .arg("--config")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: String = lines
+        .find_map(|l| {
+            let rest = l.ok()?.split_once("open http://")?.1.to_owned();
+            Some(rest.split_once('/')?.0.to_owned())
+        })
+        .expect("the server prints its address");
+    let base = format!("http://{addr}");
+    assert_eq!(settings_at(&base).await["enabled"], false);
+
+    write("hybrid = true\np2p_max = 3\np2p_return_at = 2\np2p_rollout_percent = 50.0\n");
+    binary::signal(&child, nix::sys::signal::Signal::SIGHUP);
+    let applied = until(|| async {
+        let s = settings_at(&base).await;
+        s["enabled"] == true && s["p2p_max"] == 3 && s["rollout_percent"] == 50.0
+    });
+    assert!(applied.await, "SIGHUP applied the file's hybrid keys");
+
+    write("hybrid = true\np2p_max = 99\n");
+    binary::signal(&child, nix::sys::signal::Signal::SIGHUP);
+    let refused = until(|| async {
+        value(
+            &scrape(&base).await,
+            "sfu_config_reloads_total",
+            Some(("outcome", "failed")),
+        ) == 1.0
+    });
+    assert!(refused.await, "the bad file is counted");
+    assert_eq!(
+        settings_at(&base).await["p2p_max"],
+        3,
+        "the settings in force stay"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop it"
+    );
+    binary::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A token with `p2p: false` keeps its member, and so its channel, on the
+/// SFU: a P2P channel it joins switches up with reason `token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_p2p_moves_the_channel_to_the_sfu() {
+    use sfu_server::auth::{mint, Grants};
+    let _serial = ONE_AT_A_TIME.lock().await;
+    const SECRET: &str = "hybrid-test-secret-of-at-least-32-bytes";
+    let mut cfg = hybrid_config();
+    cfg.auth_secret = Some(SECRET.into());
+    let server = server(cfg).await;
+    let token = |sub: &str, p2p: Option<bool>| {
+        let grants = Grants {
+            sub: sub.into(),
+            channel: "claims".into(),
+            can_publish: true,
+            can_subscribe: true,
+            can_moderate: false,
+            exp: sfu_server::state::unix_now() + 600,
+            jti: None,
+            region: None,
+            p2p,
+        };
+        mint(SECRET.as_bytes(), &grants)
+    };
+    let a = Member::join_with(&server, "claims", 0, Some(&token("ann", None))).await;
+    assert_eq!(a.target, Path::Mesh);
+    let b = Member::join_with(&server, "claims", 1, Some(&token("bob", Some(false)))).await;
+    assert_eq!(b.target, Path::Sfu, "its token keeps it on the SFU");
+    let mut members = vec![a, b];
+    assert!(until_switched(&mut members[..1], "sfu").await);
+    assert_eq!(members[0].modes.last().unwrap()["reason"], "token");
+    assert!(pump_until(&mut members, LIMIT, all_hear_all).await);
 }
 
 /// Without an admin token the endpoint does not exist.

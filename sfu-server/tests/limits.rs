@@ -38,6 +38,7 @@ fn listener_token(channel: &str) -> String {
             exp: unix_now() + 600,
             jti: None,
             region: None,
+            p2p: None,
         },
     )
 }

@@ -82,6 +82,7 @@ async fn moderator_mutes_a_speaker() {
                 exp: unix_now() + 600,
                 jti: None,
                 region: None,
+                p2p: None,
             },
         )
     };

@@ -45,6 +45,7 @@ async fn a_member_that_never_reads_is_dropped_and_counted() {
                 exp: unix_now() + 600,
                 jti: None,
                 region: None,
+                p2p: None,
             },
         )
     };

@@ -24,6 +24,7 @@ fn token(channel: &str, publish: bool, subscribe: bool, exp_in: i64) -> String {
         exp: (unix_now() as i64 + exp_in) as u64,
         jti: None,
         region: None,
+        p2p: None,
     };
     mint(SECRET.as_bytes(), &grants)
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::metric;
+use super::{metric, Histogram, JoinBuckets};
 use crate::rooms::mode::Mode;
 use crate::rooms::HybridCounters;
 
@@ -47,24 +47,6 @@ pub(super) fn render(o: &mut String, h: &HybridCounters) {
         let _ = writeln!(
             o,
             "sfu_hybrid_switches_total{{direction=\"{dir}\",reason=\"{reason}\"}} {n}"
-        );
-    }
-    metric(
-        o,
-        "sfu_hybrid_switch_seconds",
-        "summary",
-        "From a mode change to every member switched (or the switch timeout), by direction.",
-    );
-    for mode in [Mode::Sfu, Mode::P2p] {
-        let dir = mode.direction();
-        let (sum, count) = h.switch_seconds.get(dir).copied().unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "sfu_hybrid_switch_seconds_sum{{direction=\"{dir}\"}} {sum}"
-        );
-        let _ = writeln!(
-            o,
-            "sfu_hybrid_switch_seconds_count{{direction=\"{dir}\"}} {count}"
         );
     }
     metric(
@@ -137,4 +119,18 @@ pub(super) fn render(o: &mut String, h: &HybridCounters) {
         "SFU sessions of members of channels steady in P2P: must be 0 (the server carries no P2P media).",
     );
     let _ = writeln!(o, "sfu_hybrid_p2p_sessions {}", h.p2p_sessions);
+}
+
+/// Appends `sfu_hybrid_switch_seconds{direction}`: [to the SFU, to P2P].
+pub(super) fn render_switch_time(o: &mut String, h: &[Histogram<JoinBuckets>; 2]) {
+    metric(
+        o,
+        "sfu_hybrid_switch_seconds",
+        "histogram",
+        "From a mode change to every member switched (or the switch timeout), by direction.",
+    );
+    for (mode, h) in [Mode::Sfu, Mode::P2p].into_iter().zip(h) {
+        let labels = format!("direction=\"{}\",", mode.direction());
+        h.render_series(o, "sfu_hybrid_switch_seconds", &labels);
+    }
 }

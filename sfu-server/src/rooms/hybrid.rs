@@ -117,9 +117,6 @@ pub struct HybridCounters {
     pub signals: BTreeMap<&'static str, u64>,
     /// Signals refused, by reason.
     pub signals_dropped: BTreeMap<&'static str, u64>,
-    /// Completed switches' durations, by direction (seconds, summed) and
-    /// count: a histogram's sum and count.
-    pub switch_seconds: BTreeMap<&'static str, (f64, u64)>,
     /// The policy's counters.
     pub stats: ModeStats,
     /// Channels and members by mode now.
@@ -142,6 +139,8 @@ struct Bucket {
 pub(super) struct HybridState {
     buckets: HashMap<PeerId, Bucket>,
     counters: HybridCounters,
+    /// Completed switches since the last take: to which mode, how long.
+    switches: Vec<(Mode, Duration)>,
 }
 
 impl HybridState {
@@ -395,6 +394,12 @@ impl Rooms {
         self.policy.poll_timeout()
     }
 
+    /// The switches completed since the last call: to which mode, and from
+    /// the mode change to complete (`sfu_hybrid_switch_seconds`).
+    pub fn take_switches(&mut self) -> std::vec::Drain<'_, (Mode, Duration)> {
+        self.hybrid.switches.drain(..)
+    }
+
     /// The engine commands the rules asked for since the last call.
     pub fn take_commands(&mut self) -> std::vec::Drain<'_, Command> {
         self.commands.drain(..)
@@ -460,14 +465,7 @@ impl Rooms {
                     stragglers,
                 } => {
                     tracing::info!(%channel, mode = mode.name(), epoch, ?duration, stragglers = stragglers.len(), "switch complete");
-                    let seconds = self
-                        .hybrid
-                        .counters
-                        .switch_seconds
-                        .entry(mode.direction())
-                        .or_default();
-                    seconds.0 += duration.as_secs_f64();
-                    seconds.1 += 1;
+                    self.hybrid.switches.push((mode, duration));
                     let msg = ServerMsg::Switched {
                         mode: mode.name(),
                         epoch,
@@ -527,11 +525,6 @@ impl std::ops::AddAssign<&HybridCounters> for HybridCounters {
         }
         add(&mut self.signals, &rhs.signals);
         add(&mut self.signals_dropped, &rhs.signals_dropped);
-        for (k, (sum, n)) in &rhs.switch_seconds {
-            let e = self.switch_seconds.entry(k).or_default();
-            e.0 += sum;
-            e.1 += n;
-        }
         add(&mut self.stats.switches, &rhs.stats.switches);
         add(&mut self.stats.fallbacks, &rhs.stats.fallbacks);
         add(&mut self.stats.completed, &rhs.stats.completed);

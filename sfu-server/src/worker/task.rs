@@ -245,6 +245,10 @@ impl Task {
         let hands_due = self.rooms.poll_hands(now);
         let mode_due = self.rooms.poll_mode(now);
         self.room_commands();
+        for (to, took) in self.rooms.take_switches() {
+            let i = usize::from(to == Mode::P2p);
+            self.snapshot.switch_time[i].observe(took);
+        }
         self.deliver();
         // A dropped member's departure is news for the others, whose queues
         // may be full too: until nobody else is dropped.

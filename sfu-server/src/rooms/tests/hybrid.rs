@@ -226,10 +226,8 @@ fn a_channel_goes_to_the_sfu_and_back_keeping_its_members() {
         stragglers: vec![],
     };
     assert!(to(&super::sent(&mut rooms), 1).contains(&done));
-    assert_eq!(
-        rooms.hybrid_counters().switch_seconds.get("up"),
-        Some(&(0.3, 1))
-    );
+    let switches: Vec<(Mode, Duration)> = rooms.take_switches().collect();
+    assert_eq!(switches, vec![(Mode::Sfu, Duration::from_millis(300))]);
 
     // The third leaves: two members, and after a second back to P2P.
     assert_eq!(rooms.remove(PeerId(3), LeaveReason::Left, t1), Some(true));
