@@ -122,6 +122,15 @@ const STEADY_MS = 200;
  */
 const SWITCH_WAIT_MS = 3000;
 
+/** Refusals of hybrid messages that crossed a mode change on the way (request:code). */
+const HYBRID_RACES = new Set([
+  "signal:wrong_mode",
+  "signal:stale",
+  "signal:not_found",
+  "switched:ignored",
+  "p2p_failed:ignored",
+]);
+
 /** Close codes of a server that ended the session (policy, too large). */
 const CLOSE_ENDING = new Set([1008, 1009]);
 
@@ -720,6 +729,12 @@ export class VoiceClient extends EventTarget {
         this.#emit("hands", m.queue);
         break;
       case "error":
+        // (hybrid) A report or signal that crossed a mode change: expected
+        // now and then, nothing to show.
+        if (HYBRID_RACES.has(`${m.request}:${m.code}`)) {
+          this.hybridRaces = (this.hybridRaces ?? 0) + 1;
+          break;
+        }
         this.#emit("error", { code: m.code, message: m.message, request: m.request });
         // The server ends the session after these (and closes the socket):
         // no resume then.
@@ -814,6 +829,9 @@ export class VoiceClient extends EventTarget {
   }
 
   #signal(to, data) {
+    // After a switch up began the links' signals are moot (the server
+    // would refuse them as `wrong_mode`).
+    if (this.mode !== "p2p") return;
     try {
       this.#send({ type: "signal", to, epoch: this.epoch, data });
     } catch {

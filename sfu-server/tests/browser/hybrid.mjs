@@ -195,6 +195,8 @@ export async function checkHybrid(run, base) {
     for (const p of [a, b]) {
       const shown = await shownModes(p.page);
       if (!shown.includes("Upgrading connection…")) throw new Error(`${p.name} showed ${JSON.stringify(shown)}`);
+      const status = await p.page.textContent("#status");
+      if (/error/i.test(status)) throw new Error(`${p.name} shows ${status}`);
     }
   });
 
