@@ -138,7 +138,7 @@ try {
 
   // First, while the machine is quiet: the hybrid checks time what the
   // pages hear every 10 ms (their pages close after them).
-  if (process.env.SFU_HYBRID) await checkHybrid(run, process.env.SFU_HYBRID);
+  if (process.env.SFU_HYBRID) await checkHybrid(run, process.env.SFU_HYBRID, firefox);
 
   // The first page's HTTP and WebSocket go through a proxy that the resume
   // check cuts.
