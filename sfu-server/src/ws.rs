@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::client_request::{Ask, ClientRequest};
 use crate::ice_restart::RestartBudget;
 use crate::metrics::Refusal;
-use crate::protocol::ServerMsg;
+use crate::protocol::{JoinedMsg, ServerMsg};
 use crate::protocol::SignalData;
 use crate::resume::{Away, Membership};
 use crate::rooms::mode::{Capability, SfuOnly};
@@ -484,7 +484,7 @@ impl Session {
                 self.join_deadline = None;
                 self.expires = instant_of_unix(grants.exp);
                 self.set_resume_token(self.new_resume_token());
-                ServerMsg::Joined {
+                ServerMsg::Joined(Box::new(JoinedMsg {
                     peer: j.peer.0,
                     source: j.source.0,
                     slots: j.slots,
@@ -500,7 +500,7 @@ impl Session {
                     mode: j.mode.name(),
                     epoch: j.epoch,
                     mesh_connect_timeout_ms: MESH_CONNECT_TIMEOUT.as_millis() as u64,
-                }
+                }))
             }
             Err(JoinError::Full(full)) => refusal(self.state.room_full(full), req),
             Err(JoinError::Draining) => {
