@@ -449,6 +449,9 @@ mod tests {
     #[test]
     fn server_messages_stay_small() {
         let size = std::mem::size_of::<ServerMsg>();
-        assert!(size <= 104, "ServerMsg is {size} bytes: box the largest variant");
+        assert!(
+            size <= 104,
+            "ServerMsg is {size} bytes: box the largest variant"
+        );
     }
 }
