@@ -110,6 +110,16 @@ impl SfuJoinError {
     }
 }
 
+/// How a channel differs from the mode and epoch a request names.
+enum Mismatch {
+    /// The channel has no members (any more).
+    Gone,
+    /// It is not (switching to) that mode.
+    Mode,
+    /// Its epoch is another.
+    Stale { got: u64, current: u64 },
+}
+
 /// The hybrid counters of a node's rooms, for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HybridCounters {
@@ -174,11 +184,6 @@ impl Rooms {
         self.apply_decisions();
     }
 
-    /// The hybrid settings in force.
-    pub fn hybrid_settings(&self) -> &HybridSettings {
-        self.policy.settings()
-    }
-
     /// The mode a member with `capability` would start in by joining
     /// `channel` now. Changes no membership.
     pub fn preview_mode(&mut self, channel: &str, capability: Capability, now: Instant) -> Mode {
@@ -206,19 +211,12 @@ impl Rooms {
         if m.in_engine {
             return Err(SfuJoinError::AlreadyJoined);
         }
-        let ch = self
-            .policy
-            .channel(&m.channel)
-            .ok_or(SfuJoinError::NotJoined)?;
-        if ch.mode() != Mode::Sfu {
-            return Err(SfuJoinError::WrongMode);
-        }
-        if ch.epoch() != epoch {
-            return Err(SfuJoinError::Stale {
-                got: epoch,
-                current: ch.epoch(),
-            });
-        }
+        self.channel_at(&m.channel, Mode::Sfu, epoch)
+            .map_err(|e| match e {
+                Mismatch::Gone => SfuJoinError::NotJoined,
+                Mismatch::Mode => SfuJoinError::WrongMode,
+                Mismatch::Stale { got, current } => SfuJoinError::Stale { got, current },
+            })?;
         Ok((m.channel.clone(), m.identity.clone(), m.role))
     }
 
@@ -331,19 +329,12 @@ impl Rooms {
             Some(m) if to != from && m.channel == sender.channel => {}
             _ => return Err(SignalError::NotMember),
         }
-        let ch = self
-            .policy
-            .channel(&sender.channel)
-            .ok_or(SignalError::NotMember)?;
-        if ch.mode() != Mode::P2p {
-            return Err(SignalError::WrongMode);
-        }
-        if ch.epoch() != epoch {
-            return Err(SignalError::Stale {
-                got: epoch,
-                current: ch.epoch(),
-            });
-        }
+        self.channel_at(&sender.channel, Mode::P2p, epoch)
+            .map_err(|e| match e {
+                Mismatch::Gone => SignalError::NotMember,
+                Mismatch::Mode => SignalError::WrongMode,
+                Mismatch::Stale { got, current } => SignalError::Stale { got, current },
+            })?;
         let glare = match data {
             SignalData::Offer { .. } => from > to,
             SignalData::Answer { .. } => from < to,
@@ -354,6 +345,21 @@ impl Rooms {
         }
         if !self.hybrid.take(from, now) {
             return Err(SignalError::Rate);
+        }
+        Ok(())
+    }
+
+    /// Whether `channel` is (switching to) `mode` at `epoch`.
+    fn channel_at(&self, channel: &str, mode: Mode, epoch: u64) -> Result<(), Mismatch> {
+        let ch = self.policy.channel(channel).ok_or(Mismatch::Gone)?;
+        if ch.mode() != mode {
+            return Err(Mismatch::Mode);
+        }
+        if ch.epoch() != epoch {
+            return Err(Mismatch::Stale {
+                got: epoch,
+                current: ch.epoch(),
+            });
         }
         Ok(())
     }
