@@ -47,11 +47,13 @@ pub struct Config {
     /// (several workers) A channel spreads over the workers once its first
     /// worker carries this many of its members: new members go to the
     /// least-loaded worker, where the channel follows the first one over an
-    /// in-process link (speaker selection stays on the first). 0 (the
-    /// default): a channel stays on one worker. Off by default because a
-    /// member's room (member list, raised hands, moderation) reaches only
-    /// the members of its own worker in a spread channel.
-    pub spread_after: usize,
+    /// in-process link (speaker selection stays on the first); its room
+    /// (member count and list, raised hands, moderation) stays one across
+    /// the workers. 0: a channel stays on one worker. `None` (the default):
+    /// [`DEFAULT_SPREAD_AFTER`], or 0 with `hybrid` (a hybrid channel's
+    /// members must be on one worker). The server resolves it at start-up
+    /// ([`Config::effective_spread_after`]).
+    pub spread_after: Option<usize>,
     /// Hall mode: members who join as listeners receive each voice in
     /// 40 ms packets (two 20 ms Opus frames joined, nothing decoded): half
     /// the packets and about a third fewer bytes per listener, for 20 ms
@@ -195,6 +197,12 @@ pub fn is_region(r: &str) -> bool {
 /// Media workers on one node at most.
 pub const MAX_WORKERS: usize = 256;
 
+/// A channel spreads over the workers once its first one carries this many
+/// of its members (`spread_after` unset): below it one worker forwards a
+/// channel with room to spare (about 4,000 forwarded datagrams a second per
+/// core-percent here), above it the copies of one packet share the cores.
+pub const DEFAULT_SPREAD_AFTER: usize = 200;
+
 /// Secrets shorter than this many bytes are refused: a shorter HMAC key is
 /// within reach of an offline guess from one token or one TURN credential.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -245,7 +253,7 @@ impl Default for Config {
             insecure: false,
             slots: 3,
             hall_mode: false,
-            spread_after: 0,
+            spread_after: None,
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
             turn_secret: None,
@@ -562,7 +570,7 @@ impl Config {
             self.slots = parse_env("SFU_SLOTS", v)?;
         }
         if let Some(v) = env("SFU_SPREAD_AFTER") {
-            self.spread_after = parse_env("SFU_SPREAD_AFTER", v)?;
+            self.spread_after = Some(parse_env("SFU_SPREAD_AFTER", v)?);
         }
         if let Some(v) = env("SFU_HALL_MODE") {
             self.hall_mode = parse_bool("SFU_HALL_MODE", v)?;
@@ -717,7 +725,7 @@ impl Config {
             self.hall_mode = true;
         }
         if let Some(n) = o.spread_after {
-            self.spread_after = n;
+            self.spread_after = Some(n);
         }
         if let Some(log) = &o.log {
             self.log = log.clone();
@@ -885,6 +893,20 @@ impl Config {
     /// `edge_after`): it accepts edges and follows other nodes' channels.
     pub fn fleet_edges(&self) -> bool {
         self.redis_url.is_some() && self.edge_after > 0
+    }
+
+    /// The members a channel's first worker carries before it spreads over
+    /// the others (`spread_after` resolved): 0 on a node of one worker,
+    /// else the setting, else [`DEFAULT_SPREAD_AFTER`] (0 with `hybrid`).
+    pub fn effective_spread_after(&self) -> usize {
+        if self.worker_count() == 1 {
+            return 0;
+        }
+        match self.spread_after {
+            Some(n) => n,
+            None if self.hybrid => 0,
+            None => DEFAULT_SPREAD_AFTER,
+        }
     }
 
     /// The media workers this node runs (`workers`, with 0 resolved).

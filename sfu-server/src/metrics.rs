@@ -168,6 +168,9 @@ pub struct Snapshot {
     /// Members dropped because their event queue was full (they do not
     /// read their messages).
     pub members_dropped_slow: u64,
+    /// Parts of a spread channel's room that found another worker's queue
+    /// full (sent again at the next flush).
+    pub parts_not_sent: u64,
     /// CPU time of the worker's thread in seconds (`None`: the worker runs
     /// as a task on a shared thread, or there is no `/proc`).
     pub cpu_seconds: Option<f64>,
@@ -206,6 +209,7 @@ impl AddAssign<&Snapshot> for Snapshot {
             relay_out_dropped,
             relay_out_overflows,
             members_dropped_slow,
+            parts_not_sent,
             cpu_seconds,
             hybrid,
             switch_time: [up, down],
@@ -232,6 +236,7 @@ impl AddAssign<&Snapshot> for Snapshot {
         self.relay_out_dropped += relay_out_dropped;
         self.relay_out_overflows += relay_out_overflows;
         self.members_dropped_slow += members_dropped_slow;
+        self.parts_not_sent += parts_not_sent;
         self.cpu_seconds = match (self.cpu_seconds, *cpu_seconds) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
@@ -459,6 +464,13 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "sfu_members_dropped_total{{reason=\"too_slow\"}} {}",
         s.members_dropped_slow
     );
+    metric(
+        &mut o,
+        "sfu_room_parts_resent_total",
+        "counter",
+        "A worker's part of a channel spread over the workers (members, listed members, raised hands) that found another worker's request queue full; it goes again at the next wake-up.",
+    );
+    let _ = writeln!(o, "sfu_room_parts_resent_total {}", s.parts_not_sent);
     metric(
         &mut o,
         "sfu_speaker_switches_total",

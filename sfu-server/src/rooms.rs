@@ -31,6 +31,7 @@ mod hybrid;
 mod member;
 pub mod mode;
 mod moderation;
+mod spread;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,7 @@ pub use hybrid::{
 };
 pub use member::{role_name, Member, Rights};
 pub use moderation::{ModerateError, Moderation};
+pub use spread::RoomPart;
 
 /// Listeners are announced to the others (`member_joined`/`member_left`,
 /// and in a joiner's member list) only while their channel has at most this
@@ -182,6 +184,8 @@ pub struct Rooms {
     closing: HashSet<PeerId>,
     /// (hybrid) Signal rate buckets and counters.
     hybrid: hybrid::HybridState,
+    /// The node's other workers, for channels spread over them.
+    spread: spread::Spread,
 }
 
 impl Rooms {
@@ -344,7 +348,10 @@ impl Rooms {
             }
             Event::ActiveSpeakers { channel, speakers } => {
                 let msg = ServerMsg::ActiveSpeakers {
-                    speakers: speakers.iter().filter_map(|s| self.peer_of(*s)).collect(),
+                    speakers: speakers
+                        .iter()
+                        .filter_map(|s| self.peer_in(&channel, *s))
+                        .collect(),
                     sources: speakers.iter().map(|s| s.0).collect(),
                 };
                 let room = self.rooms.entry(channel.to_string()).or_default();
@@ -353,13 +360,16 @@ impl Rooms {
             }
             Event::DominantSpeaker { channel, speaker } => {
                 let msg = ServerMsg::DominantSpeaker {
-                    peer: speaker.and_then(|s| self.peer_of(s)),
+                    peer: speaker.and_then(|s| self.peer_in(&channel, s)),
                     source: speaker.map(|s| s.0),
                 };
                 let room = self.rooms.entry(channel.to_string()).or_default();
                 room.dominant = speaker;
                 tell_room(&mut self.messages, room, None, msg);
             }
+            // A voice of another worker of this node: its member is listed
+            // from that worker's part of the channel.
+            Event::RemoteSource { source, .. } if self.spread.is_sibling_voice(source) => {}
             Event::RemoteSource {
                 channel,
                 source,
@@ -391,19 +401,37 @@ impl Rooms {
         target: PeerId,
         action: &Moderation,
     ) -> Result<Command, ModerateError> {
+        let moderator = self.moderator(by, action)?;
+        self.target_command(&moderator.channel, target, action)
+    }
+
+    /// The moderator's side of the rules: `by` may moderate, and may hand
+    /// on what `action` gives.
+    fn moderator(&self, by: PeerId, action: &Moderation) -> Result<&Member, ModerateError> {
         let moderator = self.members.get(&by).ok_or(ModerateError::Forbidden)?;
         if !moderator.rights.can_moderate {
             return Err(ModerateError::Forbidden);
         }
-        let member = match self.members.get(&target) {
-            Some(m) if m.channel == moderator.channel => m,
-            _ => return Err(ModerateError::NotFound),
-        };
         // A moderator hands on only what its own token grants: moderation
         // must not turn a listener-only grant into a way onto the stage.
-        if *action == Moderation::SetRole(Role::Speaker) && !moderator.rights.can_publish {
+        if spread::beyond_grant(action, moderator.rights.can_publish) {
             return Err(ModerateError::BeyondOwnGrant);
         }
+        Ok(moderator)
+    }
+
+    /// The target's side of the rules: `target` is a member of `channel`
+    /// here, and may be moderated so; the engine command that does it.
+    fn target_command(
+        &self,
+        channel: &str,
+        target: PeerId,
+        action: &Moderation,
+    ) -> Result<Command, ModerateError> {
+        let member = match self.members.get(&target) {
+            Some(m) if m.channel == channel => m,
+            _ => return Err(ModerateError::NotFound),
+        };
         Ok(match action {
             Moderation::Mute(muted) => Command::SetMuted {
                 peer: target,
@@ -438,8 +466,9 @@ impl Rooms {
                 return;
             }
         }
+        let channel = m.channel.clone();
+        self.spread.touch(&channel);
         if m.role == Role::Speaker {
-            let channel = m.channel.clone();
             self.lower_hand(target, &channel);
         }
         let Some(m) = self.members.get_mut(&target) else {
@@ -473,7 +502,8 @@ impl Rooms {
         let channel = m.channel.clone();
         if raised {
             let room = self.rooms.get_mut(&channel).ok_or(HandError::NotJoined)?;
-            if room.hands.raise(peer)? {
+            if room.hands.raise(peer, self.spread.next_hand())? {
+                self.spread.touch(&channel);
                 self.hands_changed.insert(channel);
                 self.messages.push((peer, ServerMsg::Hand { raised: true }));
             }
@@ -512,6 +542,7 @@ impl Rooms {
             rooms,
             counts_changed,
             messages,
+            spread,
             ..
         } = self;
         let mut next: Option<Instant> = None;
@@ -523,7 +554,7 @@ impl Rooms {
                 next = Some(next.map_or(at, |n| n.min(at)));
                 return true;
             }
-            let count = room.members.len();
+            let count = room.members.len() + spread.remote_members(channel);
             tell_room(messages, room, None, ServerMsg::MemberCount { count });
             false
         });
@@ -539,6 +570,7 @@ impl Rooms {
             members,
             hands_changed,
             messages,
+            spread,
             ..
         } = self;
         let mut next: Option<Instant> = None;
@@ -550,7 +582,7 @@ impl Rooms {
                 next = Some(next.map_or(at, |n| n.min(at)));
                 return true;
             }
-            let msg = hands_message(members, &room.hands);
+            let msg = hands_message(members, &room.hands, spread, channel);
             for peer in &room.moderators {
                 messages.push((*peer, msg.clone()));
             }
@@ -599,7 +631,7 @@ impl Rooms {
         let m = self.members.get_mut(&peer)?;
         let room = self.rooms.get(&m.channel)?;
         m.answered = true;
-        let member_count = room.members.len();
+        let member_count = room.members.len() + self.spread.remote_members(&m.channel);
         m.listed = m.role == Role::Speaker || member_count <= LISTED_LISTENERS_UP_TO;
         let (member, listed, channel, capability) =
             (m.info(peer), m.listed, m.channel.clone(), m.capability);
@@ -610,6 +642,7 @@ impl Rooms {
                 let m = self.members.get(p)?;
                 (m.listed || *p == peer).then(|| m.info(*p))
             })
+            .chain(self.spread.remote_listed(&channel).cloned())
             .collect();
         let assignment = self.policy.handle_join(&channel, peer, capability, now);
         let joined = Joined {
@@ -630,9 +663,9 @@ impl Rooms {
             active_speakers: room
                 .active
                 .iter()
-                .filter_map(|s| self.peer_of(*s))
+                .filter_map(|s| self.peer_in(&channel, *s))
                 .collect(),
-            dominant_speaker: room.dominant.and_then(|s| self.peer_of(s)),
+            dominant_speaker: room.dominant.and_then(|s| self.peer_in(&channel, s)),
             dominant_source: room.dominant.map(|s| s.0),
             mode: assignment.mode,
             epoch: assignment.epoch,
@@ -642,10 +675,16 @@ impl Rooms {
             tell_room(&mut self.messages, room, Some(peer), msg);
         }
         // A moderator who joins late learns who waits to speak.
-        if room.moderators.contains(&peer) && room.hands.queue().next().is_some() {
-            let msg = hands_message(&self.members, &room.hands);
+        if room.moderators.contains(&peer)
+            && (!room.hands.is_empty() || self.spread.remote_hands(&channel).next().is_some())
+        {
+            let msg = hands_message(&self.members, &room.hands, &self.spread, &channel);
             self.messages.push((peer, msg));
         }
+        if self.spread.may_spread(member_count) {
+            self.mark_spread(&channel);
+        }
+        self.spread.touch(&channel);
         self.counts_changed.insert(channel);
         self.apply_decisions();
         Some(joined)
@@ -686,6 +725,11 @@ impl Rooms {
         // The moderator's words are for the member removed alone.
         self.messages.push((peer, left(m.kicked)));
         let msg = left(None);
+        if m.listed && m.answered {
+            self.spread.gone(&m.channel, peer, reason);
+        } else {
+            self.spread.touch(&m.channel);
+        }
         let Some(room) = self.rooms.get_mut(&m.channel) else {
             return;
         };
@@ -714,6 +758,7 @@ impl Rooms {
         };
         if room.hands.lower(peer) {
             self.hands_changed.insert(channel.to_string());
+            self.spread.touch(channel);
             self.messages
                 .push((peer, ServerMsg::Hand { raised: false }));
         }
@@ -730,6 +775,13 @@ impl Rooms {
     /// nodes).
     fn peer_of(&self, source: SourceId) -> Option<u64> {
         self.sources.get(&source).map(|p| p.0)
+    }
+
+    /// The peer id of a voice of `channel`: a member here or, in a spread
+    /// channel, on another worker of the node.
+    fn peer_in(&self, channel: &str, source: SourceId) -> Option<u64> {
+        self.peer_of(source)
+            .or_else(|| self.spread.remote_peer_of(channel, source))
     }
 }
 
@@ -763,18 +815,24 @@ fn throttle(
     }
 }
 
-/// The `hands` message of a queue: peers with their identities.
-fn hands_message(members: &HashMap<PeerId, Member>, hands: &Hands) -> ServerMsg {
-    let queue = hands
-        .queue()
-        .filter_map(|p| {
-            members.get(&p).map(|m| HandInfo {
+/// The `hands` message of `channel`: its raised hands here and on the
+/// node's other workers, oldest first, with their identities.
+fn hands_message(
+    members: &HashMap<PeerId, Member>,
+    hands: &Hands,
+    spread: &spread::Spread,
+    channel: &str,
+) -> ServerMsg {
+    let local = hands.ordered().filter_map(|(p, order)| {
+        members.get(&p).map(|m| {
+            let info = HandInfo {
                 peer: p.0,
                 identity: m.identity.clone(),
-            })
+            };
+            (order, info)
         })
-        .collect();
-    ServerMsg::Hands { queue }
+    });
+    spread::merged_hands(local, spread.remote_hands(channel).cloned())
 }
 
 /// How the protocol names why a member left.

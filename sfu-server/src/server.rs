@@ -41,7 +41,7 @@ impl Server {
     /// Binds the HTTP listener and the media socket and starts serving. A
     /// configuration [`Config::validate`] refuses is refused here too
     /// (`InvalidInput`), so that no embedder runs with a weak secret.
-    pub async fn start(config: Config) -> io::Result<Server> {
+    pub async fn start(mut config: Config) -> io::Result<Server> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -92,7 +92,10 @@ impl Server {
         let https = crate::tls::Https::from_config(&config).map_err(io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.http).await?;
         let http_addr = listener.local_addr()?;
-        let spread_after = config.spread_after;
+        // Resolved once: the placement keeps it, and a change of the hybrid
+        // keys at runtime is checked against it.
+        let spread_after = config.effective_spread_after();
+        config.spread_after = Some(spread_after);
         let workers = Workers::new(workers, limits, spread_after);
         if count > 1 && spread_after > 0 {
             workers.link_all(&engines).await;
@@ -540,7 +543,10 @@ fn reload_hybrid_on_hangup(state: Arc<AppState>, reload: Reload) -> io::Result<(
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let settings = reload().and_then(|c| {
+            let settings = reload().and_then(|mut c| {
+                // Not reloaded: the workers' placement keeps what it
+                // started with.
+                c.spread_after = state.config.spread_after;
                 c.validate()?;
                 c.hybrid_settings()
             });

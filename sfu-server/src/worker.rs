@@ -8,11 +8,14 @@
 //!
 //! A node runs several workers (`workers`, by default one per core), each
 //! on an OS thread of its own with its own engine and UDP port; signaling
-//! stays on the tokio runtime. A channel lives on one worker, chosen when
+//! stays on the tokio runtime. A channel starts on one worker, chosen when
 //! its first member joins (`placement`: the least-loaded worker) and kept
-//! while it has members; channels on different workers share nothing. A
-//! channel spanning workers would link them with relay messages, as the
-//! cascade links nodes: not built yet.
+//! while it has members; past `spread_after` members there it spreads:
+//! new members go to the least-loaded worker, whose engine follows the
+//! first over an in-process link, as the cascade links nodes. Its room
+//! stays one: the workers hand each other their part of it (members,
+//! listed members, raised hands: [`crate::rooms::RoomPart`]) and moderation
+//! of a member goes to the worker that holds it ([`Workers::link_all`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,7 +32,7 @@ use crate::metrics::Snapshot;
 use crate::protocol::SignalData;
 use crate::rooms::mode::{Capability, HybridSettings, MeshFailure, Mode, ReportError};
 use crate::rooms::{
-    HandError, Joined, ModerateError, Moderation, RoomLimits, RoomRefusal, SfuJoinError,
+    HandError, Joined, ModerateError, Moderation, RoomLimits, RoomPart, RoomRefusal, SfuJoinError,
     SignalError,
 };
 
@@ -60,6 +63,11 @@ const LOCAL_LINKS: u64 = 1 << 40;
 /// The link id under which the other workers reach worker `w`.
 fn local_link(w: usize) -> LinkId {
     LinkId(LOCAL_LINKS + w as u64)
+}
+
+/// Whether `link` is one between the workers of this node.
+fn is_local_link(link: LinkId) -> bool {
+    (LOCAL_LINKS..LOCAL_LINKS << 8).contains(&link.0)
 }
 
 /// A join, as signaling hands it to the worker.
@@ -201,6 +209,24 @@ enum Request {
     Follow(String, Option<LinkId>),
     /// Every channel of the engine with its members here.
     Channels(oneshot::Sender<Vec<ChannelLoad>>),
+    /// The node's other workers: their engine numbers and requests (this
+    /// worker is number `index`), and the counter of the node's raised
+    /// hands.
+    Siblings {
+        index: usize,
+        siblings: Vec<(u16, mpsc::WeakSender<Request>)>,
+        spread_after: usize,
+        hand_clock: Arc<std::sync::atomic::AtomicU64>,
+    },
+    /// Another worker's part of a spread channel.
+    Part(RoomPart),
+    /// A moderator of another worker moderates a member here.
+    ModerateFor {
+        channel: String,
+        target: PeerId,
+        action: Moderation,
+        reply: oneshot::Sender<Result<(), ModerateError>>,
+    },
     /// Debug builds: panic on purpose (the dead-worker tests).
     #[cfg(debug_assertions)]
     Crash,
@@ -246,6 +272,7 @@ pub enum SfuError {
 pub struct Workers {
     workers: Vec<Worker>,
     placement: Arc<Placement>,
+    spread_after: usize,
 }
 
 impl Workers {
@@ -262,7 +289,11 @@ impl Workers {
             limits.max_members_per_channel,
             spread_after,
         );
-        Workers { workers, placement }
+        Workers {
+            workers,
+            placement,
+            spread_after,
+        }
     }
 
     /// Links every worker's engine to every other's, in process: worker
@@ -270,6 +301,26 @@ impl Workers {
     /// sends arrives in `b`'s relay input as from `LinkId(LOCAL_LINKS +
     /// a)`. `engines[w]` is worker `w`'s engine number.
     pub async fn link_all(&self, engines: &[EngineId]) {
+        // One room per channel across the workers: each tells the others
+        // its part of the spread channels, and moderation reaches their
+        // members.
+        let hand_clock = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        for (a, worker) in self.workers.iter().enumerate() {
+            let siblings = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| *b != a)
+                .map(|(b, w)| (engines[b].get(), w.tx.downgrade()))
+                .collect();
+            let req = Request::Siblings {
+                index: a,
+                siblings,
+                spread_after: self.spread_after,
+                hand_clock: hand_clock.clone(),
+            };
+            let _ = worker.tx.send(req).await;
+        }
         for (a, from) in self.workers.iter().enumerate() {
             for (b, to) in self.workers.iter().enumerate() {
                 if a == b {

@@ -410,7 +410,7 @@ async fn hall_mode_sends_listeners_40_ms_packets() {
 async fn a_big_channel_spreads_over_the_workers() {
     let server = server(sfu_server::Config {
         workers: 2,
-        spread_after: 2,
+        spread_after: Some(2),
         ..config()
     })
     .await;
@@ -446,6 +446,19 @@ async fn a_big_channel_spreads_over_the_workers() {
         [0, 0, 1, 1]
     );
     assert!(peers.windows(2).all(|w| w[0] != w[1]), "{peers:?}");
+    // One room across the workers: di (worker 1) is told of everyone, the
+    // speakers of worker 0 as members (not as voices of another node).
+    let listed: Vec<u64> = joined_d["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["peer"].as_u64().unwrap())
+        .collect();
+    for p in &peers {
+        assert!(listed.contains(p), "{p} in {listed:?}");
+    }
+    assert_eq!(joined_d["member_count"], 4);
+    assert_eq!(joined_d["voices"], json!([]));
     let placement = server.state().workers.placement();
     assert_eq!(placement.spread_of("hall"), [2, 2]);
     assert_eq!(placement.worker_of("hall"), Some(0), "worker 0 selects");

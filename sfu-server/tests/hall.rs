@@ -84,22 +84,73 @@ fn heard_after(peer: &UdpPeer, from: Instant, tone: usize, frames: usize) -> Vec
 async fn a_raised_hand_is_promoted_heard_demoted_and_a_member_kicked() {
     let server = server(Config {
         auth_secret: Some(SECRET.into()),
+        workers: 1,
         ..config()
     })
     .await;
+    hall_scenario(&server, [0, 0, 0]).await;
+}
+
+/// The same hall spread over two workers (`spread_after` 1): the host on
+/// worker 0 (the origin), Ann on worker 1, Bob on worker 0 again (the
+/// less loaded, ties to the lower). The room is one: the host sees Ann's
+/// hand, promotes, demotes and kicks her across the workers, Bob sees her
+/// come and go, everyone counts three members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hall_behaves_the_same_spread_over_two_workers() {
+    let server = server(Config {
+        auth_secret: Some(SECRET.into()),
+        workers: 2,
+        spread_after: Some(1),
+        ..config()
+    })
+    .await;
+    hall_scenario(&server, [0, 1, 0]).await;
+}
+
+/// Receives `member_joined` messages until every one of `peers` was named.
+async fn joined_until(ws: &mut Ws, peers: &[u64]) {
+    let mut missing: Vec<u64> = peers.to_vec();
+    while !missing.is_empty() {
+        let m = ws.recv_type("member_joined").await;
+        missing.retain(|p| m["member"]["peer"] != *p);
+    }
+}
+
+/// The lecture hall's story on `server`, whose host, Ann and Bob land on
+/// the workers `on` names.
+async fn hall_scenario(server: &sfu_server::Server, on: [u64; 3]) {
     let host_grants = json!({"token": token("host", true, true)});
     let (mut ws_host, host, joined_host) =
-        ws_member(&server, "hall", "host", ClientSpec::speaker(0), host_grants).await;
+        ws_member(server, "hall", "host", ClientSpec::speaker(0), host_grants).await;
     // Ann listens, with a microphone line offered so that she can be
     // promoted; her token does not let her publish on her own.
     let ann_grants = json!({"token": token("ann", false, false), "role": "listener"});
     let (mut ws_ann, ann, joined_ann) =
-        ws_member(&server, "hall", "ann", ClientSpec::speaker(1), ann_grants).await;
+        ws_member(server, "hall", "ann", ClientSpec::speaker(1), ann_grants).await;
     let bob_grants = json!({"token": token("bob", false, false), "role": "listener"});
     let (mut ws_bob, bob, joined_bob) =
-        ws_member(&server, "hall", "bob", ClientSpec::listener(), bob_grants).await;
+        ws_member(server, "hall", "bob", ClientSpec::listener(), bob_grants).await;
     let ann_peer = joined_ann["peer"].as_u64().unwrap();
     let bob_peer = joined_bob["peer"].as_u64().unwrap();
+    let host_peer = joined_host["peer"].as_u64().unwrap();
+    // Peer ids carry their worker's engine number from bit 40 up.
+    assert_eq!([host_peer >> 40, ann_peer >> 40, bob_peer >> 40], on);
+    // Bob joined last: the whole channel is in his member list and count.
+    let mut listed: Vec<u64> = joined_bob["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["peer"].as_u64().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut all = vec![host_peer, ann_peer, bob_peer];
+    all.sort_unstable();
+    assert_eq!(listed, all, "{}", joined_bob["members"]);
+    assert_eq!(joined_bob["member_count"], 3);
+    // The host is told of both; Ann of Bob.
+    joined_until(&mut ws_host, &[ann_peer, bob_peer]).await;
+    joined_until(&mut ws_ann, &[bob_peer]).await;
 
     // Both talk; only the host's voice is routed while Ann listens.
     host.set_talking(true);
@@ -138,21 +189,29 @@ async fn a_raised_hand_is_promoted_heard_demoted_and_a_member_kicked() {
     let kick_host = json!({"type": "moderate", "action": "kick", "peer": joined_host["peer"]});
     assert_eq!(refused(&mut ws_host, kick_host).await, "forbidden");
     ws_host
-        .send(json!({"type": "moderate", "action": "kick", "peer": bob_peer, "reason": "heckling"}))
+        .send(json!({"type": "moderate", "action": "kick", "peer": ann_peer, "reason": "heckling"}))
         .await;
-    let own = ws_bob.recv_type("member_left").await;
+    let own = ws_ann.recv_type("member_left").await;
     assert_eq!(
         (&own["peer"], &own["reason"], &own["message"]),
-        (&json!(bob_peer), &json!("kicked"), &json!("heckling"))
+        (&json!(ann_peer), &json!("kicked"), &json!("heckling"))
     );
-    let seen = ws_ann.recv_type("member_left").await;
+    let seen = ws_bob.recv_type("member_left").await;
     assert_eq!(
         (&seen["peer"], &seen["reason"]),
-        (&json!(bob_peer), &json!("kicked"))
+        (&json!(ann_peer), &json!("kicked"))
     );
-    assert!(seen.get("message").is_none(), "the words are for bob alone");
+    assert!(seen.get("message").is_none(), "the words are for ann alone");
     assert_eq!(
-        refused(&mut ws_bob, json!({"type": "raise_hand"})).await,
+        refused(&mut ws_ann, json!({"type": "raise_hand"})).await,
         "not_joined"
     );
+    let count = loop {
+        let c = ws_bob.recv_type("member_count").await;
+        if c["count"] == 2 {
+            break c;
+        }
+    };
+    assert_eq!(count["count"], 2, "two left in the hall");
+    drop((ws_bob, ann, joined_host));
 }

@@ -578,6 +578,24 @@ async fn p2p_turned_off_and_on_at_runtime_moves_channels_both_ways() {
     }
 }
 
+/// A node of two workers started without hybrid spreads big channels over
+/// them (`spread_after` unset: 200); turning hybrid on at runtime is
+/// refused there, saying why, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_spreads_channels_refuses_hybrid_at_runtime() {
+    let mut cfg = config();
+    cfg.admin_token = Some(ADMIN.into());
+    cfg.workers = 2;
+    let server = server(cfg).await;
+    let (status, body) = put_hybrid(&server, ADMIN, json!({"enabled": true})).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("spread_after = 0"), "{body}");
+    let (status, body) = put_hybrid(&server, ADMIN, json!({"p2p_max": 5})).await;
+    assert_eq!(status, 200, "other keys still change: {body}");
+    assert_eq!(body["settings"]["enabled"], false);
+}
+
 /// `GET /admin/hybrid` of the server at `base`: its `settings`.
 async fn settings_at(base: &str) -> Value {
     let auth = format!("Bearer {ADMIN}");
@@ -605,7 +623,10 @@ async fn sighup_applies_the_configuration_file_s_hybrid_keys() {
     let write = |body: &str| {
         // Aside, then renamed: a reload never reads half a file.
         let aside = dir.join("next.toml");
-        std::fs::write(&aside, format!("admin_token = \"{ADMIN}\"\n{body}")).unwrap();
+        // Channels on one worker: a node that may spread them over its
+        // workers refuses to turn hybrid on at runtime.
+        let head = format!("admin_token = \"{ADMIN}\"\nspread_after = 0\n");
+        std::fs::write(&aside, format!("{head}{body}")).unwrap();
         std::fs::rename(&aside, &file).unwrap();
     };
     write("hybrid = false\n");

@@ -113,10 +113,11 @@ impl Config {
                  a channel's members must all be on this node to form a mesh",
             );
         }
-        if self.spread_after > 0 {
+        if self.spread_after.is_some_and(|n| n > 0) && self.worker_count() > 1 {
             return refuse(
                 "hybrid channels need every member of a channel on one worker: set \
-                 spread_after = 0",
+                 spread_after = 0 (a node started without hybrid spreads big channels \
+                 over its workers: turning hybrid on needs a restart with it)",
             );
         }
         Ok(())

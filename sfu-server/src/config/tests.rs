@@ -576,7 +576,8 @@ fn fleet_settings_are_checked_and_the_redis_password_redacted() {
     let c = Config::load(None, &env, &Overrides::default()).unwrap();
     assert_eq!(c.edge_after, 250);
     assert!(c.hall_mode);
-    assert_eq!(c.spread_after, 0);
+    assert_eq!(c.spread_after, Some(0));
+    assert_eq!(c.effective_spread_after(), 0);
     assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379/1"));
     assert_eq!(c.region, "us-east");
     assert_eq!(c.public_url.as_deref(), Some("https://x.example.org"));
@@ -636,4 +637,47 @@ fn debug_redacts_secrets() {
         ..Overrides::default()
     };
     assert!(!format!("{o:?}").contains("hunter"));
+}
+
+/// A node of several workers spreads a big channel by default (past
+/// `DEFAULT_SPREAD_AFTER` members on its first worker); one worker, an
+/// explicit 0, or hybrid channels keep a channel on one worker, and hybrid
+/// with an explicit threshold is refused.
+#[test]
+fn big_channels_spread_by_default_except_with_hybrid() {
+    let two = Config {
+        workers: 2,
+        ..Config::default()
+    };
+    assert_eq!(
+        two.effective_spread_after(),
+        crate::config::DEFAULT_SPREAD_AFTER
+    );
+    let one = Config {
+        workers: 1,
+        spread_after: Some(50),
+        ..Config::default()
+    };
+    assert_eq!(
+        one.effective_spread_after(),
+        0,
+        "one worker: nowhere to spread"
+    );
+    let never = Config {
+        spread_after: Some(0),
+        ..two.clone()
+    };
+    assert_eq!(never.effective_spread_after(), 0);
+    let hybrid = Config {
+        hybrid: true,
+        ..two.clone()
+    };
+    assert_eq!(hybrid.effective_spread_after(), 0);
+    hybrid.validate().unwrap();
+    let both = Config {
+        spread_after: Some(200),
+        ..hybrid
+    };
+    let err = both.validate().unwrap_err().to_string();
+    assert!(err.contains("spread_after = 0"), "{err}");
 }

@@ -40,41 +40,59 @@ pub enum HandError {
     WorkerGone,
 }
 
-/// One channel's raised hands, oldest first.
+/// One channel's raised hands, oldest first, each with the number that
+/// orders it among the hands of the node's other workers (a channel spread
+/// over workers has a queue on each: moderators get them merged by it).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Hands {
-    queue: VecDeque<PeerId>,
+    queue: VecDeque<(PeerId, u64)>,
 }
 
 impl Hands {
-    /// Raises `peer`'s hand at the end of the queue. `Ok(false)`: it was
-    /// raised already (its place is kept).
-    pub fn raise(&mut self, peer: PeerId) -> Result<bool, HandError> {
+    /// Raises `peer`'s hand at the end of the queue, numbered `order` (the
+    /// node's hands grow in the order raised). `Ok(false)`: it was raised
+    /// already (its place is kept).
+    pub fn raise(&mut self, peer: PeerId, order: u64) -> Result<bool, HandError> {
         if self.is_raised(peer) {
             return Ok(false);
         }
         if self.queue.len() >= MAX_RAISED_HANDS {
             return Err(HandError::Full(MAX_RAISED_HANDS));
         }
-        self.queue.push_back(peer);
+        self.queue.push_back((peer, order));
         Ok(true)
     }
 
     /// Lowers `peer`'s hand; false when it was not raised.
     pub fn lower(&mut self, peer: PeerId) -> bool {
         let before = self.queue.len();
-        self.queue.retain(|p| *p != peer);
+        self.queue.retain(|(p, _)| *p != peer);
         self.queue.len() != before
     }
 
     /// Whether `peer`'s hand is up.
     pub fn is_raised(&self, peer: PeerId) -> bool {
-        self.queue.contains(&peer)
+        self.queue.iter().any(|(p, _)| *p == peer)
     }
 
     /// The raised hands, oldest first.
     pub fn queue(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.queue.iter().map(|(p, _)| *p)
+    }
+
+    /// The raised hands with their order numbers, oldest first.
+    pub fn ordered(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
         self.queue.iter().copied()
+    }
+
+    /// How many hands are up.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no hand is up.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
     }
 }
 
@@ -84,32 +102,55 @@ mod tests {
 
     #[test]
     fn hands_queue_in_the_order_raised_once_each() {
+        let mut order = 0;
+        let mut n = || {
+            order += 1;
+            order
+        };
         let mut h = Hands::default();
-        assert_eq!(h.raise(PeerId(5)), Ok(true));
-        assert_eq!(h.raise(PeerId(3)), Ok(true));
+        assert_eq!(h.raise(PeerId(5), n()), Ok(true));
+        assert_eq!(h.raise(PeerId(3), n()), Ok(true));
         assert_eq!(
-            h.raise(PeerId(5)),
+            h.raise(PeerId(5), n()),
             Ok(false),
             "a second raise keeps the place"
         );
         assert_eq!(h.queue().collect::<Vec<_>>(), [PeerId(5), PeerId(3)]);
         assert!(h.lower(PeerId(5)));
         assert!(!h.lower(PeerId(5)));
-        assert_eq!(h.raise(PeerId(5)), Ok(true), "raised again: at the end");
+        assert_eq!(
+            h.raise(PeerId(5), n()),
+            Ok(true),
+            "raised again: at the end"
+        );
         assert_eq!(h.queue().collect::<Vec<_>>(), [PeerId(3), PeerId(5)]);
+        assert_eq!(
+            h.ordered().map(|(_, o)| o).collect::<Vec<_>>(),
+            [2, 4],
+            "each hand keeps the number it was raised with"
+        );
     }
 
     #[test]
     fn the_queue_is_bounded() {
+        let mut order = 0;
+        let mut n = || {
+            order += 1;
+            order
+        };
         let mut h = Hands::default();
         for p in 0..MAX_RAISED_HANDS as u64 {
-            assert_eq!(h.raise(PeerId(p)), Ok(true));
+            assert_eq!(h.raise(PeerId(p), n()), Ok(true));
         }
         let late = PeerId(MAX_RAISED_HANDS as u64);
-        assert_eq!(h.raise(late), Err(HandError::Full(MAX_RAISED_HANDS)));
-        assert_eq!(h.raise(PeerId(0)), Ok(false), "a raised hand stays raised");
+        assert_eq!(h.raise(late, n()), Err(HandError::Full(MAX_RAISED_HANDS)));
+        assert_eq!(
+            h.raise(PeerId(0), n()),
+            Ok(false),
+            "a raised hand stays raised"
+        );
         assert!(h.lower(PeerId(0)));
-        assert_eq!(h.raise(late), Ok(true));
+        assert_eq!(h.raise(late, n()), Ok(true));
         assert_eq!(h.queue().count(), MAX_RAISED_HANDS);
     }
 }

@@ -10,6 +10,7 @@ use super::*;
 
 mod hall;
 mod hybrid;
+mod spread;
 
 /// The time every event of these tests happens at: one clock reading per
 /// test thread, kept.

@@ -87,6 +87,11 @@ pub(super) struct Task {
     stopped: bool,
     /// The loop runs on a thread of its own (its CPU time is reported).
     pub(super) own_thread: bool,
+    /// The node's other workers (engine number, requests), for the
+    /// channels spread over them: their parts of a channel and moderation
+    /// of their members. Weak: a worker's loop ends when signaling drops
+    /// its handles, whatever the others hold.
+    siblings: Vec<(u16, mpsc::WeakSender<Request>)>,
 }
 
 /// Where a worker's engine number sits in the peer ids it gives out.
@@ -127,6 +132,7 @@ impl Task {
             forwarded_arrivals: Vec::new(),
             stopped: false,
             own_thread: false,
+            siblings: Vec::new(),
         }
     }
 
@@ -241,6 +247,7 @@ impl Task {
     fn flush(&mut self) -> Instant {
         self.poll_engine();
         let now = Instant::now();
+        self.share_parts();
         let counts_due = self.rooms.poll_member_counts(now);
         let hands_due = self.rooms.poll_hands(now);
         let mode_due = self.rooms.poll_mode(now);
@@ -502,7 +509,40 @@ impl Task {
                 action,
                 reply,
             } => {
+                if self.rooms.member(target).is_none() {
+                    if let Some(tx) = self.sibling_of(target) {
+                        self.moderate_elsewhere(tx, by, target, action, reply);
+                        return;
+                    }
+                }
                 let _ = reply.send(self.moderate(by, target, action));
+            }
+            Request::ModerateFor {
+                channel,
+                target,
+                action,
+                reply,
+            } => {
+                let res = self
+                    .rooms
+                    .moderation_for(&channel, target, &action)
+                    .and_then(|command| self.apply_moderation(target, command, action));
+                let _ = reply.send(res);
+            }
+            Request::Siblings {
+                index,
+                siblings,
+                spread_after,
+                hand_clock,
+            } => {
+                let engines: Vec<u16> = siblings.iter().map(|(e, _)| *e).collect();
+                self.rooms
+                    .set_siblings(index, &engines, spread_after, hand_clock);
+                self.siblings = siblings;
+            }
+            Request::Part(part) => {
+                self.rooms.handle_part(part);
+                self.deliver();
             }
             Request::Hand {
                 peer,
@@ -669,6 +709,10 @@ impl Task {
                 self.follow(j.channel.clone(), Some(link));
             }
         }
+        if j.upstream.is_some_and(super::is_local_link) {
+            // Placed here by a channel spread over the workers.
+            self.rooms.mark_spread(&j.channel);
+        }
         self.rooms
             .handle_join(peer, j.channel, j.identity, j.role, rights, j.capability);
         if let Some(sink) = j.events {
@@ -721,6 +765,17 @@ impl Task {
         action: Moderation,
     ) -> Result<(), ModerateError> {
         let command = self.rooms.moderation(by, target, &action)?;
+        self.apply_moderation(target, command, action)
+    }
+
+    /// Carries out a moderation the rules allowed: `command` to the engine,
+    /// then recorded and announced.
+    fn apply_moderation(
+        &mut self,
+        target: PeerId,
+        command: Command,
+        action: Moderation,
+    ) -> Result<(), ModerateError> {
         if let Command::Leave { peer } = command {
             // A kick: recorded first, so that the departure says so.
             self.rooms.handle_moderated(target, action);
@@ -740,6 +795,77 @@ impl Task {
         self.rooms.handle_moderated(target, action);
         self.deliver();
         Ok(())
+    }
+
+    /// The worker of the node whose engine numbered `peer`, if it is
+    /// another one (peer ids carry their engine's number from bit 40 up).
+    fn sibling_of(&self, peer: PeerId) -> Option<mpsc::WeakSender<Request>> {
+        let engine = peer.0 >> PEER_ID_ENGINE_SHIFT;
+        self.siblings
+            .iter()
+            .find(|(e, _)| u64::from(*e) == engine)
+            .map(|(_, tx)| tx.clone())
+    }
+
+    /// `by` moderates `target`, a member of another worker of the node:
+    /// the moderator's side of the rules here, the target's there; that
+    /// worker answers.
+    fn moderate_elsewhere(
+        &mut self,
+        tx: mpsc::WeakSender<Request>,
+        by: PeerId,
+        target: PeerId,
+        action: Moderation,
+        reply: oneshot::Sender<Result<(), ModerateError>>,
+    ) {
+        let channel = match self.rooms.moderation_elsewhere(by, &action) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let req = Request::ModerateFor {
+            channel,
+            target,
+            action,
+            reply,
+        };
+        // Never waits: two workers waiting on each other's full queue
+        // would stop both.
+        let Some(tx) = tx.upgrade() else {
+            return;
+        };
+        if let Err(e) = tx.try_send(req) {
+            if let Request::ModerateFor { reply, .. } = e.into_inner() {
+                let busy = "the member's media worker is busy; try again".to_string();
+                let _ = reply.send(Err(ModerateError::Refused(busy)));
+            }
+        }
+    }
+
+    /// Hands the parts of spread channels that changed to the node's other
+    /// workers (never waiting: a part that finds a full queue goes again
+    /// at the next flush).
+    fn share_parts(&mut self) {
+        if self.siblings.is_empty() {
+            return;
+        }
+        for part in self.rooms.take_parts() {
+            let mut sent = true;
+            for (_, tx) in &self.siblings {
+                let Some(tx) = tx.upgrade() else {
+                    continue;
+                };
+                if tx.try_send(Request::Part(part.clone())).is_err() {
+                    sent = false;
+                }
+            }
+            if !sent {
+                self.snapshot.parts_not_sent += 1;
+                self.rooms.part_not_sent(&part);
+            }
+        }
     }
 
     fn hand(&mut self, peer: PeerId, raised: bool) -> Result<(), HandError> {
