@@ -61,14 +61,16 @@ pub async fn upgrade(
     };
     // A frame is read whole before its message is checked: without
     // `max_frame_size` one frame could make the session buffer 16 MiB.
-    // The read buffer grows to the largest frame when one comes;
-    // tungstenite's default starts it at 128 KiB, which was half of a
-    // listener's memory.
+    // The read buffer grows to the largest frame when one comes (a join's
+    // offer) and keeps that size; tungstenite's default starts it at
+    // 128 KiB, which was half of a listener's memory. Each message is
+    // written at once (every send flushes anyway), so the write buffer
+    // stays the size of the largest message (`joined`).
     let max = state.config.ws_max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let region = state.client_region(&headers);
             Session::new(state, remote, slot, region).run(socket)
