@@ -100,9 +100,12 @@ netns_create "$NS" veth
 
 # Started directly, not through in_netns: $! must be the server itself
 # (ip netns exec and env exec it). Development mode with dev_moderation:
-# the lecture-hall check has a page promote and demote another.
-$SUDO ip netns exec "$NS" env SFU_DEV_MODERATION=true "$SERVER" --http 127.0.0.1:$PORT --udp 127.0.0.1:0 --log "${SFU_LOG:-info}" \
-  >"$SERVER_LOG" 2>&1 &
+# the lecture-hall check has a page promote and demote another. Two media
+# workers, a channel spread over both from its second member: every
+# channel of more than one page spans the workers (the hall check asserts
+# its moderator and asker are on different ones).
+$SUDO ip netns exec "$NS" env SFU_DEV_MODERATION=true "$SERVER" --http 127.0.0.1:$PORT --udp 127.0.0.1:0 \
+  --workers 2 --spread-after 1 --log "${SFU_LOG:-info}" >"$SERVER_LOG" 2>&1 &
 server_pid=$!
 
 for _ in $(seq 1 100); do

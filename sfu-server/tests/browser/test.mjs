@@ -461,6 +461,13 @@ try {
     );
     const { "hall-moderator": mod, "hall-asker": asker, "hall-hearer": hearer } = hall;
     await Promise.all(Object.values(hall).map((p) => mediaConnected(p)));
+    // The server spreads a channel over its two workers from the second
+    // member (scripts/browser-test.sh): a peer id's engine number (bit 40
+    // up) says which worker holds it. The hall is one room all the same.
+    const workerOf = (p) => Math.floor(p.peer / 2 ** 40);
+    if (workerOf(mod) === workerOf(asker)) {
+      throw new Error(`the moderator and the asker share worker ${workerOf(mod)}: the check would not cross workers`);
+    }
     const source = await asker.page.evaluate(() => window.voice.members.get(window.voice.peer).source);
     // In-page: when each voice (CSRC) last arrived, polled often.
     for (const p of [mod, hearer]) {
@@ -489,7 +496,7 @@ try {
     for (const [p, since] of [[mod, promotedAt.mod], [hearer, promotedAt.hearer]]) {
       await until(`${p.name} receives the promoted voice ${source}`, () => heardSince(p, since));
     }
-    log(`hall: peer ${asker.peer} raised its hand, was promoted, and its voice ${source} reached the moderator and the hearer`);
+    log(`hall: peer ${asker.peer} (worker ${workerOf(asker)}) raised its hand, was promoted by peer ${mod.peer} (worker ${workerOf(mod)}), and its voice ${source} reached the moderator and the hearer (worker ${workerOf(hearer)})`);
 
     await mod.page.click(`#members li[data-peer="${asker.peer}"] button.demote`);
     await until("the moderator's list shows the asker listening", async () => {
