@@ -81,7 +81,7 @@ pub(super) struct Task {
     /// Transmits of the engine waiting for the next `sendmmsg`.
     outbox: udp::Outbox,
     /// Arrival times of the datagrams forwarded since the last flush.
-    forwarded_arrivals: Vec<Instant>,
+    forwarded_arrivals: Vec<(Instant, u64)>,
     /// The loop ended because the node stops (not a failure): what members
     /// still here are told.
     stopped: bool,
@@ -232,7 +232,8 @@ impl Task {
                 // and full batches leave before the next datagram is read.
                 self.poll_engine();
                 if self.engine.stats().rtp_forwarded > forwarded {
-                    self.forwarded_arrivals.push(now);
+                    // Its last copy is the last datagram queued so far.
+                    self.forwarded_arrivals.push((now, self.outbox.queued));
                 }
             }
         }
@@ -265,14 +266,23 @@ impl Task {
             self.deliver();
         }
         self.outbox.flush(&self.socket);
-        if !self.forwarded_arrivals.is_empty() {
-            let sent = Instant::now();
-            for at in self.forwarded_arrivals.drain(..) {
+        // Each forwarded packet's latency: from its arrival to the flush
+        // that handed its last copy to the kernel (copies leave in batches
+        // as they are made, so a packet early in a wake-up does not wait
+        // for the copies of the ones after it).
+        let mut flushes = self.outbox.take_flushes().peekable();
+        for (at, last) in self.forwarded_arrivals.drain(..) {
+            while flushes
+                .next_if(|(handed, t)| *handed < last || *t < at)
+                .is_some()
+            {}
+            if let Some((_, sent)) = flushes.peek() {
                 self.snapshot
                     .forward_latency
                     .observe(sent.saturating_duration_since(at));
             }
         }
+        drop(flushes);
         self.snapshot.send_drops = self.outbox.drops;
         self.snapshot.send_calls = self.outbox.calls;
         self.snapshot.stats = self.engine.stats().clone();

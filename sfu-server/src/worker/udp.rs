@@ -51,6 +51,12 @@ pub(super) struct Outbox {
     pub(super) calls: u64,
     /// What was dropped.
     pub(super) drops: SendDrops,
+    /// Datagrams queued so far (the n-th one queued is number n).
+    pub(super) queued: u64,
+    /// When each flush since the last [`Outbox::take_flushes`] was done,
+    /// and how many datagrams had been handed to the kernel (or dropped)
+    /// by then: what a forwarded packet's latency is read from.
+    flushes: Vec<(u64, std::time::Instant)>,
 }
 
 impl Outbox {
@@ -60,6 +66,7 @@ impl Outbox {
             self.queue.reserve_exact(BATCH);
         }
         self.queue.push((to, datagram));
+        self.queued += 1;
         if self.queue.len() >= BATCH {
             self.flush(socket);
         }
@@ -67,6 +74,7 @@ impl Outbox {
 
     /// Sends everything queued (or drops and counts what the socket refuses).
     pub(super) fn flush(&mut self, socket: &UdpSocket) {
+        let had = !self.queue.is_empty();
         let mut start = 0;
         while start < self.queue.len() {
             self.calls += 1;
@@ -96,6 +104,15 @@ impl Outbox {
         }
         // Keeps the capacity: no allocation per batch.
         self.queue.clear();
+        if had {
+            self.flushes.push((self.queued, std::time::Instant::now()));
+        }
+    }
+
+    /// The flushes since the last call: (datagrams handed over by then,
+    /// when), in order.
+    pub(super) fn take_flushes(&mut self) -> std::vec::Drain<'_, (u64, std::time::Instant)> {
+        self.flushes.drain(..)
     }
 }
 
