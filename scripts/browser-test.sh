@@ -101,9 +101,8 @@ netns_create "$NS" veth
 # Started directly, not through in_netns: $! must be the server itself
 # (ip netns exec and env exec it). Development mode with dev_moderation:
 # the lecture-hall check has a page promote and demote another. Two media
-# workers, a channel spread over both from its second member: every
-# channel of more than one page spans the workers (the hall check asserts
-# its moderator and asker are on different ones).
+# workers, a channel spread over them from its second member: the pages of
+# a channel land on whichever worker carries fewer members then.
 $SUDO ip netns exec "$NS" env SFU_DEV_MODERATION=true "$SERVER" --http 127.0.0.1:$PORT --udp 127.0.0.1:0 \
   --workers 2 --spread-after 1 --log "${SFU_LOG:-info}" >"$SERVER_LOG" 2>&1 &
 server_pid=$!
@@ -136,17 +135,23 @@ $SUDO ip netns exec "$NS" "$SERVER" --http 127.0.0.1:$((PORT + 3)) --udp 127.0.0
 $SUDO ip netns exec "$NS" env SFU_P2P_RETURN_AT=2 SFU_P2P_RETURN_AFTER_SECS=1 "$SERVER" \
   --http 127.0.0.1:$((PORT + 4)) --udp 127.0.0.1:0 --workers 1 --hybrid --p2p-max 2 \
   --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
-for n in 1 2 3 4; do
+# The lecture hall spread over two workers, for the hall check alone: its
+# pages join one after the other on an idle server, so the moderator is on
+# worker 0 and the asker on worker 1.
+$SUDO ip netns exec "$NS" env SFU_DEV_MODERATION=true "$SERVER" --http 127.0.0.1:$((PORT + 5)) \
+  --udp 127.0.0.1:0 --workers 2 --spread-after 1 --log "${SFU_LOG:-info}" >>"$FLEET_LOG" 2>&1 &
+for n in 1 2 3 4 5; do
   for _ in $(seq 1 100); do
     netns_healthy "$NS" $((PORT + n)) && break
     sleep 0.1
   done
-  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: server $n (fleet, hall mode, hybrid) did not become healthy"; cat "$FLEET_LOG"; exit 1; }
+  netns_healthy "$NS" $((PORT + n)) || { echo "browser-test: server $n (fleet, hall mode, hybrid, spread hall) did not become healthy"; cat "$FLEET_LOG"; exit 1; }
 done
 
 netns_run_test "$NS" 180 "$SERVER_LOG" browser-test env SFU_URL="http://127.0.0.1:$PORT" \
   SFU_FLEET="http://127.0.0.1:$((PORT + 1)) http://127.0.0.1:$((PORT + 2))" \
   SFU_HALL="http://127.0.0.1:$((PORT + 3))" SFU_HYBRID="http://127.0.0.1:$((PORT + 4))" \
+  SFU_SPREAD="http://127.0.0.1:$((PORT + 5))" \
   SCREENSHOT="$ROOT/target/browser-test.png" VERBOSE="${VERBOSE:-0}" node "$TEST_DIR/test.mjs"
 echo "browser-test: done in $(($(date +%s) - started)) s, exit $rc"
 exit "$rc"

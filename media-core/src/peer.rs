@@ -100,6 +100,8 @@ pub(crate) struct Peer {
     pub(crate) tuples: Vec<(SocketAddr, SocketAddr)>,
     /// Filled by the DTLS handshake (`None`: the engine does not send itself).
     keys: Option<Arc<KeyCell>>,
+    /// When its DTLS instance may go ([`tap::DtlsRelease`]), until it went.
+    dtls: Option<tap::DtlsRelease>,
     /// Set once connected when the engine sends the slots itself.
     direct: Option<Direct>,
     /// The addresses str0m last sent a non-STUN datagram between: the
@@ -283,6 +285,7 @@ impl Peer {
             ufrag,
             ice_pass,
             tuples: Vec::new(),
+            dtls: keys.clone().map(tap::DtlsRelease::new),
             keys,
             direct: None,
             send_addr: None,
@@ -401,11 +404,17 @@ impl Peer {
     /// address): the slots the engine sends itself go there from now on.
     /// Only authenticated tuples get here (learnt from a STUN request with
     /// the member's ICE password), and str0m accepted the datagram.
-    pub(crate) fn follow(&mut self, local: SocketAddr, remote: SocketAddr) {
+    /// Returns true when this let the member's DTLS instance go.
+    pub(crate) fn follow(&mut self, local: SocketAddr, remote: SocketAddr, now: Instant) -> bool {
+        let released = self.dtls.as_mut().is_some_and(|d| d.media(now));
+        if released {
+            self.dtls = None;
+        }
         if let Some(d) = &mut self.direct {
             d.local = local;
             d.remote = remote;
         }
+        released
     }
 
     /// Whether the engine sends this peer's slots itself (no str0m work

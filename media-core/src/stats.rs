@@ -67,6 +67,10 @@ pub struct EngineStats {
     pub peers_str0m_send: u64,
     /// RTCP sender reports the engine sent for slots it sends itself.
     pub sender_reports: u64,
+    /// Peers whose DTLS instance was let go: their first SRTP or SRTCP
+    /// after the handshake showed that both ends have the keys (DTLS 1.2;
+    /// the engine sends their slots itself).
+    pub dtls_released: u64,
     /// Packets the engine could not seal (a crypto library error; never
     /// expected).
     pub dropped_seal: u64,
@@ -104,6 +108,7 @@ impl std::ops::AddAssign<&EngineStats> for EngineStats {
             peers_direct,
             peers_str0m_send,
             sender_reports,
+            dtls_released,
             dropped_seal,
         } = *rhs;
         self.datagrams_in += datagrams_in;
@@ -132,6 +137,7 @@ impl std::ops::AddAssign<&EngineStats> for EngineStats {
         self.peers_direct += peers_direct;
         self.peers_str0m_send += peers_str0m_send;
         self.sender_reports += sender_reports;
+        self.dtls_released += dtls_released;
         self.dropped_seal += dropped_seal;
     }
 }
@@ -169,6 +175,7 @@ mod tests {
             peers_direct: 23,
             peers_str0m_send: 24,
             sender_reports: 25,
+            dtls_released: 28,
             dropped_seal: 26,
         };
         let mut total = EngineStats::default();
@@ -203,6 +210,7 @@ mod tests {
         doubled.peers_direct *= 2;
         doubled.peers_str0m_send *= 2;
         doubled.sender_reports *= 2;
+        doubled.dtls_released *= 2;
         doubled.dropped_seal *= 2;
         assert_eq!(total, doubled);
     }

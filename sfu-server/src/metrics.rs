@@ -316,6 +316,13 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         "RTCP sender reports the engine sent on listeners' slots.",
     );
     let _ = writeln!(o, "sfu_sender_reports_total {}", st.sender_reports);
+    metric(
+        &mut o,
+        "sfu_dtls_released_total",
+        "counter",
+        "Members whose DTLS state was let go once both ends had the SRTP keys (their first media after the handshake).",
+    );
+    let _ = writeln!(o, "sfu_dtls_released_total {}", st.dtls_released);
 
     metric(
         &mut o,
@@ -940,7 +947,7 @@ mod tests {
     #[test]
     fn every_engine_counter_is_rendered() {
         let mut st = EngineStats::default();
-        let fields: [(&mut u64, &str); 27] = [
+        let fields: [(&mut u64, &str); 28] = [
             (&mut st.datagrams_in, "sfu_datagrams_total direction=in"),
             (&mut st.bytes_in, "sfu_bytes_total direction=in"),
             (&mut st.datagrams_out, "sfu_datagrams_total direction=out"),
@@ -997,6 +1004,7 @@ mod tests {
                 "sfu_peers_send_path_total path=str0m",
             ),
             (&mut st.sender_reports, "sfu_sender_reports_total"),
+            (&mut st.dtls_released, "sfu_dtls_released_total"),
             (&mut st.dropped_seal, "sfu_dropped_total reason=seal_failed"),
         ];
         let mut expected = Vec::new();

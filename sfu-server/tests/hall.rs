@@ -61,6 +61,16 @@ async fn role_until(ws: &mut Ws, peer: u64, role: &str) -> Value {
     }
 }
 
+/// Receives until the `member_updated` of `peer` with `muted`.
+async fn muted_until(ws: &mut Ws, peer: u64, muted: bool) {
+    loop {
+        let m = ws.recv_type("member_updated").await;
+        if m["member"]["peer"] == peer && m["member"]["muted"] == muted {
+            return;
+        }
+    }
+}
+
 /// Sends `msg` and returns the next `error`'s code.
 async fn refused(ws: &mut Ws, msg: Value) -> String {
     ws.send(msg).await;
@@ -106,6 +116,20 @@ async fn the_hall_behaves_the_same_spread_over_two_workers() {
     })
     .await;
     hall_scenario(&server, [0, 1, 0]).await;
+}
+
+/// And over four workers (`spread_after` 1): the host, Ann and Bob each on
+/// a worker of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hall_behaves_the_same_spread_over_four_workers() {
+    let server = server(Config {
+        auth_secret: Some(SECRET.into()),
+        workers: 4,
+        spread_after: Some(1),
+        ..config()
+    })
+    .await;
+    hall_scenario(&server, [0, 1, 2]).await;
 }
 
 /// Receives `member_joined` messages until every one of `peers` was named.
@@ -171,6 +195,20 @@ async fn hall_scenario(server: &sfu_server::Server, on: [u64; 3]) {
     hands_until(&mut ws_host, &[]).await;
     let heard = heard_after(&bob, promoted, 1, 25);
     assert!(heard.contains(&0) && heard.contains(&1), "{heard:?}");
+
+    // Muted by the moderator, her voice stops reaching Bob; unmuted, it
+    // comes back.
+    let mute = |muted: bool| json!({"type": "moderate", "action": if muted { "mute" } else { "unmute" }, "peer": ann_peer});
+    ws_host.send(mute(true)).await;
+    muted_until(&mut ws_host, ann_peer, true).await;
+    let settled = Instant::now() + Duration::from_millis(200);
+    let heard = heard_after(&bob, settled, 0, 25);
+    assert_eq!(heard, [0], "muted, ann is not heard");
+    ws_host.send(mute(false)).await;
+    muted_until(&mut ws_host, ann_peer, false).await;
+    let unmuted = Instant::now();
+    let heard = heard_after(&bob, unmuted, 1, 25);
+    assert!(heard.contains(&1), "unmuted, ann is heard again: {heard:?}");
 
     // A member whose offer had no microphone line cannot be promoted.
     let promote_bob = json!({"type": "moderate", "action": "promote", "peer": bob_peer});

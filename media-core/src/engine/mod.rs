@@ -320,8 +320,8 @@ impl Engine {
         if let Err(e) = peer.rtc.handle_input(str0m::Input::Receive(now, recv)) {
             tracing::trace!(peer = %peer.id, error = %e, "datagram rejected");
             self.fx.stats.dropped_rejected += 1;
-        } else if path {
-            peer.follow(destination, source);
+        } else if path && peer.follow(destination, source, now) {
+            self.fx.stats.dtls_released += 1;
         }
         peer.settle(key, now, &mut self.fx);
     }

@@ -14,7 +14,9 @@
 //! the one of the `Rtc` it built. Nothing else reads the slot.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use std::time::Instant;
 
 use str0m::config::DtlsCert;
@@ -27,7 +29,7 @@ use str0m::{Rtc, RtcConfig};
 
 /// The keying material one DTLS handshake exported, once it has.
 #[derive(Debug, Default)]
-pub(crate) struct KeyCell(OnceLock<Exported>);
+pub(crate) struct KeyCell(OnceLock<Exported>, AtomicBool, AtomicU64);
 
 /// What the handshake exported: enough to derive both directions' SRTP keys.
 pub(crate) struct Exported {
@@ -52,6 +54,22 @@ impl KeyCell {
     /// The exported material, once the handshake produced it.
     pub(crate) fn get(&self) -> Option<&Exported> {
         self.0.get()
+    }
+
+    /// The handshake is over for both ends (see [`DtlsRelease`]): the
+    /// DTLS instance has nothing left to do and is let go at its next call
+    /// once it is drained. True the first time.
+    pub(crate) fn release_dtls(&self) -> bool {
+        !self.1.swap(true, Ordering::Relaxed)
+    }
+
+    /// DTLS records that reached the instance so far.
+    fn records(&self) -> u64 {
+        self.2.load(Ordering::Relaxed)
+    }
+
+    fn dtls_released(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 }
 
@@ -85,14 +103,67 @@ impl DtlsProvider for TapProvider {
         let inner = inner_provider().new_dtls(cert, now, dtls_version, mtu)?;
         let cell = Arc::new(KeyCell::default());
         CREATED.with(|c| *c.borrow_mut() = Some(cell.clone()));
-        Ok(Box::new(TapInstance { inner, cell }))
+        Ok(Box::new(TapInstance {
+            active: inner.is_active(),
+            version: None,
+            inner: Some(inner),
+            cell,
+            now,
+            connected: false,
+            drained: false,
+        }))
     }
 }
 
-/// A DTLS instance that records the keying material it exports.
+/// A DTLS instance that records the keying material it exports, and lets
+/// the real instance go once the handshake is over for both ends
+/// ([`DtlsRelease`]): str0m keeps a peer's DTLS instance for
+/// the peer's life, a few KiB per listener that WebRTC without data
+/// channels never uses again (no renegotiation; an ICE restart keeps the
+/// DTLS session). Released, it ignores DTLS records (a late retransmission,
+/// an alert: the peer's end is told by ICE and signaling) and asks for no
+/// timer.
 struct TapInstance {
-    inner: Box<dyn DtlsInstance>,
+    inner: Option<Box<dyn DtlsInstance>>,
     cell: Arc<KeyCell>,
+    /// What the instance said before it was let go.
+    active: bool,
+    version: Option<ProtocolVersion>,
+    /// The last time str0m handed in: a released instance's timer is far
+    /// after it.
+    now: Instant,
+    /// The instance said `Connected`, and its last output was a timer
+    /// (nothing of it is waiting to be polled): only then may it go.
+    connected: bool,
+    drained: bool,
+}
+
+/// How far a released instance's timer is: never, in practice.
+const RELEASED_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl TapInstance {
+    /// The real instance, unless it was let go (now, if the handshake is
+    /// over for both ends and nothing of it waits to be polled).
+    fn inner(&mut self) -> Option<&mut Box<dyn DtlsInstance>> {
+        // DTLS 1.2 only (str0m's default): its server's last flight ends
+        // the handshake; a 1.3 client may still want an acknowledgement.
+        let dtls12 = self
+            .inner
+            .as_ref()
+            .is_some_and(|i| i.protocol_version() == Some(ProtocolVersion::DTLS1_2));
+        if dtls12
+            && self.connected
+            && self.drained
+            && self.cell.dtls_released()
+            && self.cell.get().is_some()
+        {
+            if let Some(inner) = self.inner.take() {
+                self.active = inner.is_active();
+                self.version = inner.protocol_version();
+            }
+        }
+        self.inner.as_mut()
+    }
 }
 
 impl std::fmt::Debug for TapInstance {
@@ -103,53 +174,82 @@ impl std::fmt::Debug for TapInstance {
 
 impl DtlsInstance for TapInstance {
     fn set_active(&mut self, active: bool) {
-        self.inner.set_active(active)
+        self.active = active;
+        if let Some(inner) = self.inner() {
+            inner.set_active(active)
+        }
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.inner.handle_packet(packet)
+        self.cell.2.fetch_add(1, Ordering::Relaxed);
+        match self.inner() {
+            Some(inner) => inner.handle_packet(packet),
+            None => Ok(()),
+        }
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        let out = self.inner.poll_output(buf);
+        let far = self.now + RELEASED_TIMER;
+        let cell = self.cell.clone();
+        let Some(inner) = self.inner() else {
+            return DtlsOutput::Timeout(far);
+        };
+        let active = inner.is_active();
+        let out = inner.poll_output(buf);
+        self.drained = matches!(out, DtlsOutput::Timeout(_));
+        self.connected |= matches!(out, DtlsOutput::Connected);
         if let DtlsOutput::KeyingMaterial(km, profile) = &out {
             // A renegotiation would export again; str0m keeps the first
             // contexts as well, so the first export is the one in use.
-            let _ = self.cell.0.set(Exported {
+            let _ = cell.0.set(Exported {
                 material: km.to_vec(),
                 profile: *profile,
-                active: self.inner.is_active(),
+                active,
             });
         }
         out
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.inner.handle_timeout(now)
+        self.now = now;
+        match self.inner() {
+            Some(inner) => inner.handle_timeout(now),
+            None => Ok(()),
+        }
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
-        self.inner.send_application_data(data)
+        match self.inner() {
+            Some(inner) => inner.send_application_data(data),
+            // Nothing is accepted: str0m reports the write as pending.
+            None => Ok(0),
+        }
     }
 
     fn is_active(&self) -> bool {
-        self.inner.is_active()
+        self.inner.as_ref().map_or(self.active, |i| i.is_active())
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.inner.protocol_version()
+        match &self.inner {
+            Some(inner) => inner.protocol_version(),
+            None => self.version,
+        }
     }
 
     fn is_closing(&self) -> bool {
-        self.inner.is_closing()
+        self.inner.as_ref().is_some_and(|i| i.is_closing())
     }
 
     fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+        self.inner.as_ref().is_none_or(|i| i.is_closed())
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.inner.close()
+        match self.inner() {
+            Some(inner) => inner.close(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -168,4 +268,46 @@ pub(crate) fn build_tapped(config: RtcConfig, now: Instant) -> (Rtc, Option<Arc<
     let rtc = config.build(now);
     let cell = CREATED.with(|c| c.borrow_mut().take());
     (rtc, cell)
+}
+
+/// How long a member's media must flow with no DTLS record from it before
+/// its DTLS instance is let go. Media alone proves nothing: a DTLS 1.2
+/// client has its keys (and may send SRTCP) once it sent its Finished,
+/// before it received ours; if ours was lost it retransmits its flight, 1 s
+/// later, then 2, 4 and 8 s. Ten quiet seconds of media after the last
+/// record leave that exchange time to finish.
+pub(crate) const DTLS_QUIET: Duration = Duration::from_secs(10);
+
+/// When to let a peer's DTLS instance go: after our handshake exported the
+/// keys, once the member's media has flowed for [`DTLS_QUIET`] without a
+/// DTLS record from it.
+#[derive(Debug)]
+pub(crate) struct DtlsRelease {
+    cell: Arc<KeyCell>,
+    /// Since when, and at which count of records, it has been quiet.
+    quiet: Option<(Instant, u64)>,
+}
+
+impl DtlsRelease {
+    pub(crate) fn new(cell: Arc<KeyCell>) -> DtlsRelease {
+        DtlsRelease { cell, quiet: None }
+    }
+
+    /// The member's media arrived at `now`; true when the instance is let
+    /// go now (then this is done with).
+    pub(crate) fn media(&mut self, now: Instant) -> bool {
+        if self.cell.get().is_none() {
+            return false;
+        }
+        let records = self.cell.records();
+        match self.quiet {
+            Some((since, seen)) if seen == records => {
+                now.saturating_duration_since(since) >= DTLS_QUIET && self.cell.release_dtls()
+            }
+            _ => {
+                self.quiet = Some((now, records));
+                false
+            }
+        }
+    }
 }
