@@ -50,8 +50,9 @@ pub struct Config {
     /// in-process link (speaker selection stays on the first); its room
     /// (member count and list, raised hands, moderation) stays one across
     /// the workers. 0: a channel stays on one worker. `None` (the default):
-    /// [`DEFAULT_SPREAD_AFTER`], or 0 with `hybrid` (a hybrid channel's
-    /// members must be on one worker). The server resolves it at start-up
+    /// [`DEFAULT_SPREAD_AFTER`]. With `hybrid` it must be above `p2p_max`
+    /// (a channel spreads only once it is on the SFU, and stays there while
+    /// spread). The server resolves it at start-up
     /// ([`Config::effective_spread_after`]).
     pub spread_after: Option<usize>,
     /// Hall mode: members who join as listeners receive each voice in
@@ -119,7 +120,7 @@ pub struct Config {
     /// Hybrid channels (docs/HYBRID.md): small channels whose members'
     /// clients can do it talk peer-to-peer (the server relays signaling
     /// only) and move onto the SFU as they grow. Default false. A
-    /// standalone node only, without `spread_after`.
+    /// standalone node only; `spread_after` above `p2p_max`.
     pub hybrid: bool,
     /// (hybrid) Most members of a peer-to-peer channel (1 to 16); default 7.
     pub p2p_max: usize,
@@ -897,16 +898,12 @@ impl Config {
 
     /// The members a channel's first worker carries before it spreads over
     /// the others (`spread_after` resolved): 0 on a node of one worker,
-    /// else the setting, else [`DEFAULT_SPREAD_AFTER`] (0 with `hybrid`).
+    /// else the setting, else [`DEFAULT_SPREAD_AFTER`].
     pub fn effective_spread_after(&self) -> usize {
         if self.worker_count() == 1 {
             return 0;
         }
-        match self.spread_after {
-            Some(n) => n,
-            None if self.hybrid => 0,
-            None => DEFAULT_SPREAD_AFTER,
-        }
+        self.spread_after.unwrap_or(DEFAULT_SPREAD_AFTER)
     }
 
     /// The media workers this node runs (`workers`, with 0 resolved).

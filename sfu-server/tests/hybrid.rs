@@ -579,21 +579,87 @@ async fn p2p_turned_off_and_on_at_runtime_moves_channels_both_ways() {
 }
 
 /// A node of two workers started without hybrid spreads big channels over
-/// them (`spread_after` unset: 200); turning hybrid on at runtime is
-/// refused there, saying why, and nothing changes.
+/// them (`spread_after` unset: 200): hybrid turns on at runtime there. A
+/// node whose channels would spread while still small enough for P2P
+/// (`spread_after` not above `p2p_max`) refuses it, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_spreads_channels_refuses_hybrid_at_runtime() {
+async fn hybrid_turns_on_at_runtime_unless_channels_spread_while_small() {
     let mut cfg = config();
     cfg.admin_token = Some(ADMIN.into());
     cfg.workers = 2;
-    let server = server(cfg).await;
-    let (status, body) = put_hybrid(&server, ADMIN, json!({"enabled": true})).await;
+    let spreading = server(cfg.clone()).await;
+    let (status, body) = put_hybrid(&spreading, ADMIN, json!({"enabled": true})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["settings"]["enabled"], true);
+
+    cfg.spread_after = Some(5);
+    let early = server(cfg).await;
+    let (status, body) = put_hybrid(&early, ADMIN, json!({"enabled": true})).await;
     assert_eq!(status, 400, "{body}");
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("spread_after = 0"), "{body}");
-    let (status, body) = put_hybrid(&server, ADMIN, json!({"p2p_max": 5})).await;
+    assert!(message.contains("p2p_max"), "{body}");
+    let (status, body) = put_hybrid(&early, ADMIN, json!({"p2p_max": 6})).await;
     assert_eq!(status, 200, "other keys still change: {body}");
     assert_eq!(body["settings"]["enabled"], false);
+}
+
+/// Hybrid on a node that spreads big channels over two workers
+/// (`spread_after` 3, `p2p_max` 2): two members talk P2P, the third moves
+/// the channel onto the SFU, the fourth is placed on the other worker and
+/// joins on the SFU. When the first worker is down to one member the
+/// channel stays on the SFU (a mesh there would not reach the member on
+/// the other worker); once that member leaves too, the last one returns to
+/// P2P.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_channel_stays_on_the_sfu_until_it_is_on_one_worker_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cfg = hybrid_config();
+    cfg.workers = 2;
+    cfg.spread_after = Some(3);
+    cfg.p2p_max = 2;
+    cfg.p2p_return_at = 2;
+    let server = server(cfg).await;
+    let mut members = vec![
+        Member::join(&server, "spread", 0).await,
+        Member::join(&server, "spread", 1).await,
+    ];
+    assert!(members.iter().all(|m| m.target == Path::Mesh));
+    assert!(pump_until(&mut members, LIMIT, all_hear_all).await, "P2P");
+    members.push(Member::join(&server, "spread", 2).await);
+    assert!(
+        until_switched(&mut members, "sfu").await,
+        "the third moves it up"
+    );
+    let fourth = Member::join(&server, "spread", 3).await;
+    assert_eq!(fourth.target, Path::Sfu, "the fourth joins on the SFU");
+    let workers: Vec<u64> = members
+        .iter()
+        .chain([&fourth])
+        .map(|m| m.id >> 40)
+        .collect();
+    assert_eq!(workers, [0, 0, 0, 1], "the fourth is on the other worker");
+    members.push(fourth);
+    assert!(
+        pump_until(&mut members, LIMIT, all_hear_all).await,
+        "the four hear each other across the workers"
+    );
+    // Two of the first worker leave: one member there, one on the other.
+    for mut m in members.drain(1..3) {
+        m.ws.send(json!({"type": "leave"})).await;
+    }
+    pump_for(&mut members, Duration::from_millis(2500)).await;
+    for m in &members {
+        assert_eq!(m.target, Path::Sfu, "still on the SFU: {:?}", m.modes);
+    }
+    assert!(all_hear_all(&members), "the two hear each other");
+    // The other worker's member leaves: the last one returns to P2P.
+    let mut last = members.pop().unwrap();
+    last.ws.send(json!({"type": "leave"})).await;
+    assert!(until_switched(&mut members, "p2p").await, "back to P2P");
+    assert_eq!(members[0].modes.last().unwrap()["reason"], "small");
+    for m in &members {
+        assert!(m.errors.is_empty(), "member {}: {:?}", m.id, m.errors);
+    }
 }
 
 /// `GET /admin/hybrid` of the server at `base`: its `settings`.

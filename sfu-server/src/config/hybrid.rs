@@ -93,9 +93,10 @@ impl Config {
         self.p2p_disabled_channels = settings.disabled_channels.iter().cloned().collect();
     }
 
-    /// Refuses bad hybrid settings, and hybrid channels where a channel's
-    /// members may be on several workers or nodes (each would build a mesh
-    /// of its own members only).
+    /// Refuses bad hybrid settings, hybrid channels where a channel's
+    /// members may be on several nodes (each would build a mesh of its own
+    /// members only), and a `spread_after` that would spread a channel
+    /// still small enough for P2P over the workers.
     pub fn validate_hybrid(&self) -> Result<(), ConfigError> {
         self.hybrid_settings()?;
         if !self.hybrid {
@@ -113,12 +114,16 @@ impl Config {
                  a channel's members must all be on this node to form a mesh",
             );
         }
-        if self.spread_after.is_some_and(|n| n > 0) && self.worker_count() > 1 {
-            return refuse(
-                "hybrid channels need every member of a channel on one worker: set \
-                 spread_after = 0 (a node started without hybrid spreads big channels \
-                 over its workers: turning hybrid on needs a restart with it)",
-            );
+        let spread = self.effective_spread_after();
+        if spread > 0 && spread <= self.p2p_max {
+            return Err(ConfigError::Invalid {
+                field: "spread_after",
+                reason: format!(
+                    "{spread} is not above p2p_max ({}): a channel must be on the SFU before it \
+                     spreads over the workers (a mesh does not reach another worker's members)",
+                    self.p2p_max
+                ),
+            });
         }
         Ok(())
     }

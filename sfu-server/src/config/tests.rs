@@ -640,11 +640,12 @@ fn debug_redacts_secrets() {
 }
 
 /// A node of several workers spreads a big channel by default (past
-/// `DEFAULT_SPREAD_AFTER` members on its first worker); one worker, an
-/// explicit 0, or hybrid channels keep a channel on one worker, and hybrid
-/// with an explicit threshold is refused.
+/// `DEFAULT_SPREAD_AFTER` members on its first worker); one worker or an
+/// explicit 0 keeps a channel on one worker. With hybrid, a channel must be
+/// on the SFU before it spreads: `spread_after` not above `p2p_max` is
+/// refused.
 #[test]
-fn big_channels_spread_by_default_except_with_hybrid() {
+fn big_channels_spread_by_default_and_with_hybrid_only_past_p2p_max() {
     let two = Config {
         workers: 2,
         ..Config::default()
@@ -672,12 +673,24 @@ fn big_channels_spread_by_default_except_with_hybrid() {
         hybrid: true,
         ..two.clone()
     };
-    assert_eq!(hybrid.effective_spread_after(), 0);
+    assert_eq!(
+        hybrid.effective_spread_after(),
+        crate::config::DEFAULT_SPREAD_AFTER
+    );
     hybrid.validate().unwrap();
-    let both = Config {
-        spread_after: Some(200),
-        ..hybrid
+    let early = Config {
+        spread_after: Some(hybrid.p2p_max),
+        ..hybrid.clone()
     };
-    let err = both.validate().unwrap_err().to_string();
-    assert!(err.contains("spread_after = 0"), "{err}");
+    let err = early.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("spread_after") && err.contains("p2p_max"),
+        "{err}"
+    );
+    Config {
+        spread_after: Some(hybrid.p2p_max + 1),
+        ..hybrid
+    }
+    .validate()
+    .unwrap();
 }

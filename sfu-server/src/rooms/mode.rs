@@ -90,6 +90,11 @@ pub enum SfuOnly {
     Http,
     /// Its token's `p2p` claim is false.
     Token,
+    /// A channel spread over the node's workers: a member joined on a
+    /// worker that follows the channel's first one, or the members of
+    /// another worker (one stand-in each in the policy of the others), whose
+    /// mesh could not reach this worker's members.
+    Spread,
 }
 
 /// Whether a member can take part in a mesh; fixed for its membership.
@@ -170,6 +175,7 @@ impl Reason {
             Reason::SfuOnlyMember(SfuOnly::Client) => "client",
             Reason::SfuOnlyMember(SfuOnly::Http) => "whip_whep",
             Reason::SfuOnlyMember(SfuOnly::Token) => "token",
+            Reason::SfuOnlyMember(SfuOnly::Spread) => "spread",
             Reason::P2pFailed(_) => "p2p_failed",
             Reason::SwitchTimeout => "switch_timeout",
             Reason::Disabled => "disabled",

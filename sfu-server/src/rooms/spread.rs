@@ -28,8 +28,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use media_core::{PeerId, SourceId};
 
+use super::mode::{Capability, SfuOnly};
 use super::{tell_room, ModerateError, Moderation, Rooms};
 use crate::protocol::{HandInfo, MemberInfo, ServerMsg};
 use media_core::{Command, Role};
@@ -79,9 +82,21 @@ pub(super) struct Spread {
     gone: HashMap<String, Vec<(u64, String)>>,
     /// The last part sent of each channel (to send only changes).
     sent: HashMap<String, RoomPart>,
+    /// (hybrid) The stand-in of each other worker's members of a spread
+    /// channel in this worker's mode policy: a member only the SFU carries,
+    /// so the channel stays on the SFU while they are there.
+    stand_ins: HashMap<(String, usize), PeerId>,
+    /// Stand-in ids count down from here (real peer ids are below 2^53).
+    next_stand_in: u64,
 }
 
 impl Spread {
+    /// A new stand-in's id.
+    fn stand_in(&mut self) -> PeerId {
+        self.next_stand_in += 1;
+        PeerId(u64::MAX - self.next_stand_in)
+    }
+
     /// The next number of a raised hand.
     pub(super) fn next_hand(&self) -> u64 {
         self.hand_clock.fetch_add(1, Ordering::Relaxed)
@@ -179,12 +194,27 @@ impl Rooms {
         self.member_count(channel) + self.spread.remote_members(channel)
     }
 
-    /// Another worker's part of a channel: its listed members are
-    /// announced to this worker's members of the channel as they come, change
-    /// and go; the member count and the raised hands follow at their next
-    /// poll.
-    pub fn handle_part(&mut self, part: RoomPart) {
+    /// Another worker's part of a channel at `now`: its listed members are
+    /// announced to this worker's members of the channel as they come,
+    /// change and go; the member count and the raised hands follow at their
+    /// next poll. (hybrid) While that worker has members, a stand-in for
+    /// them keeps the channel on the SFU here: a mesh of this worker's
+    /// members would not reach them.
+    pub fn handle_part(&mut self, part: RoomPart, now: Instant) {
         let channel = part.channel.clone();
+        let key = (channel.clone(), part.worker);
+        if part.members > 0 && !self.spread.stand_ins.contains_key(&key) {
+            let id = self.spread.stand_in();
+            self.spread.stand_ins.insert(key, id);
+            let spread = Capability::SfuOnly(SfuOnly::Spread);
+            self.policy.handle_join(&channel, id, spread, now);
+            self.apply_decisions();
+        } else if part.members == 0 {
+            if let Some(id) = self.spread.stand_ins.remove(&key) {
+                self.policy.handle_leave(id, now);
+                self.apply_decisions();
+            }
+        }
         let parts = self.spread.parts.entry(channel.clone()).or_default();
         let gone = part.gone.clone();
         let old = if part.members == 0 {
@@ -194,6 +224,13 @@ impl Rooms {
         };
         if parts.is_empty() {
             self.spread.parts.remove(&channel);
+            if !self.rooms.contains_key(&channel) {
+                // Nobody of it anywhere now: forgotten here too.
+                self.spread.spread.remove(&channel);
+                self.spread.sent.remove(&channel);
+                self.spread.dirty.remove(&channel);
+                self.spread.gone.remove(&channel);
+            }
         }
         if old.is_none() && part.members > 0 {
             // A worker new to the channel (or back): it learns this part.

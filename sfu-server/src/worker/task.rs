@@ -37,7 +37,7 @@ use super::{udp, ChannelLoad, JoinError, JoinRequest, Report, Request, RestartEr
 use crate::health::TaskEnd;
 use crate::metrics::Snapshot;
 use crate::protocol::ServerMsg;
-use crate::rooms::mode::Mode;
+use crate::rooms::mode::{Capability, Mode, SfuOnly};
 use crate::rooms::{HandError, Joined, ModerateError, Moderation, Rights, RoomLimits, Rooms};
 use media_core::LeaveReason;
 
@@ -551,7 +551,7 @@ impl Task {
                 self.siblings = siblings;
             }
             Request::Part(part) => {
-                self.rooms.handle_part(part);
+                self.rooms.handle_part(part, Instant::now());
                 self.deliver();
             }
             Request::Hand {
@@ -686,9 +686,16 @@ impl Task {
             can_moderate: j.can_moderate,
         };
         // (hybrid) A member of a peer-to-peer channel has no engine session.
-        if self.rooms.preview_mode(&j.channel, j.capability, asked) == Mode::P2p {
+        // (hybrid) A member placed here by a spread channel is on the SFU:
+        // its channel's other members are on another worker.
+        let capability = if j.upstream.is_some_and(super::is_local_link) {
+            Capability::SfuOnly(SfuOnly::Spread)
+        } else {
+            j.capability
+        };
+        if self.rooms.preview_mode(&j.channel, capability, asked) == Mode::P2p {
             self.rooms
-                .handle_join(peer, j.channel, j.identity, j.role, rights, j.capability);
+                .handle_join(peer, j.channel, j.identity, j.role, rights, capability);
             if let Some(sink) = j.events {
                 self.sinks.insert(peer, sink);
             }
@@ -724,7 +731,7 @@ impl Task {
             self.rooms.mark_spread(&j.channel);
         }
         self.rooms
-            .handle_join(peer, j.channel, j.identity, j.role, rights, j.capability);
+            .handle_join(peer, j.channel, j.identity, j.role, rights, capability);
         if let Some(sink) = j.events {
             self.sinks.insert(peer, sink);
         }

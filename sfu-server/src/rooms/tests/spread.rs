@@ -21,7 +21,7 @@ fn exchange(from: &mut Rooms, to: &mut Rooms) -> usize {
     let parts = from.take_parts();
     let n = parts.len();
     for p in parts {
-        to.handle_part(p);
+        to.handle_part(p, t0());
     }
     n
 }
@@ -170,4 +170,23 @@ fn a_part_lost_to_a_full_queue_goes_again() {
     b.part_not_sent(&parts[0]);
     assert_eq!(b.take_parts(), parts, "the same part again");
     assert_eq!(b.take_parts(), [], "then nothing until it changes");
+}
+
+/// A worker that only heard of a spread channel forgets it when the
+/// channel's last member elsewhere leaves.
+#[test]
+fn a_channel_known_only_from_parts_is_forgotten() {
+    let (mut a, mut b) = two_workers();
+    join(&mut a, 1, "hall", "host", Role::Speaker);
+    join(&mut a, 2, "hall", "ann", Role::Speaker);
+    assert_eq!(exchange(&mut a, &mut b), 1);
+    assert!(b.is_spread("hall"));
+    assert_eq!(b.channel_members("hall"), 2);
+    leave(&mut a, 1, LeaveReason::Left);
+    leave(&mut a, 2, LeaveReason::Left);
+    assert_eq!(exchange(&mut a, &mut b), 1, "the empty part");
+    assert!(!b.is_spread("hall"));
+    assert_eq!(b.channel_members("hall"), 0);
+    assert!(!a.is_spread("hall"));
+    assert_eq!(b.take_parts(), []);
 }
