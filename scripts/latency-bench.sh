@@ -16,6 +16,7 @@
 # packets within 1 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/processes.sh
 
 LISTENERS=${LISTENERS:-1000}
 SPEAKERS=${SPEAKERS:-3}
@@ -41,9 +42,8 @@ work=$(mktemp -d)
 server_pid=""
 loadgen_pid=""
 cleanup() {
-  [ -n "$loadgen_pid" ] && kill "$loadgen_pid" 2>/dev/null
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
-  wait 2>/dev/null || true
+  [ -n "$loadgen_pid" ] && stop "$loadgen_pid"
+  [ -n "$server_pid" ] && stop "$server_pid"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,10 +58,8 @@ for run in $(seq 1 "$RUNS"); do
     SFU_JOINS_PER_IP_PER_MINUTE=0 taskset -c "$CPUS" "${SERVER_BIN:-target/release/sfu-server}" \
       --http "127.0.0.1:$PORT" --workers "$workers" --log warn >"$work/server.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 1 100); do
-      curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
-      sleep 0.1
-    done
+    wait_for "latency-bench: the server on port $PORT" curl -sf "http://127.0.0.1:$PORT/healthz" \
+      || { cat "$work/server.log" >&2; exit 1; }
     # The load generator's step lasts long enough for the window after
     # everyone joined.
     timeout $(( WINDOW + 180 )) taskset -c "${LOADGEN_CPUS:-$CPUS}" target/release/loadgen \
@@ -83,11 +81,9 @@ for run in $(seq 1 "$RUNS"); do
     sleep "$WINDOW"
     metrics >"$work/m1"
     n=$(members "$work/m1")
-    kill "$loadgen_pid" 2>/dev/null || true
-    wait "$loadgen_pid" 2>/dev/null || true
+    stop "$loadgen_pid"
     loadgen_pid=""
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+    stop "$server_pid"
     server_pid=""
     python3 - "$work/m0" "$work/m1" "$run" "$workers" "$n" <<'PY'
 import re, sys

@@ -85,11 +85,6 @@ impl Hands {
         self.queue.iter().copied()
     }
 
-    /// How many hands are up.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Whether no hand is up.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
