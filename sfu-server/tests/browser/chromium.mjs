@@ -99,6 +99,7 @@ export async function mediaState(page) {
       if (s.type === "inbound-rtp" && s.kind === "audio") {
         inbound.push({
           mid: s.mid,
+          timestamp: s.timestamp,
           packetsReceived: s.packetsReceived ?? 0,
           totalAudioEnergy: s.totalAudioEnergy ?? 0,
           audioLevel: s.audioLevel ?? 0,
