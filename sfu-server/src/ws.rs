@@ -16,13 +16,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use media_core::{PeerId, Role};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
 use crate::client_request::{Ask, ClientRequest};
 use crate::ice_restart::RestartBudget;
@@ -32,6 +33,11 @@ use crate::resume::{Away, Membership};
 use crate::rooms::mode::{Capability, SfuOnly};
 use crate::rooms::{HandError, ModerateError, Moderation, MESH_CONNECT_TIMEOUT};
 use crate::state::{secret_id, unix_now, AppState, Denied, JoinAsk, Need, RETRY_AFTER_SECS};
+mod socket;
+
+use socket::Socket;
+pub use socket::{WsUpgrade, FRAGMENT_BYTES};
+
 use crate::worker::{
     member_events, EventSink, JoinError, JoinRequest, MemberEvents, Report, RestartError, SfuError,
     Signaling,
@@ -46,7 +52,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// `GET /ws`.
 pub async fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -63,18 +69,20 @@ pub async fn upgrade(
     // `max_frame_size` one frame could make the session buffer 16 MiB.
     // The read buffer grows to the largest frame when one comes (a join's
     // offer) and keeps that size; tungstenite's default starts it at
-    // 128 KiB, which was half of a listener's memory. Each message is
-    // written at once (every send flushes anyway), so the write buffer
-    // stays the size of the largest message (`joined`).
+    // 128 KiB, which was half of a listener's memory. Each frame is
+    // written at once (every send flushes anyway), and none is over
+    // `FRAGMENT_BYTES` (the socket cuts longer messages), so neither is
+    // the write buffer.
     let max = state.config.ws_max_message_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| {
-            let region = state.client_region(&headers);
-            Session::new(state, remote, slot, region).run(socket)
-        })
+        .write_buffer_size(0);
+    ws.on_upgrade(config, move |socket| {
+        let region = state.client_region(&headers);
+        Session::new(state, remote, slot, region).run(socket)
+    })
 }
 
 struct Session {
@@ -149,7 +157,7 @@ impl Session {
         }
     }
 
-    async fn run(mut self, mut socket: WebSocket) {
+    async fn run(mut self, mut socket: Socket) {
         // Before a token is seen: STUN only, never TURN credentials.
         let ice_servers = crate::turn::stun_servers(&self.state.config);
         if send(&mut socket, &ServerMsg::Hello { ice_servers })
@@ -158,13 +166,17 @@ impl Session {
         {
             return;
         }
+        // The requests' and the ending's futures are boxed: this task lives
+        // as long as the member, and inline they would make every member's
+        // task 1.2 KiB larger for what runs a few times in its life.
         let ending = loop {
             tokio::select! {
                 msg = socket.recv() => {
                     let reply = match msg {
-                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()).await,
+                        Some(Ok(Message::Text(t))) => Box::pin(self.handle(t.as_str())).await,
                         Some(Ok(Message::Binary(_))) => Some(ServerMsg::error("bad_request", "binary frames are not part of the protocol", None)),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                        // (A reader never yields a raw `Frame`.)
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
                         Some(Err(e)) if is_too_large(&e) => break Ending::TooLarge,
                         Some(Ok(Message::Close(_))) => break Ending::Gone,
                         Some(Err(_)) | None => break Ending::Dropped,
@@ -204,7 +216,7 @@ impl Session {
         if matches!(ending, Ending::Dropped | Ending::Displaced) {
             self.park();
         }
-        self.end(&mut socket, ending).await;
+        Box::pin(self.end(&mut socket, ending)).await;
         self.leave().await;
     }
 
@@ -234,17 +246,13 @@ impl Session {
     }
 
     /// Tells the client why the server ends the session, and closes it.
-    async fn end(&mut self, socket: &mut WebSocket, ending: Ending) {
+    async fn end(&mut self, socket: &mut Socket, ending: Ending) {
         let (refusal, code, message, close) = match ending {
             Ending::Gone | Ending::Dropped => return,
             Ending::Displaced => {
                 let msg = "another connection resumed this member";
                 let _ = send(socket, &ServerMsg::error("resumed_elsewhere", msg, None)).await;
-                let frame = CloseFrame {
-                    code: CLOSE_POLICY,
-                    reason: "resumed_elsewhere".into(),
-                };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                let _ = socket.close(CLOSE_POLICY, "resumed_elsewhere").await;
                 linger(socket).await;
                 return;
             }
@@ -278,11 +286,7 @@ impl Session {
         // that rejoins at once is not refused as already joined elsewhere.
         self.leave().await;
         let _ = send(socket, &ServerMsg::error(code, message, None)).await;
-        let frame = CloseFrame {
-            code: close,
-            reason: code.into(),
-        };
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        let _ = socket.close(close, code).await;
         linger(socket).await;
     }
 
@@ -768,7 +772,7 @@ async fn until(at: Option<Instant>) {
 /// and close frame if the client did not read them yet. After an
 /// oversized frame the rest of it is unread and the stream reads nothing
 /// more: then the wait runs out.
-async fn linger(socket: &mut WebSocket) {
+async fn linger(socket: &mut Socket) {
     let deadline = Instant::now() + LINGER;
     let mut errors = 0;
     let _ = tokio::time::timeout_at(deadline, async {
@@ -794,19 +798,12 @@ async fn linger(socket: &mut WebSocket) {
 }
 
 /// Whether a read failed because a frame or message was over the limit.
-fn is_too_large(e: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = s.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+fn is_too_large(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
 
-async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(msg).unwrap_or_default();
-    socket.send(Message::Text(text.into())).await
+async fn send(socket: &mut Socket, msg: &ServerMsg) -> Result<(), tungstenite::Error> {
+    socket
+        .send_text(serde_json::to_string(msg).unwrap_or_default())
+        .await
 }

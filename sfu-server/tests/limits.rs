@@ -397,3 +397,58 @@ async fn members_per_channel_and_channels_per_node_are_limited() {
         1.0
     );
 }
+
+/// The server's frames are at most `FRAGMENT_BYTES` (its write buffer
+/// stays that small): a client that refuses any larger frame still gets a
+/// `joined` several times that size, whole. Requests that are not a
+/// WebSocket handshake get the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_messages_come_in_small_frames_and_a_bad_handshake_is_refused() {
+    use sfu_server::ws::FRAGMENT_BYTES;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let server = server(config()).await;
+    let url = format!("ws://{}/ws", server.http_addr());
+    let strict = WebSocketConfig::default().max_frame_size(Some(FRAGMENT_BYTES));
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(strict), false)
+        .await
+        .expect("ws");
+    let mut ws = Ws {
+        socket,
+        seen: Vec::new(),
+    };
+    assert_eq!(ws.recv().await["type"], "hello");
+    let (_peer, offer) = UdpPeer::new("a", &ClientSpec::speaker(0)).unwrap();
+    ws.send(json!({"type": "join", "channel": "frames", "offer": offer}))
+        .await;
+    let joined = ws.recv_type("joined").await;
+    let size = joined.to_string().len();
+    assert!(size > 2 * FRAGMENT_BYTES, "joined is {size} bytes");
+    assert!(joined["answer"].as_str().unwrap().contains("a=fingerprint"));
+
+    // Not handshakes: a plain GET, a POST, an old version.
+    let http = format!("http://{}/ws", server.http_addr());
+    let client = reqwest::Client::new();
+    let plain = client.get(&http).send().await.unwrap();
+    assert_eq!(plain.status(), 426);
+    assert_eq!(plain.headers()["upgrade"], "websocket");
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let mut post = client.post(&http);
+    let mut old = client.get(&http).header("sec-websocket-version", "8");
+    for (k, v) in upgrade {
+        post = post.header(k, v);
+        old = old.header(k, v);
+    }
+    let post = post
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    let old = old.send().await.unwrap();
+    assert_eq!(old.status(), 400);
+    assert!(old.text().await.unwrap().contains("Version must be 13"));
+}

@@ -200,7 +200,7 @@ export class BrowserRun {
       this.log(`PASS ${name} (${Date.now() - start} ms)`);
     } catch (e) {
       if (this.interrupted) return;
-      this.results.push({ name, ok: false });
+      this.results.push({ name, ok: false, why: e.message });
       this.log(`FAIL ${name}: ${e.message}`);
       await this.diagnose();
     }
@@ -227,7 +227,7 @@ export class BrowserRun {
 
   /** Records an error outside the checks (the harness itself failed). */
   harnessFailed(e) {
-    this.results.push({ name: "harness", ok: false });
+    this.results.push({ name: "harness", ok: false, why: String(e?.message ?? e) });
     this.log(`FAIL harness: ${e.stack ?? e}`);
   }
 
@@ -236,6 +236,9 @@ export class BrowserRun {
     await this.closeBrowsers();
     const passed = this.results.filter((r) => r.ok).length;
     const failed = this.results.length - passed;
+    // Again after the pages' diagnoses, so that the end of a long log says
+    // which checks failed and why.
+    for (const r of this.results.filter((r) => !r.ok)) console.log(`browser: FAILED ${r.name}: ${r.why}`);
     console.log(`browser: ${passed} passed, ${failed} failed`);
     process.exit(this.interrupted ? 130 : failed === 0 && passed > 0 ? 0 : 1);
   }

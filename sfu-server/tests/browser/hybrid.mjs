@@ -155,12 +155,15 @@ function joinsPages(a, b) {
   return !!a && !!b && among(a.remote, b.locals) && among(b.remote, a.locals);
 }
 
-/** Every page hears every other on the path it plays (samples in the last 300 ms). */
-function allHear(pages) {
+/**
+ * Every page of `pages` hears every other of `voices` on the path it plays
+ * (samples in the last 300 ms).
+ */
+function allHear(pages, voices = pages) {
   return until("every page hears the others", async () => {
     const now = Date.now();
     for (const p of pages) {
-      for (const o of pages) {
+      for (const o of voices) {
         if (o === p) continue;
         const gap = await longestGap(p.page, o.peer, now - 300, now);
         if (gap > 100) return { notYet: true, page: p.name, other: o.name, gap };
@@ -257,8 +260,14 @@ async function checkAcrossBrowsers(run, base, firefox) {
     const firefoxPage = await open("p2p-firefox", firefox);
     const pair = [chromiumPage, firefoxPage];
     await settledIn(pair, "p2p");
-    await allHear([chromiumPage]);
-    const [pc, pf] = await Promise.all([linkPair(chromiumPage, firefoxPage.peer), linkPair(firefoxPage, chromiumPage.peer)]);
+    // The Chromium page hears the Firefox voice over their link; then both
+    // ends' stats name the link's selected pair (Firefox's a little later
+    // than its audio, at times).
+    await allHear([chromiumPage], pair);
+    const { pc, pf } = await until("both pages' links have a selected pair", async () => {
+      const [pc, pf] = await Promise.all([linkPair(chromiumPage, firefoxPage.peer), linkPair(firefoxPage, chromiumPage.peer)]);
+      return pc && pf ? { pc, pf } : { notYet: true, pc, pf };
+    });
     if (!joinsPages(pc, pf)) throw new Error(`the link does not join the pages: ${JSON.stringify({ pc, pf })}`);
     const from = Date.now();
     const third = await open("p2p-third", run.browser, 880);
