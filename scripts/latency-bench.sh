@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Forwarding latency at one channel of many listeners: the server's
 # `sfu_forward_latency_seconds` (a packet's arrival to the moment the last of
-# its copies was handed to the kernel) over a window in which every listener
-# is joined, for each worker count in WORKERS_LIST (the channel spreads over
-# the workers past 200 members, the default).
+# its copies was handed to the kernel) and `sfu_forward_copy_latency_seconds`
+# (to the moment each copy was: what each listener waits) over a window in
+# which every listener is joined, for each worker count in WORKERS_LIST (the
+# channel spreads over the workers past 200 members, the default).
 #
 #   scripts/latency-bench.sh                 # 1,000 listeners, workers 1 then 2, twice
 #   LISTENERS=500 RUNS=1 scripts/latency-bench.sh
@@ -12,8 +13,8 @@
 # WORKERS_LIST ("1 2"), RUNS (2), CPUS (server and load generator share
 # them: "0-1"; LOADGEN_CPUS gives the load generator others), PORT (18530), NO_BUILD=1, SERVER_BIN (a server binary to
 # measure instead of the release build). Prints one line per run and
-# worker count: p50, p90, p99 (linear within a bucket) and the share of
-# packets within 1 ms.
+# worker count: p50, p90, p99 (linear within a bucket) and the share within
+# 1 ms, of the packets' last copies and of all copies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/processes.sh
@@ -87,29 +88,34 @@ for run in $(seq 1 "$RUNS"); do
     server_pid=""
     python3 - "$work/m0" "$work/m1" "$run" "$workers" "$n" <<'PY'
 import re, sys
-def buckets(path):
+def buckets(path, name):
     out = {}
     for line in open(path):
-        m = re.match(r'sfu_forward_latency_seconds_bucket\{.*le="([^"]+)"\} (\S+)', line)
+        m = re.match(name + r'_bucket\{.*le="([^"]+)"\} (\S+)', line)
         if m:
             le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
             out[le] = out.get(le, 0.0) + float(m.group(2))
     return out
-a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
-rows = sorted((le, b[le] - a.get(le, 0.0)) for le in b)
-total = rows[-1][1] if rows else 0
-def q(p):
-    want, prev_le, prev_c = p * total, 0.0, 0.0
-    for le, c in rows:
-        if c >= want:
-            if le == float("inf"):
-                return float("inf")
-            return (prev_le + (le - prev_le) * (want - prev_c) / max(c - prev_c, 1e-9)) * 1e3
-        prev_le, prev_c = le, c
-    return float("nan")
-within = dict(rows).get(0.001, 0) / total if total else 0
-print("latency-bench: run %s, %s worker(s), %s members: %d packets, p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, %.1f%% within 1 ms"
-      % (sys.argv[3], sys.argv[4], sys.argv[5], total, q(.5), q(.9), q(.99), 100 * within))
+def summary(name, what):
+    a, b = buckets(sys.argv[1], name), buckets(sys.argv[2], name)
+    rows = sorted((le, b[le] - a.get(le, 0.0)) for le in b)
+    total = rows[-1][1] if rows else 0
+    def q(p):
+        want, prev_le, prev_c = p * total, 0.0, 0.0
+        for le, c in rows:
+            if c >= want:
+                if le == float("inf"):
+                    return float("inf")
+                return (prev_le + (le - prev_le) * (want - prev_c) / max(c - prev_c, 1e-9)) * 1e3
+            prev_le, prev_c = le, c
+        return float("nan")
+    within = dict(rows).get(0.001, 0) / total if total else 0
+    return "%d %s, p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, %.1f%% within 1 ms" % (
+        total, what, q(.5), q(.9), q(.99), 100 * within)
+print("latency-bench: run %s, %s worker(s), %s members: last copy: %s; each copy: %s"
+      % (sys.argv[3], sys.argv[4], sys.argv[5],
+         summary("sfu_forward_latency_seconds", "packets"),
+         summary("sfu_forward_copy_latency_seconds", "copies")))
 PY
   done
 done

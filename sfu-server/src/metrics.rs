@@ -66,17 +66,27 @@ impl<B: Buckets> Default for Histogram<B> {
 impl<B: Buckets> Histogram<B> {
     /// Records one duration.
     pub fn observe(&mut self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// Records the same duration `n` times.
+    pub fn observe_n(&mut self, d: Duration, n: u64) {
         let s = d.as_secs_f64();
-        self.count += 1;
-        self.sum += s;
+        self.count += n;
+        self.sum += s * n as f64;
         if let Some(i) = B::BOUNDS.iter().position(|b| s <= *b) {
-            self.counts[i] += 1;
+            self.counts[i] += n;
         }
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Their sum, in seconds.
+    pub fn sum(&self) -> f64 {
+        self.sum
     }
 
     /// Writes the histogram as `name_bucket`, `name_sum`, `name_count`.
@@ -148,6 +158,9 @@ pub struct Snapshot {
     /// Time from a datagram's arrival to the last forwarded copy handed to
     /// the socket, for datagrams that were forwarded.
     pub forward_latency: Histogram,
+    /// Time from a datagram's arrival to each of its forwarded copies
+    /// handed to the socket: what each listener waits.
+    pub forward_copy_latency: Histogram,
     /// Time from a join request to the member's media connected.
     pub join_time: Histogram<JoinBuckets>,
     /// Members still joined (for the drain).
@@ -200,6 +213,7 @@ impl AddAssign<&Snapshot> for Snapshot {
             send_calls,
             recv_calls,
             forward_latency,
+            forward_copy_latency,
             join_time,
             members,
             websocket_members,
@@ -227,6 +241,7 @@ impl AddAssign<&Snapshot> for Snapshot {
         self.send_calls += send_calls;
         self.recv_calls += recv_calls;
         self.forward_latency += forward_latency;
+        self.forward_copy_latency += forward_copy_latency;
         self.join_time += join_time;
         self.members += members;
         self.websocket_members += websocket_members;
@@ -490,6 +505,11 @@ pub fn render(s: &Snapshot, draining: bool) -> String {
         &mut o,
         "sfu_forward_latency_seconds",
         "From a datagram's arrival to its last forwarded copy handed to the socket.",
+    );
+    s.forward_copy_latency.render(
+        &mut o,
+        "sfu_forward_copy_latency_seconds",
+        "From a datagram's arrival to each of its forwarded copies handed to the socket (one observation per copy: what each listener waits).",
     );
     s.join_time.render(
         &mut o,

@@ -45,19 +45,25 @@ async fn metrics_parse_and_move_with_traffic() {
     assert!(value(&after, "sfu_rtp_forwarded_total", None) >= 20.0);
     assert!(value(&after, "sfu_datagrams_total", Some(("direction", "in"))) > 20.0);
     assert!(value(&after, "sfu_bytes_total", Some(("direction", "out"))) > 1000.0);
-    // The latency histogram counted the forwarded datagrams.
-    let hist = after
-        .samples
-        .iter()
-        .find(|x| x.metric == "sfu_forward_latency_seconds")
-        .expect("histogram");
-    match &hist.value {
-        prometheus_parse::Value::Histogram(buckets) => {
-            let inf = buckets.last().unwrap();
-            assert!(inf.count >= 20.0, "{buckets:?}");
+    // The latency histograms counted the forwarded datagrams (to their
+    // last copy) and their copies (one listener: one copy each).
+    let count = |name: &str| {
+        let hist = after
+            .samples
+            .iter()
+            .find(|x| x.metric == name)
+            .expect("histogram");
+        match &hist.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().unwrap().count,
+            other => panic!("{name}: not a histogram: {other:?}"),
         }
-        other => panic!("not a histogram: {other:?}"),
-    }
+    };
+    let (packets, copies) = (
+        count("sfu_forward_latency_seconds"),
+        count("sfu_forward_copy_latency_seconds"),
+    );
+    assert!(packets >= 20.0, "{packets}");
+    assert_eq!(copies, packets);
     let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);
     let r = reqwest::get(format!("{base}/readyz")).await.unwrap();

@@ -80,8 +80,8 @@ pub(super) struct Task {
     snapshot: Snapshot,
     /// Transmits of the engine waiting for the next `sendmmsg`.
     outbox: udp::Outbox,
-    /// Arrival times of the datagrams forwarded since the last flush.
-    forwarded_arrivals: Vec<(Instant, u64)>,
+    /// The datagrams forwarded since the last flush: arrival, copies.
+    forwarded: Vec<udp::Forwarded>,
     /// The loop ended because the node stops (not a failure): what members
     /// still here are told.
     stopped: bool,
@@ -129,7 +129,7 @@ impl Task {
             engine_deadline: Instant::now(),
             snapshot: Snapshot::default(),
             outbox: udp::Outbox::default(),
-            forwarded_arrivals: Vec::new(),
+            forwarded: Vec::new(),
             stopped: false,
             own_thread: false,
             siblings: Vec::new(),
@@ -222,6 +222,7 @@ impl Task {
                     continue;
                 };
                 let forwarded = self.engine.stats().rtp_forwarded;
+                let first = self.outbox.rtp_queued;
                 let _ = self.engine.handle_input(Input::Receive {
                     now,
                     source,
@@ -232,8 +233,12 @@ impl Task {
                 // and full batches leave before the next datagram is read.
                 self.poll_engine();
                 if self.engine.stats().rtp_forwarded > forwarded {
-                    // Its last copy is the last datagram queued so far.
-                    self.forwarded_arrivals.push((now, self.outbox.queued));
+                    // Its copies are the RTP datagrams queued since.
+                    self.forwarded.push(udp::Forwarded {
+                        at: now,
+                        first,
+                        last: self.outbox.rtp_queued,
+                    });
                 }
             }
         }
@@ -243,8 +248,8 @@ impl Task {
     /// Sends what the engine queued, handles its events, sends the member
     /// counts that are due, drops the members too slow to take their
     /// messages; returns when to wake next. Each datagram forwarded since
-    /// the last flush counts in the latency histogram: from its arrival to
-    /// now, when its last copy has been handed to the socket.
+    /// the last flush counts in the latency histograms: from its arrival to
+    /// the hand-over of its last copy to the socket, and of each copy.
     fn flush(&mut self) -> Instant {
         self.poll_engine();
         let now = Instant::now();
@@ -267,22 +272,14 @@ impl Task {
         }
         self.outbox.flush(&self.socket);
         // Each forwarded packet's latency: from its arrival to the flush
-        // that handed its last copy to the kernel (copies leave in batches
-        // as they are made, so a packet early in a wake-up does not wait
-        // for the copies of the ones after it).
-        let mut flushes = self.outbox.take_flushes().peekable();
-        for (at, last) in self.forwarded_arrivals.drain(..) {
-            while flushes
-                .next_if(|(handed, t)| *handed < last || *t < at)
-                .is_some()
-            {}
-            if let Some((_, sent)) = flushes.peek() {
-                self.snapshot
-                    .forward_latency
-                    .observe(sent.saturating_duration_since(at));
-            }
-        }
-        drop(flushes);
+        // that handed its last copy to the kernel, and to the flush of each
+        // copy (copies leave in batches as they are made, so a packet early
+        // in a wake-up does not wait for the copies of the ones after it).
+        self.outbox.observe_forwarded(
+            &mut self.forwarded,
+            &mut self.snapshot.forward_latency,
+            &mut self.snapshot.forward_copy_latency,
+        );
         self.snapshot.send_drops = self.outbox.drops;
         self.snapshot.send_calls = self.outbox.calls;
         self.snapshot.stats = self.engine.stats().clone();

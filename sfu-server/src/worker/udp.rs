@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::metrics::SendDrops;
+use crate::metrics::{Histogram, SendDrops};
 
 /// Datagrams per `sendmmsg` / `recvmmsg` call.
 pub(super) const BATCH: usize = 32;
@@ -51,11 +51,12 @@ pub(super) struct Outbox {
     pub(super) calls: u64,
     /// What was dropped.
     pub(super) drops: SendDrops,
-    /// Datagrams queued so far (the n-th one queued is number n).
-    pub(super) queued: u64,
-    /// When each flush since the last [`Outbox::take_flushes`] was done,
-    /// and how many datagrams had been handed to the kernel (or dropped)
-    /// by then: what a forwarded packet's latency is read from.
+    /// RTP datagrams queued so far (the n-th one queued is number n): the
+    /// forwarded copies (what else the engine sends is RTCP, STUN, DTLS).
+    pub(super) rtp_queued: u64,
+    /// When each flush since the last [`Outbox::observe_forwarded`] was done,
+    /// and how many RTP datagrams had been handed to the kernel (or
+    /// dropped) by then: what a forwarded packet's latency is read from.
     flushes: Vec<(u64, std::time::Instant)>,
 }
 
@@ -65,8 +66,10 @@ impl Outbox {
         if self.queue.capacity() == 0 {
             self.queue.reserve_exact(BATCH);
         }
+        if is_rtp(&datagram) {
+            self.rtp_queued += 1;
+        }
         self.queue.push((to, datagram));
-        self.queued += 1;
         if self.queue.len() >= BATCH {
             self.flush(socket);
         }
@@ -105,14 +108,74 @@ impl Outbox {
         // Keeps the capacity: no allocation per batch.
         self.queue.clear();
         if had {
-            self.flushes.push((self.queued, std::time::Instant::now()));
+            self.flushes
+                .push((self.rtp_queued, std::time::Instant::now()));
         }
     }
 
-    /// The flushes since the last call: (datagrams handed over by then,
-    /// when), in order.
-    pub(super) fn take_flushes(&mut self) -> std::vec::Drain<'_, (u64, std::time::Instant)> {
-        self.flushes.drain(..)
+    /// Puts each datagram in `forwarded` (which it empties) in the latency
+    /// histograms by the flushes since the last call: the one that handed
+    /// its last copy to the kernel in `last_copy`, the one of each copy in
+    /// `each_copy`.
+    pub(super) fn observe_forwarded(
+        &mut self,
+        forwarded: &mut Vec<Forwarded>,
+        last_copy: &mut Histogram,
+        each_copy: &mut Histogram,
+    ) {
+        observe_forwarded(forwarded, &self.flushes, last_copy, each_copy);
+        forwarded.clear();
+        self.flushes.clear();
+    }
+}
+
+/// Whether a datagram is RTP (RFC 7983: first byte 128–191; RFC 5761: not
+/// an RTCP packet type, 192–223, in the second).
+fn is_rtp(d: &[u8]) -> bool {
+    matches!(d, [128..=191, b, ..] if !(192..=223).contains(b))
+}
+
+/// A forwarded datagram: when it arrived, and the outbox numbers of its
+/// copies: the RTP datagrams after `first` up to `last` (the n-th RTP
+/// datagram queued is number n).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Forwarded {
+    pub(super) at: std::time::Instant,
+    pub(super) first: u64,
+    pub(super) last: u64,
+}
+
+/// Each flush in `flushes` (in order: datagrams handed over by then, and
+/// when) handed over the datagrams numbered after the previous flush's up
+/// to its own; a copy waited from its datagram's arrival to that flush.
+fn observe_forwarded(
+    forwarded: &[Forwarded],
+    flushes: &[(u64, std::time::Instant)],
+    last_copy: &mut Histogram,
+    each_copy: &mut Histogram,
+) {
+    // The first flush that may hold copies of the datagram at hand (both
+    // lists are in outbox order).
+    let mut k = 0;
+    for f in forwarded {
+        while k < flushes.len() && flushes[k].0 <= f.first {
+            k += 1;
+        }
+        let mut before = if k == 0 { 0 } else { flushes[k - 1].0 };
+        for &(handed, when) in &flushes[k..] {
+            let copies = handed.min(f.last).saturating_sub(before.max(f.first));
+            if copies > 0 {
+                let waited = when.saturating_duration_since(f.at);
+                each_copy.observe_n(waited, copies);
+                if handed >= f.last {
+                    last_copy.observe(waited);
+                }
+            }
+            if handed >= f.last {
+                break;
+            }
+            before = handed;
+        }
     }
 }
 
@@ -248,6 +311,59 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        assert!(is_rtp(&[0x80, 111, 0, 1]));
+        assert!(is_rtp(&[0x90, 0x80 | 111, 0, 1])); // marker bit, extension
+        assert!(!is_rtp(&[0x80, 200, 0, 6])); // sender report
+        assert!(!is_rtp(&[0x81, 205, 0, 4])); // transport feedback
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0])); // STUN
+        assert!(!is_rtp(&[22, 0xfe, 0xfd])); // DTLS
+        assert!(!is_rtp(&[0x80]));
+    }
+
+    #[test]
+    fn each_copy_waits_until_the_flush_that_handed_it_over() {
+        let t0 = std::time::Instant::now();
+        let ms = |n: f64| t0 + Duration::from_secs_f64(n / 1000.0);
+        // A: copies 1..=40; B (0.5 ms later): 41..=50; C: forwarded to no
+        // datagram (a relay link only); D: copies 51..=52, handed over by
+        // no flush yet (the socket refused nothing, the wake-up ended).
+        let forwarded = [
+            Forwarded {
+                at: t0,
+                first: 0,
+                last: 40,
+            },
+            Forwarded {
+                at: ms(0.5),
+                first: 40,
+                last: 50,
+            },
+            Forwarded {
+                at: ms(0.6),
+                first: 50,
+                last: 50,
+            },
+            Forwarded {
+                at: ms(0.7),
+                first: 50,
+                last: 52,
+            },
+        ];
+        // A full batch of 32 at 1 ms, the rest of A and all of B at 3 ms.
+        let flushes = [(32, ms(1.0)), (50, ms(3.0))];
+        let (mut last, mut each) = (Histogram::default(), Histogram::default());
+        observe_forwarded(&forwarded, &flushes, &mut last, &mut each);
+        assert_eq!(each.count(), 50);
+        // 32 copies of A waited 1 ms, 8 waited 3 ms, B's 10 waited 2.5 ms.
+        let want = 32.0 * 0.001 + 8.0 * 0.003 + 10.0 * 0.0025;
+        assert!((each.sum() - want).abs() < 1e-9, "{}", each.sum());
+        // A's last copy left at 3 ms, B's 2.5 ms after B came.
+        assert_eq!(last.count(), 2);
+        assert!((last.sum() - 0.0055).abs() < 1e-9, "{}", last.sum());
+    }
 
     /// Reads until `want` datagrams came (or a bound passed).
     async fn read_all(socket: &UdpSocket, inbox: &mut Inbox, want: usize) -> Vec<Vec<u8>> {
