@@ -117,11 +117,15 @@ try {
       if (!turn || !(Number(expiry) > Date.now() / 1000) || !turn.credential || who !== p.name) {
         throw new Error(`${p.name}: no TURN credentials for ${p.name} from the server: ${JSON.stringify(config)}`);
       }
-      const st = await mediaConnected(p);
-      const pair = st.pair;
-      if (pair.localType !== "relay" || pair.relayProtocol !== "udp" || pair.state !== "succeeded" || !pair.nominated) {
-        throw new Error(`${p.name}: selected pair is not a nominated UDP relay one: ${JSON.stringify(pair)}`);
-      }
+      await mediaConnected(p);
+      // The selected pair is a nominated UDP relay one. Its state reads
+      // "in-progress" for a moment while a consent check is out (seen
+      // once, with a pair that had carried audio), so it is polled.
+      const pair = await until(`${p.name}: the selected pair is a nominated, succeeded UDP relay one`, async () => {
+        const { pair } = await mediaConnected(p);
+        const ok = pair?.localType === "relay" && pair.relayProtocol === "udp" && pair.state === "succeeded" && pair.nominated;
+        return ok ? pair : { notYet: true, ...pair };
+      }, { deadline: 5000 });
       // coturn allocates relay ports 49160-49200 (ops-test.sh); the server's
       // own candidate is its host address.
       if (pair.localPort < 49160 || pair.localPort > 49200 || pair.remoteType !== "host") {
